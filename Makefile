@@ -1,0 +1,45 @@
+# A thin wrapper over CMake; CMakeLists.txt is the truth.
+PREFIX ?= /usr/local
+BUILD ?= build
+JOBS ?= $(shell nproc)
+FUZZ_SECONDS ?= 60
+
+.PHONY: all build deps test test-asan fuzz demo bench install clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	@cd $(BUILD) && ctest --output-on-failure
+
+test-asan: deps
+	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMOONSHIFT_SANITIZE=ON >/dev/null
+	@cmake --build build-asan -j $(JOBS)
+	@cd build-asan && ctest --output-on-failure
+
+fuzz:
+	@scripts/deps.sh clang-14 libclang-rt-14-dev
+	@CC=clang-14 cmake -S . -B build-fuzz -DMOONSHIFT_FUZZ=ON >/dev/null
+	@cmake --build build-fuzz --target fuzz_splitter -j $(JOBS)
+	@mkdir -p build-fuzz/corpus
+	@cp tests/fuzz_seeds/* build-fuzz/corpus/ 2>/dev/null || true
+	build-fuzz/fuzz_splitter -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus
+
+demo: build
+	@$(BUILD)/moonshift demo
+
+bench: build
+	@scripts/deps.sh hyperfine
+	@bench/run.sh
+
+install: build
+	@cmake --install $(BUILD) --prefix $(PREFIX)
+
+clean:
+	rm -rf build build-asan build-fuzz

@@ -1,0 +1,25 @@
+#!/bin/sh
+# Installs the Debian packages moonshift builds and tests with, if any are missing.
+# As root it runs apt-get; otherwise it names what to install and fails.
+set -eu
+PACKAGES="${*:-cmake make gcc pkg-config liblua5.4-dev libpq-dev libssl-dev lua-cjson-dev
+  lua-argparse lua-busted lua-check postgresql-15 postgresql-client-15}"
+missing=""
+for p in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+    echo "moonshift needs these Debian packages:$missing" >&2
+    echo "install them with: sudo apt-get install$missing" >&2
+    exit 1
+fi
+echo "installing:$missing" >&2
+# The server package would start a cluster of its own; the tests start throwaway ones.
+mkdir -p /etc/postgresql-common
+[ -f /etc/postgresql-common/createcluster.conf ] ||
+    echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >/dev/null
+# shellcheck disable=SC2086
+apt-get install -y -q --no-install-recommends $missing >/dev/null

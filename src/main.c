@@ -1,0 +1,217 @@
+/* The moonshift host: a Lua state with the bindings and the embedded tool, run under pcall. */
+#include <lauxlib.h>
+#include <lua-cjson.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+
+#include "embedded.h"
+#include "modules.h"
+
+#ifndef MOONSHIFT_VERSION
+#define MOONSHIFT_VERSION "0.0.0-dev"
+#endif
+
+/* Memory accounting for the whole state; a limit of 0 means none. Hooks get a cap
+ * (lowered around their calls) so a runaway table fails with "not enough memory"
+ * instead of the host being OOM-killed. */
+struct alloc_state {
+    size_t used;
+    size_t limit;
+};
+
+static struct alloc_state alloc_state = {0, 0};
+
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+    struct alloc_state *st = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        st->used -= old;
+        return NULL;
+    }
+    if (st->limit && nsize > old && st->used - old + nsize > st->limit)
+        return NULL;
+    void *p = realloc(ptr, nsize);
+    if (p)
+        st->used = st->used - old + nsize;
+    return p;
+}
+
+/* host.memory_limit([bytes]) -> previous limit; host.memory_used() -> bytes */
+static int host_memory_limit(lua_State *L) {
+    size_t previous = alloc_state.limit;
+    if (!lua_isnoneornil(L, 1)) {
+        lua_Integer n = luaL_checkinteger(L, 1);
+        luaL_argcheck(L, n >= 0, 1, "limit must be >= 0");
+        alloc_state.limit = (size_t)n;
+    }
+    lua_pushinteger(L, (lua_Integer)previous);
+    return 1;
+}
+
+static int host_memory_used(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)alloc_state.used);
+    return 1;
+}
+
+static int luaopen_moonshift_host(lua_State *L) {
+    static const luaL_Reg funcs[] = {
+        {"memory_limit", host_memory_limit},
+        {"memory_used", host_memory_used},
+        {NULL, NULL},
+    };
+    luaL_newlib(L, funcs);
+    lua_pushliteral(L, MOONSHIFT_VERSION);
+    lua_setfield(L, -2, "version");
+    lua_pushliteral(L, LUA_RELEASE);
+    lua_setfield(L, -2, "lua_version");
+#ifdef MOONSHIFT_SANITIZE
+    lua_pushboolean(L, 1);
+#else
+    lua_pushboolean(L, 0);
+#endif
+    lua_setfield(L, -2, "sanitized");
+    return 1;
+}
+
+/* package.preload loader for an embedded module: upvalue 1 is its index. */
+static int load_embedded(lua_State *L) {
+    const struct embedded_module *m = &embedded_modules[lua_tointeger(L, lua_upvalueindex(1))];
+    if (luaL_loadbufferx(L, m->data, m->size, m->chunkname, "t") != LUA_OK)
+        return lua_error(L);
+    lua_pushstring(L, m->name);
+    lua_call(L, 1, 1);
+    return 1;
+}
+
+static void preload(lua_State *L, const char *name, lua_CFunction open) {
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(L, open);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 1);
+}
+
+/* Runs under pcall: allocation failures while opening libraries are errors, not panics. */
+static int bootstrap(lua_State *L) {
+    luaL_openlibs(L);
+    preload(L, "moonshift.host", luaopen_moonshift_host);
+    preload(L, "moonshift.pg", luaopen_moonshift_pg);
+    preload(L, "moonshift.hash", luaopen_moonshift_hash);
+    preload(L, "moonshift.proc", luaopen_moonshift_proc);
+    preload(L, "moonshift.fs", luaopen_moonshift_fs);
+    preload(L, "moonshift.sql", luaopen_moonshift_sql);
+    preload(L, "moonshift.redact", luaopen_moonshift_redact);
+    preload(L, "cjson", luaopen_cjson);
+
+    const char *dir = getenv("MOONSHIFT_LUA_DIR");
+    if (dir && *dir) {
+        /* Development: load the modules from the source tree, before the system path. */
+        lua_getglobal(L, "package");
+        lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dir, dir);
+        lua_getfield(L, -2, "path");
+        lua_concat(L, 2);
+        lua_setfield(L, -2, "path");
+        lua_pop(L, 1);
+        return 0;
+    }
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE); // [preload]
+    for (lua_Integer i = 0; embedded_modules[i].name; i++) {
+        lua_pushinteger(L, i);
+        lua_pushcclosure(L, load_embedded, 1);
+        lua_setfield(L, -2, embedded_modules[i].name);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+static int traceback(lua_State *L) {
+    const char *msg = lua_tostring(L, 1);
+    if (msg == NULL) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+            return 1;
+        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+/* Mode "--run-lua FILE ARGS...": run a plain Lua script with `arg`, as lua(1) would.
+ * The specs (busted) and benchmarks use this to run with the real bindings. */
+static int run_script(lua_State *L) {
+    int argc = (int)lua_tointeger(L, 1);
+    char **argv = lua_touserdata(L, 2);
+    lua_createtable(L, argc, 2);
+    for (int i = 0; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i - 2); /* argv[2] is the script: arg[0] */
+    }
+    lua_setglobal(L, "arg");
+    if (luaL_loadfilex(L, argv[2], "t") != LUA_OK)
+        return lua_error(L);
+    for (int i = 3; i < argc; i++)
+        lua_pushstring(L, argv[i]);
+    lua_call(L, argc - 3, 1);
+    return 1;
+}
+
+/* Normal mode: exit code = require("moonshift.cli").main(args). */
+static int run_cli(lua_State *L) {
+    int argc = (int)lua_tointeger(L, 1);
+    char **argv = lua_touserdata(L, 2);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "moonshift.cli");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "main");
+    lua_createtable(L, argc, 0);
+    for (int i = 1; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i);
+    }
+    lua_call(L, 1, 1);
+    return 1;
+}
+
+static void harden(void) {
+    /* A core file of a migration run could hold connection secrets (R11). */
+    struct rlimit none = {0, 0};
+    setrlimit(RLIMIT_CORE, &none);
+#ifndef MOONSHIFT_SANITIZE
+    /* Not under the sanitizers: LeakSanitizer needs to read /proc/self. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+#endif
+}
+
+int main(int argc, char **argv) {
+    harden();
+    lua_State *L = lua_newstate(capped_alloc, &alloc_state);
+    if (L == NULL) {
+        fputs("moonshift: cannot create Lua state: not enough memory\n", stderr);
+        return 1;
+    }
+    lua_pushcfunction(L, traceback);
+    lua_pushcfunction(L, bootstrap);
+    int rc = lua_pcall(L, 0, 0, 1);
+    if (rc == LUA_OK) {
+        int script = argc >= 3 && strcmp(argv[1], "--run-lua") == 0;
+        lua_pushcfunction(L, script ? run_script : run_cli);
+        lua_pushinteger(L, argc);
+        lua_pushlightuserdata(L, argv);
+        rc = lua_pcall(L, 2, 1, 1);
+    }
+    int code;
+    if (rc == LUA_OK) {
+        code = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : (lua_toboolean(L, -1) || lua_isnil(L, -1) ? 0 : 1);
+    } else {
+        /* The message handler is not called for memory errors: format it here. */
+        const char *msg = rc == LUA_ERRMEM ? "not enough memory" : lua_tostring(L, -1);
+        fprintf(stderr, "moonshift: internal error: %s\n", msg ? msg : "(no message)");
+        code = 1;
+    }
+    lua_close(L);
+    return code;
+}

@@ -1,0 +1,13 @@
+/* The C binding modules the host preloads: one file each in src/. */
+#ifndef MOONSHIFT_MODULES_H
+#define MOONSHIFT_MODULES_H
+#include <lua.h>
+
+int luaopen_moonshift_pg(lua_State *L);
+int luaopen_moonshift_hash(lua_State *L);
+int luaopen_moonshift_proc(lua_State *L);
+int luaopen_moonshift_fs(lua_State *L);
+int luaopen_moonshift_sql(lua_State *L);
+int luaopen_moonshift_redact(lua_State *L);
+
+#endif

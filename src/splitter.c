@@ -1,0 +1,2 @@
+#include "splitter.h"
+typedef int splitter_placeholder;
