@@ -1,0 +1,101 @@
+-- Shared spec helpers: run the binary as a child, throwaway servers, fresh databases, projects.
+local fs = require("moonshift.fs")
+local proc = require("moonshift.proc")
+local pg = require("moonshift.pg")
+local cluster = require("moonshift.cluster")
+
+local helpers = {}
+
+local db_counter = 0
+
+--- Path of the moonshift binary under test.
+function helpers.bin()
+  local bin = os.getenv("MOONSHIFT_BIN")
+  if bin and bin ~= "" then return bin end
+  return "build/moonshift"
+end
+
+--- Absolute path of the repository root (specs run from it).
+function helpers.root()
+  return assert(fs.realpath("."))
+end
+
+--- The environment a child gets: a clean one, plus `extra`.
+function helpers.env(extra)
+  local env = {
+    PATH = os.getenv("PATH") or "/usr/bin:/bin",
+    HOME = os.getenv("HOME") or "/root",
+    LANG = "C.UTF-8",
+    TZ = "UTC",
+    NO_COLOR = "1",
+  }
+  for _, name in ipairs({ "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "MOONSHIFT_PG_BIN" }) do
+    env[name] = os.getenv(name)
+  end
+  for k, v in pairs(extra or {}) do
+    if v == false then env[k] = nil else env[k] = v end
+  end
+  return env
+end
+
+--- Runs moonshift with args, as a user would, and returns { code, stdout, stderr, signal }.
+-- opts: cwd, env (added to helpers.env()), stdin, timeout (ms)
+function helpers.run(args, opts)
+  opts = opts or {}
+  local argv = { helpers.bin() }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  local res = assert(proc.run(argv, {
+    cwd = opts.cwd, env = helpers.env(opts.env), stdin = opts.stdin,
+    timeout = opts.timeout or 120000,
+  }))
+  return res
+end
+
+--- Starts a throwaway cluster (stop it in lazy_teardown).
+function helpers.cluster(opts)
+  return assert(cluster.start(opts))
+end
+
+--- A new, empty database on cluster c; returns its URI.
+function helpers.fresh_db(c)
+  db_counter = db_counter + 1
+  local name = string.format("spec_%d_%d", proc.getpid(), db_counter)
+  return assert(c:create_database(name))
+end
+
+--- Runs one query on a URI and returns its rows.
+function helpers.query(uri, sql, ...)
+  local conn <close> = assert(pg.connect(uri))
+  return assert(conn:query(sql, ...))
+end
+
+--- The single value of a one-row, one-column query.
+function helpers.value(uri, sql, ...)
+  local rows = helpers.query(uri, sql, ...)
+  local row = rows[1]
+  if not row then return nil end
+  return row[rows.columns[1]]
+end
+
+--- A fresh temp directory (remove it with helpers.rmdir).
+function helpers.tmpdir()
+  return assert(fs.mkdtemp("/tmp/moonshift-spec-"))
+end
+
+function helpers.rmdir(dir)
+  if dir then fs.remove_tree(dir) end
+end
+
+--- Writes files under dir: { ["migrations/0001_a.up.sql"] = "..." }.
+function helpers.write_files(dir, files)
+  for rel, content in pairs(files) do
+    local path = dir .. "/" .. rel
+    local parent = path:match("^(.*)/[^/]+$")
+    assert(fs.mkdir_p(parent, tonumber("755", 8)))
+    local f = assert(io.open(path, "wb"))
+    f:write(content)
+    f:close()
+  end
+end
+
+return helpers
