@@ -1,10 +1,958 @@
-/* moonshift.pg (placeholder until the binding lands). */
+/* moonshift.pg: PostgreSQL through libpq; results become plain Lua tables at once. */
+#include <errno.h>
 #include <lauxlib.h>
+#include <libpq-fe.h>
 #include <lua.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
-int luaopen_moonshift_pg(lua_State *L);
+#include "modules.h"
+#include "redact.h"
+
+#define CONN_META "moonshift.pg.conn"
+#define RESULT_META "moonshift.pg.result"
+#define ERROR_META "moonshift.pg.error"
+#define MEM_META "moonshift.pg.mem"
+
+/* Type OIDs from the server's pg_type.h, which libpq-dev does not ship; they never change. */
+enum {
+    BOOLOID = 16,
+    INT8OID = 20,
+    INT2OID = 21,
+    INT4OID = 23,
+    OIDOID = 26,
+    JSONOID = 114,
+    FLOAT4OID = 700,
+    FLOAT8OID = 701,
+    NUMERICOID = 1700,
+    JSONBOID = 3802,
+};
+
+#define COPY_CHUNK (64 * 1024)
+#define MAX_PARAMS 65535 /* the protocol counts parameters in 16 bits */
+/* Notices are kept until conn:notices(); a migration that never asks must not grow
+ * without bound, so beyond this many they are only counted. */
+#define MAX_NOTICES 10000
+
+/* pg.null is the address of this byte: unique, and unlike cjson.null (NULL) never 0. */
+static char null_sentinel;
+
+struct notice {
+    struct notice *next;
+    const char *severity, *sqlstate, *message, *detail, *hint;
+    char text[]; /* the strings above, one allocation per notice */
+};
+
+struct conn {
+    PGconn *pg;
+    PGcancel *cancel;
+    struct notice *notices, **notices_end;
+    size_t notice_count, notices_dropped;
+};
+
+struct result_box {
+    PGresult *res;
+};
+
+/* A C string Lua has not copied yet; malloc'd (redact_secrets) or from libpq (PQescape*). */
+struct mem {
+    char *p;
+    int from_libpq;
+};
+
+/* ---- helpers: boxes ---- */
+
+static void mem_release(struct mem *m) {
+    if (m->p) {
+        if (m->from_libpq)
+            PQfreemem(m->p);
+        else
+            free(m->p);
+        m->p = NULL;
+    }
+}
+
+static int mem_gc(lua_State *L) {
+    mem_release(luaL_checkudata(L, 1, MEM_META));
+    return 0;
+}
+
+static struct mem *push_mem(lua_State *L, int from_libpq) {
+    struct mem *m = lua_newuserdatauv(L, sizeof *m, 0);
+    m->p = NULL;
+    m->from_libpq = from_libpq;
+    luaL_setmetatable(L, MEM_META);
+    return m;
+}
+
+static void result_release(struct result_box *box) {
+    PQclear(box->res);
+    box->res = NULL;
+}
+
+static int result_gc(lua_State *L) {
+    result_release(luaL_checkudata(L, 1, RESULT_META));
+    return 0;
+}
+
+/* Pushed before a PGresult exists, so a Lua error during conversion cannot leak it. */
+static struct result_box *push_result_box(lua_State *L) {
+    struct result_box *box = lua_newuserdatauv(L, sizeof *box, 0);
+    box->res = NULL;
+    luaL_setmetatable(L, RESULT_META);
+    return box;
+}
+
+/* [..] -> [.., s]: a libpq message without passwords or the trailing newline. */
+static void push_redacted(lua_State *L, const char *msg) {
+    struct mem *m = push_mem(L, 0); // [box]
+    size_t len;
+    m->p = redact_secrets(msg, strlen(msg), &len);
+    if (!m->p)
+        luaL_error(L, "not enough memory");
+    while (len > 0 && (m->p[len - 1] == '\n' || m->p[len - 1] == ' '))
+        len--;
+    lua_pushlstring(L, m->p, len); // [box, s]
+    mem_release(m);
+    lua_remove(L, -2);
+}
+
+/* ---- errors ---- */
+
+static void set_string(lua_State *L, const char *key, const char *value) {
+    if (value && *value) {
+        lua_pushstring(L, value);
+        lua_setfield(L, -2, key);
+    }
+}
+
+static int is_error(const PGresult *res) {
+    ExecStatusType st = PQresultStatus(res);
+    return st == PGRES_FATAL_ERROR || st == PGRES_NONFATAL_ERROR || st == PGRES_BAD_RESPONSE;
+}
+
+static int is_copy(const PGresult *res) {
+    ExecStatusType st = PQresultStatus(res);
+    return st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH;
+}
+
+/* [..] -> [.., err] for a failed result, or for a libpq failure when res is NULL. */
+static void push_error(lua_State *L, struct conn *c, const PGresult *res) {
+    lua_createtable(L, 0, 8); // [err]
+    if (res) {
+        const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+        set_string(L, "severity", severity ? severity : PQresultErrorField(res, PG_DIAG_SEVERITY));
+        set_string(L, "sqlstate", PQresultErrorField(res, PG_DIAG_SQLSTATE));
+        set_string(L, "message", PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+        set_string(L, "detail", PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL));
+        set_string(L, "hint", PQresultErrorField(res, PG_DIAG_MESSAGE_HINT));
+        set_string(L, "where", PQresultErrorField(res, PG_DIAG_CONTEXT));
+        set_string(L, "schema", PQresultErrorField(res, PG_DIAG_SCHEMA_NAME));
+        set_string(L, "table", PQresultErrorField(res, PG_DIAG_TABLE_NAME));
+        set_string(L, "column", PQresultErrorField(res, PG_DIAG_COLUMN_NAME));
+        set_string(L, "constraint", PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME));
+        const char *position = PQresultErrorField(res, PG_DIAG_STATEMENT_POSITION);
+        if (position) {
+            lua_pushinteger(L, strtol(position, NULL, 10));
+            lua_setfield(L, -2, "position");
+        }
+    }
+    if (lua_getfield(L, -1, "message") == LUA_TNIL) {
+        /* No primary message: libpq made this error itself (lost connection, misuse,
+         * out of memory). Its text can quote the conninfo, hence the redaction. */
+        const char *msg = res ? PQresultErrorMessage(res) : "";
+        if (!*msg)
+            msg = PQerrorMessage(c->pg);
+        push_redacted(L, *msg ? msg : "unknown libpq failure");
+        lua_setfield(L, -3, "message");
+    }
+    lua_pop(L, 1);
+    if (PQstatus(c->pg) == CONNECTION_BAD) {
+        lua_pushliteral(L, "connection_lost");
+        lua_setfield(L, -2, "kind");
+    }
+    luaL_setmetatable(L, ERROR_META);
+}
+
+/* [..] -> [.., err] with only a message: failures we detect ourselves. */
+static void push_message_error(lua_State *L, const char *msg) {
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, msg);
+    lua_setfield(L, -2, "message");
+    luaL_setmetatable(L, ERROR_META);
+}
+
+/* nil, err from the connection's last libpq error. */
+static int fail_conn(lua_State *L, struct conn *c) {
+    lua_pushnil(L);
+    push_error(L, c, NULL);
+    return 2;
+}
+
+/* "ERROR:  message (SQLSTATE 23505)", like psql's first line, plus the code. */
+static int error_tostring(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "severity");
+    lua_getfield(L, 1, "message");
+    lua_getfield(L, 1, "sqlstate"); // [err, severity, message, sqlstate]
+    const char *severity = lua_tostring(L, 2), *message = lua_tostring(L, 3);
+    const char *sqlstate = lua_tostring(L, 4);
+    int n = 0;
+    if (severity) {
+        lua_pushfstring(L, "%s:  ", severity);
+        n++;
+    }
+    lua_pushstring(L, message ? message : "unknown error");
+    n++;
+    if (sqlstate) {
+        lua_pushfstring(L, " (SQLSTATE %s)", sqlstate);
+        n++;
+    }
+    lua_concat(L, n);
+    return 1;
+}
+
+/* ---- notices ---- */
+
+/* Called by libpq in the middle of its own calls: must not touch Lua (it may be in a
+ * state where raising would unwind through libpq), so the notice is only copied. */
+static void on_notice(void *arg, const PGresult *res) {
+    struct conn *c = arg;
+    const char *fields[5] = {
+        PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED),
+        PQresultErrorField(res, PG_DIAG_SQLSTATE),
+        PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY),
+        PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL),
+        PQresultErrorField(res, PG_DIAG_MESSAGE_HINT),
+    };
+    if (!fields[0])
+        fields[0] = PQresultErrorField(res, PG_DIAG_SEVERITY);
+    if (!fields[2])
+        fields[2] = PQresultErrorMessage(res);
+    size_t total = 0;
+    for (int i = 0; i < 5; i++)
+        total += fields[i] ? strlen(fields[i]) + 1 : 0;
+    struct notice *n = c->notice_count < MAX_NOTICES ? malloc(sizeof *n + total) : NULL;
+    if (!n) {
+        c->notices_dropped++;
+        return;
+    }
+    const char **dest[5] = {&n->severity, &n->sqlstate, &n->message, &n->detail, &n->hint};
+    char *p = n->text;
+    for (int i = 0; i < 5; i++) {
+        *dest[i] = NULL;
+        if (fields[i]) {
+            size_t len = strlen(fields[i]) + 1;
+            memcpy(p, fields[i], len);
+            *dest[i] = p;
+            p += len;
+        }
+    }
+    n->next = NULL;
+    *c->notices_end = n;
+    c->notices_end = &n->next;
+    c->notice_count++;
+}
+
+static void free_notices(struct conn *c) {
+    while (c->notices) {
+        struct notice *next = c->notices->next;
+        free(c->notices);
+        c->notices = next;
+    }
+    c->notices_end = &c->notices;
+    c->notice_count = 0;
+    c->notices_dropped = 0;
+}
+
+/* ---- parameters and values ---- */
+
+/* Shortest of %.15g..%.17g that reads back as the same double: exact, yet 0.1 stays 0.1. */
+static void push_float_text(lua_State *L, lua_Number x) {
+    if (isnan(x)) {
+        lua_pushliteral(L, "NaN");
+        return;
+    }
+    if (isinf(x)) {
+        lua_pushstring(L, x > 0 ? "Infinity" : "-Infinity");
+        return;
+    }
+    char buf[40];
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, (double)x);
+        if (strtod(buf, NULL) == (double)x)
+            break;
+    }
+    lua_pushstring(L, buf);
+}
+
+/* The Lua values at [first, top] as text parameters; numbers are replaced in place by
+ * their text so every pointer stays valid while the stack holds it. Pushes the array. */
+static const char **check_params(lua_State *L, int first, int *count) {
+    int n = lua_gettop(L) - first + 1;
+    if (n < 0)
+        n = 0;
+    if (n > MAX_PARAMS)
+        luaL_error(L, "too many parameters (%d, at most %d)", n, MAX_PARAMS);
+    for (int i = 0; i < n; i++) {
+        int idx = first + i;
+        switch (lua_type(L, idx)) {
+        case LUA_TNUMBER:
+            if (lua_isinteger(L, idx))
+                lua_pushfstring(L, "%I", (LUAI_UACINT)lua_tointeger(L, idx));
+            else
+                push_float_text(L, lua_tonumber(L, idx));
+            lua_replace(L, idx);
+            break;
+        case LUA_TSTRING: {
+            size_t len;
+            const char *s = lua_tolstring(L, idx, &len);
+            if (strlen(s) != len)
+                luaL_argerror(L, idx, "string contains a zero byte");
+            break;
+        }
+        case LUA_TNIL:
+        case LUA_TBOOLEAN:
+            break;
+        case LUA_TLIGHTUSERDATA:
+            if (lua_touserdata(L, idx) == &null_sentinel)
+                break;
+            /* fall through */
+        default:
+            luaL_argerror(L, idx,
+                          lua_pushfstring(L, "cannot send a %s as a parameter",
+                                          luaL_typename(L, idx)));
+        }
+    }
+    const char **values = lua_newuserdatauv(L, (n ? (size_t)n : 1) * sizeof *values, 0);
+    for (int i = 0; i < n; i++) {
+        int idx = first + i;
+        switch (lua_type(L, idx)) {
+        case LUA_TSTRING:
+            values[i] = lua_tostring(L, idx);
+            break;
+        case LUA_TBOOLEAN:
+            values[i] = lua_toboolean(L, idx) ? "true" : "false";
+            break;
+        default: /* nil and pg.null */
+            values[i] = NULL;
+        }
+    }
+    *count = n;
+    return values;
+}
+
+enum conversion { AS_TEXT, AS_INTEGER, AS_FLOAT, AS_BOOLEAN, AS_JSON };
+
+static enum conversion conversion_for(Oid type) {
+    switch (type) {
+    case INT2OID:
+    case INT4OID:
+    case INT8OID:
+    case OIDOID:
+        return AS_INTEGER;
+    case FLOAT4OID:
+    case FLOAT8OID:
+        return AS_FLOAT;
+    case BOOLOID:
+        return AS_BOOLEAN;
+    case JSONOID:
+    case JSONBOID:
+        return AS_JSON;
+    default: /* numeric too: a double would lose digits */
+        return AS_TEXT;
+    }
+}
+
+/* [.., decode?] -> [.., decode?, value]; decode is cjson.decode's index when needed. */
+static void push_value(lua_State *L, const PGresult *res, int row, int col, int decode) {
+    if (PQgetisnull(res, row, col)) {
+        lua_pushlightuserdata(L, &null_sentinel);
+        return;
+    }
+    const char *v = PQgetvalue(res, row, col);
+    size_t len = (size_t)PQgetlength(res, row, col);
+    switch (conversion_for(PQftype(res, col))) {
+    case AS_INTEGER: {
+        char *end;
+        errno = 0;
+        long long n = strtoll(v, &end, 10);
+        if (errno || end == v || *end)
+            lua_pushlstring(L, v, len); /* cannot happen for these types; keep the text */
+        else
+            lua_pushinteger(L, (lua_Integer)n);
+        break;
+    }
+    case AS_FLOAT: /* strtod reads the server's NaN, Infinity and -Infinity */
+        lua_pushnumber(L, (lua_Number)strtod(v, NULL));
+        break;
+    case AS_BOOLEAN:
+        lua_pushboolean(L, v[0] == 't');
+        break;
+    case AS_JSON:
+        lua_pushvalue(L, decode);
+        lua_pushlstring(L, v, len);
+        lua_call(L, 1, 1);
+        break;
+    default:
+        lua_pushlstring(L, v, len);
+    }
+}
+
+/* [..] -> [.., cjson.decode]. The host preloads cjson; use the loaded copy if there is one. */
+static void push_json_decode(lua_State *L) {
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    if (lua_getfield(L, -1, "cjson") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_getglobal(L, "require");
+        lua_pushliteral(L, "cjson");
+        lua_call(L, 1, 1);
+    }
+    lua_getfield(L, -1, "decode"); // [loaded, cjson, decode]
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+}
+
+/* [..] -> [.., rows]. res stays owned by its box, so an error here cannot leak it. */
+static void push_rows(lua_State *L, const PGresult *res) {
+    int nfields = PQnfields(res), ntuples = PQntuples(res);
+    luaL_checkstack(L, 8, NULL);
+    int decode = 0;
+    for (int j = 0; j < nfields && !decode; j++) {
+        if (conversion_for(PQftype(res, j)) == AS_JSON) {
+            push_json_decode(L);
+            decode = lua_gettop(L);
+        }
+    }
+    lua_createtable(L, ntuples, 3); // [decode?, rows]
+    int rows = lua_gettop(L);
+    lua_createtable(L, nfields, 0); // [decode?, rows, columns]
+    int columns = rows + 1;
+    for (int j = 0; j < nfields; j++) {
+        lua_pushstring(L, PQfname(res, j));
+        lua_rawseti(L, columns, j + 1);
+    }
+    for (int i = 0; i < ntuples; i++) {
+        lua_createtable(L, 0, nfields); // [decode?, rows, columns, row]
+        for (int j = 0; j < nfields; j++) {
+            lua_rawgeti(L, columns, j + 1);
+            push_value(L, res, i, j, decode);
+            lua_rawset(L, -3);
+        }
+        lua_rawseti(L, rows, i + 1);
+    }
+    lua_setfield(L, rows, "columns"); // [decode?, rows]
+    lua_pushstring(L, PQcmdStatus((PGresult *)res));
+    lua_setfield(L, rows, "command");
+    const char *tuples = PQcmdTuples((PGresult *)res);
+    if (*tuples) {
+        lua_pushinteger(L, (lua_Integer)strtoll(tuples, NULL, 10));
+        lua_setfield(L, rows, "affected");
+    }
+    if (decode)
+        lua_remove(L, decode);
+}
+
+/* ---- results ---- */
+
+/* Gets out of a COPY state the caller did not ask for: fails a COPY FROM STDIN (the server
+ * then reports an error) and reads and drops the data of a COPY TO STDOUT. Without this
+ * the next PQgetResult would wait forever for data we will never send. */
+static int leave_copy(PGconn *pg, ExecStatusType st) {
+    if (st == PGRES_COPY_IN || st == PGRES_COPY_BOTH) {
+        if (PQputCopyEnd(pg, "COPY FROM STDIN is only supported through copy_in()") != 1)
+            return 0;
+    }
+    if (st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+        char *buf;
+        int n;
+        while ((n = PQgetCopyData(pg, &buf, 0)) > 0)
+            PQfreemem(buf);
+        if (n == -2)
+            return 0;
+    }
+    return 1;
+}
+
+/* Reads results, starting with r, until PQgetResult returns NULL, keeping in the box the
+ * one to report: the first error, else the last. Calls no Lua, so holding r in a local is
+ * safe. Returns 1 when it had to leave a COPY and the server may not report an error. */
+static int collect(PGconn *pg, struct result_box *box, PGresult *r) {
+    int refused = 0, copies = 0;
+    while (r) {
+        ExecStatusType st = PQresultStatus(r);
+        if (is_copy(r)) {
+            PQclear(r);
+            refused = 1;
+            /* A healthy connection leaves COPY at once; a broken one returns an error
+             * result next. The bound only guards against a libpq we do not know. */
+            if (!leave_copy(pg, st) && ++copies > 16)
+                break;
+        } else if (box->res && is_error(box->res)) {
+            PQclear(r);
+        } else {
+            PQclear(box->res);
+            box->res = r;
+        }
+        r = PQgetResult(pg);
+    }
+    return refused;
+}
+
+/* The result in the box (at the stack top) becomes the method's return values:
+ * rows (or the command tag when !want_rows), "sync", or nil, err. Clears the box. */
+static int push_outcome(lua_State *L, struct conn *c, struct result_box *box, int want_rows) {
+    PGresult *res = box->res;
+    int n = 1;
+    switch (res ? PQresultStatus(res) : PGRES_FATAL_ERROR) {
+    case PGRES_COMMAND_OK:
+    case PGRES_TUPLES_OK:
+    case PGRES_SINGLE_TUPLE:
+    case PGRES_EMPTY_QUERY:
+        if (want_rows)
+            push_rows(L, res);
+        else
+            lua_pushstring(L, PQcmdStatus(res));
+        break;
+    case PGRES_PIPELINE_SYNC:
+        lua_pushliteral(L, "sync");
+        break;
+    case PGRES_PIPELINE_ABORTED:
+        lua_pushnil(L);
+        push_message_error(L, "not run: an earlier statement in the pipeline failed");
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "aborted");
+        n = 2;
+        break;
+    default:
+        lua_pushnil(L);
+        push_error(L, c, res);
+        n = 2;
+    }
+    result_release(box);
+    return n;
+}
+
+/* After PQexec/PQexecParams: r into the box, leaving an unexpected COPY first. */
+static int finish_exec(lua_State *L, struct conn *c, struct result_box *box, PGresult *r,
+                       int want_rows) {
+    if (!r || !is_copy(r)) {
+        box->res = r;
+        return push_outcome(L, c, box, want_rows);
+    }
+    if (collect(c->pg, box, r) && (!box->res || !is_error(box->res))) {
+        result_release(box);
+        lua_pushnil(L);
+        push_message_error(L, "COPY TO STDOUT is not supported; its output was discarded");
+        return 2;
+    }
+    return push_outcome(L, c, box, want_rows);
+}
+
+/* ---- module functions ---- */
+
+/* pg.connect(conninfo_or_uri [, {application_name=, connect_timeout=}]) -> conn | nil, err */
+static int pg_lconnect(lua_State *L) {
+    const char *conninfo = luaL_checkstring(L, 1);
+    const char *appname = "moonshift", *timeout = NULL;
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        if (lua_getfield(L, 2, "application_name") != LUA_TNIL) {
+            appname = lua_tostring(L, -1);
+            luaL_argcheck(L, appname != NULL, 2, "application_name must be a string");
+        }
+        if (lua_getfield(L, 2, "connect_timeout") != LUA_TNIL) {
+            int isint;
+            lua_Integer seconds = lua_tointegerx(L, -1, &isint);
+            luaL_argcheck(L, isint && seconds >= 0, 2,
+                          "connect_timeout must be whole seconds");
+            timeout = lua_pushfstring(L, "%I", (LUAI_UACINT)seconds);
+        }
+    }
+    struct conn *c = lua_newuserdatauv(L, sizeof *c, 0);
+    memset(c, 0, sizeof *c);
+    c->notices_end = &c->notices;
+    luaL_setmetatable(L, CONN_META); // [.., conn]
+
+    /* Later entries override earlier ones, and the expanded dbname overrides everything
+     * before it: our defaults go first so a conninfo can change them; an explicit
+     * connect_timeout from the caller goes last and wins. */
+    const char *keys[5], *values[5];
+    int k = 0;
+    keys[k] = "keepalives", values[k++] = "1";
+    keys[k] = "fallback_application_name", values[k++] = appname;
+    keys[k] = "dbname", values[k++] = conninfo;
+    if (timeout)
+        keys[k] = "connect_timeout", values[k++] = timeout;
+    keys[k] = NULL, values[k] = NULL;
+    c->pg = PQconnectdbParams(keys, values, 1);
+    if (!c->pg)
+        return luaL_error(L, "not enough memory");
+    if (PQstatus(c->pg) != CONNECTION_OK) {
+        lua_pushnil(L);
+        lua_createtable(L, 0, 2);
+        push_redacted(L, PQerrorMessage(c->pg));
+        lua_setfield(L, -2, "message");
+        lua_pushliteral(L, "connect");
+        lua_setfield(L, -2, "kind");
+        luaL_setmetatable(L, ERROR_META);
+        PQfinish(c->pg);
+        c->pg = NULL;
+        return 2;
+    }
+    c->cancel = PQgetCancel(c->pg);
+    PQsetNoticeReceiver(c->pg, on_notice, c);
+    return 1;
+}
+
+static int pg_llib_version(lua_State *L) {
+    lua_pushinteger(L, PQlibVersion());
+    return 1;
+}
+
+/* ---- connection methods ---- */
+
+static struct conn *check_conn(lua_State *L) {
+    struct conn *c = luaL_checkudata(L, 1, CONN_META);
+    if (!c->pg)
+        luaL_error(L, "connection is closed");
+    return c;
+}
+
+/* close(), __close and __gc: idempotent. */
+static int conn_close(lua_State *L) {
+    struct conn *c = luaL_checkudata(L, 1, CONN_META);
+    if (c->cancel) {
+        PQfreeCancel(c->cancel);
+        c->cancel = NULL;
+    }
+    if (c->pg) {
+        PQfinish(c->pg);
+        c->pg = NULL;
+    }
+    free_notices(c);
+    return 0;
+}
+
+static int conn_tostring(lua_State *L) {
+    struct conn *c = luaL_checkudata(L, 1, CONN_META);
+    if (c->pg)
+        lua_pushfstring(L, "%s (pid %d)", CONN_META, PQbackendPID(c->pg));
+    else
+        lua_pushfstring(L, "%s (closed)", CONN_META);
+    return 1;
+}
+
+/* conn:query(sql, ...) -> rows | nil, err */
+static int conn_query(lua_State *L) {
+    struct conn *c = check_conn(L);
+    const char *sql = luaL_checkstring(L, 2);
+    int n;
+    const char **values = check_params(L, 3, &n);
+    struct result_box *box = push_result_box(L);
+    PGresult *r = PQexecParams(c->pg, sql, n, NULL, values, NULL, NULL, 0);
+    return finish_exec(L, c, box, r, 1);
+}
+
+/* conn:exec(sql) -> command tag | nil, err; simple protocol, so several statements work */
+static int conn_exec(lua_State *L) {
+    struct conn *c = check_conn(L);
+    const char *sql = luaL_checkstring(L, 2);
+    struct result_box *box = push_result_box(L);
+    PGresult *r = PQexec(c->pg, sql);
+    return finish_exec(L, c, box, r, 0);
+}
+
+/* conn:copy_in(sql, data) -> command tag | nil, err */
+static int conn_copy_in(lua_State *L) {
+    struct conn *c = check_conn(L);
+    const char *sql = luaL_checkstring(L, 2);
+    size_t len;
+    const char *data = luaL_checklstring(L, 3, &len);
+    struct result_box *box = push_result_box(L);
+    /* Extended protocol: one statement only, so nothing can follow the COPY. */
+    PGresult *r = PQexecParams(c->pg, sql, 0, NULL, NULL, NULL, NULL, 0);
+    if (!r || PQresultStatus(r) != PGRES_COPY_IN) {
+        collect(c->pg, box, r);
+        if (!box->res || is_error(box->res))
+            return push_outcome(L, c, box, 0);
+        result_release(box);
+        lua_pushnil(L);
+        push_message_error(L, "copy_in() needs a COPY ... FROM STDIN statement");
+        return 2;
+    }
+    PQclear(r);
+    /* Only a broken connection makes these fail; a server error about the data arrives
+     * as the final result (the server drops the rest of what we send). */
+    int sent = 1;
+    for (size_t off = 0; sent && off < len; off += COPY_CHUNK) {
+        size_t chunk = len - off < COPY_CHUNK ? len - off : COPY_CHUNK;
+        sent = PQputCopyData(c->pg, data + off, (int)chunk) == 1;
+    }
+    if (sent)
+        PQputCopyEnd(c->pg, NULL);
+    collect(c->pg, box, PQgetResult(c->pg));
+    return push_outcome(L, c, box, 0);
+}
+
+/* conn:send_query(sql, ...) -> true | nil, err (async; in pipeline mode, queues) */
+static int conn_send_query(lua_State *L) {
+    struct conn *c = check_conn(L);
+    const char *sql = luaL_checkstring(L, 2);
+    int n;
+    const char **values = check_params(L, 3, &n);
+    if (!PQsendQueryParams(c->pg, sql, n, NULL, values, NULL, NULL, 0))
+        return fail_conn(L, c);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* conn:get_result() -> rows | nil, err | false (no more for this query) | "sync" */
+static int conn_get_result(lua_State *L) {
+    struct conn *c = check_conn(L);
+    struct result_box *box = push_result_box(L);
+    box->res = PQgetResult(c->pg);
+    if (!box->res) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    if (is_copy(box->res)) {
+        /* Leave COPY but keep the result stream: the server's answer to the failed COPY
+         * and the closing NULL still come through the next calls. */
+        ExecStatusType st = PQresultStatus(box->res);
+        result_release(box);
+        leave_copy(c->pg, st);
+        lua_pushnil(L);
+        push_message_error(L, "COPY is not supported through get_result(); use copy_in()");
+        return 2;
+    }
+    return push_outcome(L, c, box, 1);
+}
+
+static int push_ok(lua_State *L, struct conn *c, int ok) {
+    if (!ok)
+        return fail_conn(L, c);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int conn_pipeline_enter(lua_State *L) {
+    struct conn *c = check_conn(L);
+    return push_ok(L, c, PQenterPipelineMode(c->pg));
+}
+
+static int conn_pipeline_exit(lua_State *L) {
+    struct conn *c = check_conn(L);
+    return push_ok(L, c, PQexitPipelineMode(c->pg));
+}
+
+static int conn_pipeline_sync(lua_State *L) {
+    struct conn *c = check_conn(L);
+    return push_ok(L, c, PQpipelineSync(c->pg));
+}
+
+static int conn_consume_input(lua_State *L) {
+    struct conn *c = check_conn(L);
+    return push_ok(L, c, PQconsumeInput(c->pg));
+}
+
+static int conn_busy(lua_State *L) {
+    lua_pushboolean(L, PQisBusy(check_conn(L)->pg));
+    return 1;
+}
+
+static int conn_socket(lua_State *L) {
+    lua_pushinteger(L, PQsocket(check_conn(L)->pg));
+    return 1;
+}
+
+/* conn:cancel() -> true | nil, msg. PQcancel opens its own connection, so it works while
+ * a query runs on this one (and is what a signal handler could call). */
+static int conn_cancel(lua_State *L) {
+    struct conn *c = check_conn(L);
+    char errbuf[256];
+    if (!c->cancel) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "no cancel handle for this connection");
+        return 2;
+    }
+    if (!PQcancel(c->cancel, errbuf, sizeof errbuf)) {
+        lua_pushnil(L);
+        push_redacted(L, errbuf);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* conn:notices() -> { {severity=, sqlstate=, message=, detail=, hint=}, ..., dropped=n? } */
+static int conn_notices(lua_State *L) {
+    struct conn *c = check_conn(L);
+    lua_createtable(L, (int)c->notice_count, 1); // [list]
+    int i = 0;
+    for (struct notice *n = c->notices; n; n = n->next) {
+        lua_createtable(L, 0, 5); // [list, notice]
+        set_string(L, "severity", n->severity);
+        set_string(L, "sqlstate", n->sqlstate);
+        set_string(L, "message", n->message);
+        set_string(L, "detail", n->detail);
+        set_string(L, "hint", n->hint);
+        lua_rawseti(L, -2, ++i);
+    }
+    if (c->notices_dropped) {
+        lua_pushinteger(L, (lua_Integer)c->notices_dropped);
+        lua_setfield(L, -2, "dropped");
+    }
+    free_notices(c); /* only now: building the list may raise, and then nothing is lost */
+    return 1;
+}
+
+static int conn_status(lua_State *L) {
+    static const char *const names[] = {"idle", "active", "intrans", "inerror", "unknown"};
+    PGTransactionStatusType st = PQtransactionStatus(check_conn(L)->pg);
+    lua_pushstring(L, (unsigned)st < 5 ? names[st] : "unknown");
+    return 1;
+}
+
+static int conn_ok(lua_State *L) {
+    lua_pushboolean(L, PQstatus(check_conn(L)->pg) == CONNECTION_OK);
+    return 1;
+}
+
+static int conn_server_version(lua_State *L) {
+    lua_pushinteger(L, PQserverVersion(check_conn(L)->pg));
+    return 1;
+}
+
+static int conn_backend_pid(lua_State *L) {
+    lua_pushinteger(L, PQbackendPID(check_conn(L)->pg));
+    return 1;
+}
+
+static int conn_parameter(lua_State *L) {
+    struct conn *c = check_conn(L);
+    const char *value = PQparameterStatus(c->pg, luaL_checkstring(L, 2));
+    if (value)
+        lua_pushstring(L, value);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+/* conn:info() -> {user=, dbname=, host=, port=}; the password is deliberately absent. */
+static int conn_info(lua_State *L) {
+    struct conn *c = check_conn(L);
+    lua_createtable(L, 0, 4);
+    set_string(L, "user", PQuser(c->pg));
+    set_string(L, "dbname", PQdb(c->pg));
+    set_string(L, "host", PQhost(c->pg));
+    const char *port = PQport(c->pg);
+    if (port && *port) {
+        char *end;
+        long n = strtol(port, &end, 10);
+        if (*end == '\0')
+            lua_pushinteger(L, n);
+        else
+            lua_pushstring(L, port);
+        lua_setfield(L, -2, "port");
+    }
+    return 1;
+}
+
+static int escape(lua_State *L, int identifier) {
+    struct conn *c = check_conn(L);
+    size_t len;
+    const char *s = luaL_checklstring(L, 2, &len);
+    luaL_argcheck(L, strlen(s) == len, 2, "string contains a zero byte");
+    struct mem *m = push_mem(L, 1);
+    m->p = identifier ? PQescapeIdentifier(c->pg, s, len) : PQescapeLiteral(c->pg, s, len);
+    if (!m->p)
+        return fail_conn(L, c); /* e.g. invalid multibyte characters */
+    lua_pushstring(L, m->p);
+    mem_release(m);
+    return 1;
+}
+
+static int conn_escape_identifier(lua_State *L) {
+    return escape(L, 1);
+}
+
+static int conn_escape_literal(lua_State *L) {
+    return escape(L, 0);
+}
+
+/* ---- registration ---- */
+
+static const luaL_Reg funcs[] = {
+    {"connect", pg_lconnect},
+    {"lib_version", pg_llib_version},
+    {NULL, NULL},
+};
+
+static const luaL_Reg methods[] = {
+    {"query", conn_query},
+    {"exec", conn_exec},
+    {"copy_in", conn_copy_in},
+    {"send_query", conn_send_query},
+    {"get_result", conn_get_result},
+    {"pipeline_enter", conn_pipeline_enter},
+    {"pipeline_exit", conn_pipeline_exit},
+    {"pipeline_sync", conn_pipeline_sync},
+    {"consume_input", conn_consume_input},
+    {"busy", conn_busy},
+    {"socket", conn_socket},
+    {"cancel", conn_cancel},
+    {"notices", conn_notices},
+    {"status", conn_status},
+    {"ok", conn_ok},
+    {"server_version", conn_server_version},
+    {"backend_pid", conn_backend_pid},
+    {"parameter", conn_parameter},
+    {"info", conn_info},
+    {"escape_identifier", conn_escape_identifier},
+    {"escape_literal", conn_escape_literal},
+    {"close", conn_close},
+    {NULL, NULL},
+};
+
+static const luaL_Reg metamethods[] = {
+    {"__index", NULL}, /* the methods table */
+    {"__gc", conn_close},
+    {"__close", conn_close},
+    {"__tostring", conn_tostring},
+    {NULL, NULL},
+};
+
+static void create_meta(lua_State *L) {
+    luaL_newmetatable(L, CONN_META);
+    luaL_setfuncs(L, metamethods, 0);
+    luaL_newlibtable(L, methods);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, RESULT_META);
+    lua_pushcfunction(L, result_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, MEM_META);
+    lua_pushcfunction(L, mem_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, ERROR_META);
+    lua_pushcfunction(L, error_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+}
 
 int luaopen_moonshift_pg(lua_State *L) {
-    lua_newtable(L);
+    create_meta(L);
+    luaL_newlib(L, funcs);
+    lua_pushlightuserdata(L, &null_sentinel);
+    lua_setfield(L, -2, "null");
     return 1;
 }
