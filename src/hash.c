@@ -1,10 +1,104 @@
-/* moonshift.hash (placeholder until the binding lands). */
+/* moonshift.hash: SHA-256 of strings and files (OpenSSL EVP), as lowercase hex. */
+#include <errno.h>
+#include <fcntl.h>
 #include <lauxlib.h>
 #include <lua.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
-int luaopen_moonshift_hash(lua_State *L);
+#include "modules.h"
+
+/* Files are streamed through a fixed buffer, so hashing a dump costs constant memory. */
+#define CHUNK (64 * 1024)
+
+static void push_hex(lua_State *L, const unsigned char *md, unsigned int n) {
+    static const char digits[] = "0123456789abcdef";
+    char hex[2 * EVP_MAX_MD_SIZE];
+    for (unsigned int i = 0; i < n; i++) {
+        hex[2 * i] = digits[md[i] >> 4];
+        hex[2 * i + 1] = digits[md[i] & 0xf];
+    }
+    lua_pushlstring(L, hex, 2 * (size_t)n);
+}
+
+static int push_failure(lua_State *L, const char *path, int err) {
+    const char *code = err ? strerrorname_np(err) : NULL;
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", path, err ? strerror(err) : "OpenSSL digest failure");
+    lua_pushstring(L, code ? code : "EIO");
+    return 3;
+}
+
+/* hash.sha256(s) -> hex */
+static int hash_sha256(lua_State *L) {
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (!EVP_Digest(s, len, md, &n, EVP_sha256(), NULL))
+        return luaL_error(L, "sha256: OpenSSL digest failure");
+    push_hex(L, md, n);
+    return 1;
+}
+
+/* hash.sha256_file(path) -> hex | nil, msg, code */
+static int hash_sha256_file(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    /* The buffer is Lua's, so nothing below needs freeing if the state runs out of memory. */
+    unsigned char *buf = lua_newuserdatauv(L, CHUNK, 0);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    int err = 0, ok = 0;
+
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        err = errno;
+        goto done;
+    }
+    if (!ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL))
+        goto done;
+    for (;;) {
+        ssize_t got = read(fd, buf, CHUNK);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            err = errno;
+            goto done;
+        }
+        if (got == 0)
+            break;
+        if (!EVP_DigestUpdate(ctx, buf, (size_t)got))
+            goto done;
+    }
+    ok = EVP_DigestFinal_ex(ctx, md, &n);
+
+done:
+    if (fd >= 0)
+        close(fd);
+    EVP_MD_CTX_free(ctx);
+    if (!ok)
+        return push_failure(L, path, err);
+    push_hex(L, md, n);
+    return 1;
+}
+
+/* hash.openssl_version() -> "OpenSSL 3.0.x ..." */
+static int hash_openssl_version(lua_State *L) {
+    lua_pushstring(L, OpenSSL_version(OPENSSL_VERSION));
+    return 1;
+}
 
 int luaopen_moonshift_hash(lua_State *L) {
-    lua_newtable(L);
+    static const luaL_Reg funcs[] = {
+        {"sha256", hash_sha256},
+        {"sha256_file", hash_sha256_file},
+        {"openssl_version", hash_openssl_version},
+        {NULL, NULL},
+    };
+    luaL_newlib(L, funcs);
     return 1;
 }
