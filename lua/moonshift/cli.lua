@@ -1,7 +1,232 @@
--- The command line: parses arguments and maps errors to exit codes.
+-- The command line: parses arguments, runs a command, prints its result, maps errors to exits.
+local argparse = require("argparse")
+local cjson = require("cjson")
+local host = require("moonshift.host")
+local errors = require("moonshift.errors")
+local config = require("moonshift.config")
+local ui_mod = require("moonshift.ui")
+
+local fmt = string.format
+
 local cli = {}
-function cli.main(args)
-  io.stdout:write("moonshift ", #args, "\n")
-  return 0
+
+local function build_parser()
+  local p = argparse("moonshift", "PostgreSQL schema migrations you can script in Lua.")
+    :epilog("Exit codes: 0 ok, 1 internal error, 2 usage, 3 pending (check), 4 cannot " ..
+      "connect, 5 lock busy, 6 SQL failed (rolled back), 7 hook failed, 8 verification " ..
+      "failed, 9 refused (dirty, drift, missing, out of order), 10 backup failed, " ..
+      "130 interrupted. See moonshift(1).")
+  p:command_target("command")
+  p:require_command(false)
+  p:flag("--version", "Print versions and exit.")
+  -- Connection and lock options work before or after the command name.
+  local function common(cmd)
+    cmd:option("-c --config", "The migrate.lua to use (default: found in . or a parent).")
+    cmd:option("-d --database", "Connection URI or conninfo (overrides the environment).")
+    cmd:option("--schema", "Schema of the tracking tables.")
+    cmd:option("--table", "Name of the tracking table.")
+    cmd:option("--lock-wait", "How long to wait for another run's lock (e.g. 30s).")
+    cmd:option("--lock-timeout", "lock_timeout for each migration (e.g. 5s).")
+    cmd:option("--statement-timeout", "statement_timeout for each migration.")
+    cmd:flag("-q --quiet", "Only errors and results.")
+    return cmd
+  end
+  common(p)
+  local command = p.command
+  p.command = function(self, ...) return common(command(self, ...)) end
+
+  local function mutating(cmd)
+    cmd:flag("-y --auto-confirm", "Do not ask; required without a terminal.")
+    cmd:flag("-n --dry-run", "Print the plan and the SQL; change nothing.")
+    return cmd
+  end
+
+  p:command("status", "Show applied, pending, dirty and changed migrations."):flag("--json")
+  local up = mutating(p:command("up", "Apply pending migrations."))
+  up:option("--to", "Stop after this version.")
+  up:option("--count", "Apply at most this many."):convert(math.tointeger)
+  up:flag("--allow-out-of-order", "Apply pending migrations older than the newest applied one.")
+  local down = mutating(p:command("down", "Revert applied migrations (default: the newest)."))
+  down:argument("count", "How many to revert."):args("?"):convert(math.tointeger)
+  down:option("--to", "Revert down to (not including) this version.")
+  down:flag("--all", "Revert everything.")
+  local go = mutating(p:command("goto", "Apply or revert until exactly this version is current."))
+  go:argument("version")
+  mutating(p:command("redo", "Revert the newest migration and apply it again."))
+  local stamp = p:command("stamp", "Record versions up to V as applied without running them.")
+  stamp:argument("version")
+  stamp:flag("-y --auto-confirm", "Do not ask.")
+  local force = p:command("force", "Mark a (dirty) migration as applied, or not applied.")
+  force:argument("version")
+  force:flag("--not-applied", "Remove its row so it runs again.")
+  force:flag("-y --auto-confirm", "Do not ask.")
+  local hist = p:command("history", "Show the event log (applies, reverts, failures).")
+  hist:flag("--json")
+  hist:option("--limit", "Newest N events."):convert(math.tointeger):default("100")
+  local new = p:command("new", "Create the files for a new migration.")
+  new:argument("name")
+  new:flag("--timestamp", "Number by UTC timestamp (when there are no migrations yet).")
+  p:command("check", "Exit 0 if up to date, 3 if migrations are pending, 9 if refused.")
+    :flag("--json")
+  p:command("demo", "Run the sample project on a throwaway database.")
+  return p
 end
+
+local function version_text()
+  local pg = require("moonshift.pg")
+  local hash = require("moonshift.hash")
+  local v = pg.lib_version()
+  return fmt("moonshift %s\n%s, libpq %d.%d, %s", host.version, host.lua_version,
+    v // 10000, v % 10000, hash.openssl_version())
+end
+
+local function print_status(ui, st)
+  ui:result(fmt("%s: %s", st.target, st.current and ("at " .. st.current) or "nothing applied"))
+  for _, m in ipairs(st.applied) do
+    ui:result(fmt("  applied  %-40s %s", m.id, m.applied_at or ""))
+  end
+  for _, m in ipairs(st.dirty) do
+    ui:result(fmt("  DIRTY    %-40s started %s, run %s", m.id, m.started_at, tostring(m.run_id)))
+  end
+  for _, m in ipairs(st.drift) do
+    ui:result(fmt("  CHANGED  %-40s file differs from what ran", m.id))
+  end
+  for _, m in ipairs(st.missing) do ui:result(fmt("  MISSING  %-40s applied, no file", m.id)) end
+  for _, m in ipairs(st.pending) do ui:result(fmt("  pending  %s", m.id)) end
+  for _, m in ipairs(st.repeatables) do ui:result(fmt("  pending  %s (repeatable)", m.id)) end
+  ui:result(fmt("%d applied, %d pending%s", #st.applied, #st.pending,
+    (#st.dirty + #st.drift + #st.missing > 0) and
+      fmt(", %d dirty, %d changed, %d missing", #st.dirty, #st.drift, #st.missing) or ""))
+end
+
+local function plural(n, word)
+  return fmt("%d %s%s", n, word, n == 1 and "" or "s")
+end
+
+local function print_run(ui, res)
+  if res.dry_run then
+    ui:info(fmt("dry run: %s planned, nothing changed", plural(res.planned, "migration")))
+  elseif res.nothing then
+    ui:result(fmt("nothing to do: %s is at %s", res.target, res.current))
+  elseif res.redo then
+    ui:result(fmt("redid %s on %s", res.redo, res.target))
+  else
+    ui:result(fmt("%s %s on %s in %s; now at %s", res.reverted and "reverted" or "applied",
+      plural(#res.done, "migration"), res.target, ui_mod.duration(res.duration_ms), res.current))
+  end
+end
+
+-- Shortens values for JSON: cjson cannot encode sparse or mixed tables we never make.
+local function to_json(v)
+  cjson.encode_empty_table_as_object(false)
+  return cjson.encode(v)
+end
+
+local function run_command(args, cfg, ui)
+  local commands = require("moonshift.commands")
+  local c = args.command
+  if c == "status" or c == "check" then
+    local st, err = commands[c](cfg, ui)
+    if not st then return nil, err end
+    if args.json then ui:result(to_json(st)) else print_status(ui, st) end
+    if c == "check" then
+      return errors.EXIT[st.verdict] or 0
+    end
+    return 0
+  elseif c == "up" then
+    return commands.up(cfg, ui, { to = args.to, count = args.count, dry_run = args.dry_run,
+      auto_confirm = args.auto_confirm }), nil, print_run
+  elseif c == "down" then
+    return commands.down(cfg, ui, { count = args.count, to = args.to, all = args.all,
+      dry_run = args.dry_run, auto_confirm = args.auto_confirm }), nil, print_run
+  elseif c == "goto" then
+    return commands.goto_version(cfg, ui, { version = args.version, dry_run = args.dry_run,
+      auto_confirm = args.auto_confirm }), nil, print_run
+  elseif c == "redo" then
+    return commands.redo(cfg, ui, { dry_run = args.dry_run, auto_confirm = args.auto_confirm }),
+      nil, print_run
+  elseif c == "stamp" then
+    local res, err = commands.stamp(cfg, ui, { version = args.version,
+      auto_confirm = args.auto_confirm })
+    if not res then return nil, err end
+    ui:result(fmt("stamped %s at %s (%s changed)", res.target, res.stamped,
+      plural(#res.changed, "row")))
+    return 0
+  elseif c == "force" then
+    local res, err = commands.force(cfg, ui, { version = args.version,
+      not_applied = args.not_applied, auto_confirm = args.auto_confirm })
+    if not res then return nil, err end
+    ui:result(fmt("%s marked %s on %s", res.forced, res.applied and "applied" or "not applied",
+      res.target))
+    return 0
+  elseif c == "history" then
+    local res, err = commands.history(cfg, ui, { limit = args.limit })
+    if not res then return nil, err end
+    if args.json then
+      ui:result(to_json(res.events))
+    else
+      for _, e in ipairs(res.events) do
+        ui:result(fmt("%s  %-8s %-40s %s@%s", e.at, e.action, e.name or "", e.applied_by,
+          e.hostname or "?"))
+      end
+    end
+    return 0
+  elseif c == "new" then
+    local res, err = commands.new(cfg, ui, { name = args.name, timestamp = args.timestamp })
+    if not res then return nil, err end
+    for _, f in ipairs(res.files) do ui:result(f) end
+    return 0
+  elseif c == "demo" then
+    return require("moonshift.demo").run(ui)
+  end
+  return nil, errors.new("usage", "unknown command " .. tostring(c))
+end
+
+local function report(ui, err)
+  ui:error(tostring(err))
+  if err.done and #err.done > 0 then
+    ui:info(fmt("applied before the failure (still committed): %s", plural(#err.done, "migration")))
+  end
+  return errors.EXIT[err.kind] or 1
+end
+
+--- Runs the command line; returns the exit code.
+-- @param argv table: the arguments (without the program name)
+-- @return integer
+function cli.main(argv)
+  math.randomseed(os.time(), require("moonshift.proc").getpid())
+  local parser = build_parser()
+  local ok, args = parser:pparse(argv)
+  local ui = ui_mod.new({ quiet = ok and args.quiet })
+  if not ok then
+    ui:error(args)
+    io.stderr:write(parser:get_usage(), "\n")
+    return errors.EXIT.usage
+  end
+  if args.version then
+    ui:result(version_text())
+    return 0
+  end
+  if not args.command then
+    io.stdout:write(parser:get_help(), "\n")
+    return 0
+  end
+  local cfg, cerr = config.load({
+    config = args.config, database = args.database, schema = args.schema, table = args.table,
+    lock_wait = args.lock_wait, lock_timeout = args.lock_timeout,
+    statement_timeout = args.statement_timeout, allow_out_of_order = args.allow_out_of_order,
+  })
+  if not cfg then return report(ui, cerr) end
+  local res, err, printer = run_command(args, cfg, ui)
+  if res == nil then
+    if not errors.is(err) then err = errors.wrap("internal", err or "unknown failure") end
+    return report(ui, err)
+  end
+  if printer then
+    printer(ui, res)
+    return 0
+  end
+  return res
+end
+
 return cli

@@ -56,7 +56,8 @@ end
 -- @return Cluster (fields uri, dir, data, log_file, socket_dir, port, bin_dir) | nil, err
 function cluster.start(opts)
   opts = opts or {}
-  local bin, err = opts.bin_dir or cluster.default_bin_dir()
+  local bin, err = opts.bin_dir, nil
+  if not bin then bin, err = cluster.default_bin_dir() end
   if not bin then return nil, err end
   local dir, derr = fs.mkdtemp("/tmp/moonshift-pg-")
   if not dir then return nil, derr end

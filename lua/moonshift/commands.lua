@@ -1,0 +1,507 @@
+-- The commands as functions that return results; cli.lua prints them, workflows compose them.
+local fs = require("moonshift.fs")
+local proc = require("moonshift.proc")
+local hash = require("moonshift.hash")
+local pg = require("moonshift.pg")
+local source = require("moonshift.source")
+local db = require("moonshift.db")
+local history = require("moonshift.history")
+local lock = require("moonshift.lock")
+local plan = require("moonshift.plan")
+local runner = require("moonshift.runner")
+local version = require("moonshift.version")
+local errors = require("moonshift.errors")
+local ui_mod = require("moonshift.ui")
+
+local fmt = string.format
+
+local commands = {}
+
+local Session = {}
+Session.__index = Session
+
+local function new_run_id()
+  local seed = fmt("%s-%d-%.6f-%d", fs.hostname(), proc.getpid(), fs.now(), math.random(1 << 30))
+  return os.date("!%Y%m%dT%H%M%SZ") .. "-" .. hash.sha256(seed):sub(1, 8)
+end
+
+local function load_source(cfg)
+  return source.load(cfg.migrations, { format = cfg.format, ignore = cfg.ignore })
+end
+
+--- Opens what a command needs: the migrations, a connection, the history; for a
+-- mutating command also a writable target, the run lock and the tracking tables.
+-- Files are validated before the lock and again under it.
+local function open(cfg, ui, mutating)
+  local set, err = load_source(cfg)
+  if not set then return nil, err end
+  local conn, cerr = db.connect(cfg)
+  if not conn then return nil, cerr end
+  local s = setmetatable({ cfg = cfg, ui = ui, conn = conn, set = set }, Session)
+  local schema, serr = db.tracking_schema(conn, cfg)
+  if not schema then
+    s:close()
+    return nil, serr
+  end
+  s.history = history.new(conn, schema, cfg)
+  s.lock_key = s.history.migrations
+  s.label = db.label(conn)
+  if mutating then
+    local ok, werr = db.check_writable(conn)
+    if not ok then
+      s:close()
+      return nil, werr
+    end
+    s.lock_conn, cerr = db.connect(cfg)
+    if not s.lock_conn then
+      s:close()
+      return nil, cerr
+    end
+    s.lock, err = lock.acquire(s.lock_conn, s.lock_key, cfg.lock_wait_ms, function(holder)
+      ui:info(fmt("waiting for the run lock on %s, held by %s", s.lock_key, holder))
+    end)
+    if not s.lock then
+      s:close()
+      return nil, err
+    end
+    -- Another runner may have changed things while we waited: read everything again.
+    s.set, err = load_source(cfg)
+    if s.set then ok, err = s.history:ensure() end
+    if not s.set or not ok then
+      s:close()
+      return nil, err
+    end
+    s.run_id = new_run_id()
+  end
+  local ok, rerr = s:refresh()
+  if not ok then
+    s:close()
+    return nil, rerr
+  end
+  return s
+end
+
+function Session:refresh()
+  local rows, err = self.history:load()
+  if not rows then return nil, err end
+  self.status = plan.status(self.set, rows)
+  return true
+end
+
+function Session:close()
+  if self.lock then self.lock:release() end
+  if self.lock_conn then self.lock_conn:close() end
+  if self.conn then self.conn:close() end
+end
+
+function Session:runner()
+  return runner.new({ conn = self.conn, history = self.history, cfg = self.cfg, ui = self.ui,
+    run_id = self.run_id,
+    emit = function(event, f)
+      if event == "retry" then
+        self.ui:warn(fmt("%s: lock timeout (SQLSTATE %s); retry %d of %d in %s", f.migration.id,
+          f.sqlstate, f.attempt, f.of, ui_mod.duration(f.delay_ms)))
+      end
+    end })
+end
+
+-- Asks once on a terminal; without one, only --auto-confirm lets a change through.
+function Session:confirm(opts, question)
+  if opts.auto_confirm or opts.dry_run then return true end
+  if self.ui.interactive then
+    if self.ui:confirm(question) then return true end
+    return nil, errors.new("usage", "not confirmed; nothing was changed")
+  end
+  return nil, errors.new("usage", fmt("refusing to change %s without confirmation: there is " ..
+    "no terminal to ask on; pass --auto-confirm (-y)", self.label))
+end
+
+local function with_session(cfg, ui, mutating, fn)
+  local s, err = open(cfg, ui, mutating)
+  if not s then return nil, err end
+  local results = table.pack(pcall(fn, s))
+  s:close()
+  if not results[1] then error(results[2], 0) end
+  return table.unpack(results, 2, results.n)
+end
+
+local function current_id(st)
+  return st.current and st.current.id or "nothing applied"
+end
+
+local function brief(m)
+  return { version = m.version, id = m.id, name = m.name, path = m.up_path,
+    checksum = m.checksum, transaction = m.transaction ~= false }
+end
+
+--- The state of the database against the migrations; creates nothing.
+-- @return table (applied, pending, dirty, drift, missing, out_of_order, current) | nil, err
+function commands.status(cfg, ui)
+  return with_session(cfg, ui, false, function(s)
+    local st = s.status
+    local out = { database = db.describe_target(cfg), target = s.label,
+      history_table = s.history.migrations, current = st.current and st.current.version or nil,
+      applied = {}, pending = {}, dirty = {}, drift = {}, missing = {}, out_of_order = {},
+      repeatables = {} }
+    for _, m in ipairs(st.applied) do
+      local row = st.rows[m]
+      local b = brief(m)
+      b.applied_at, b.applied_by, b.duration_ms = row.applied_at, row.applied_by, row.duration_ms
+      out.applied[#out.applied + 1] = b
+    end
+    for _, m in ipairs(st.pending) do out.pending[#out.pending + 1] = brief(m) end
+    for _, m in ipairs(st.out_of_order) do out.out_of_order[#out.out_of_order + 1] = brief(m) end
+    for _, d in ipairs(st.dirty) do
+      local b = brief(d.migration)
+      b.started_at, b.run_id = d.row.applied_at, d.row.run_id
+      out.dirty[#out.dirty + 1] = b
+    end
+    for _, d in ipairs(st.drift) do
+      local b = brief(d.migration)
+      b.recorded_checksum = d.row.checksum
+      out.drift[#out.drift + 1] = b
+    end
+    for _, r in ipairs(st.missing) do
+      out.missing[#out.missing + 1] = { version = r.version, id = r.name,
+        applied_at = r.applied_at }
+    end
+    for _, r in ipairs(st.repeatables) do out.repeatables[#out.repeatables + 1] = brief(r) end
+    return out
+  end)
+end
+
+-- Prints the plan and the SQL of each migration (--dry-run).
+local function print_dry_run(s, list, direction)
+  for i, m in ipairs(list) do
+    local path = direction == "up" and m.up_path or m.down_path
+    local stmts = direction == "up" and m.statements or m.down_statements
+    s.ui:result(fmt("-- [%d/%d] %s %s (%s, %d statements%s)", i, #list,
+      direction == "up" and "apply" or "revert", m.id, path, #stmts,
+      m.transaction == false and ", no transaction" or ""))
+    for _, stmt in ipairs(stmts) do
+      s.ui:result(stmt.text:gsub("%s+$", "") .. (stmt.kind == "sql" and ";" or ""))
+    end
+  end
+  return { dry_run = true, planned = #list }
+end
+
+-- Runs a list of migrations in one direction, one transaction each.
+local function execute(s, list, direction, opts)
+  local r = s:runner()
+  local done, started = {}, fs.clock_ms()
+  for i, m in ipairs(list) do
+    if direction == "down" then
+      -- the version left current once m is reverted (golang-migrate compat)
+      local prev
+      for _, a in ipairs(s.status.applied) do
+        if version.compare(a.version, m.version) < 0 and
+            (not prev or version.compare(a.version, prev) > 0) then prev = a.version end
+      end
+      r.previous_version = prev
+    end
+    local res, err = r:run(m, direction)
+    if not res then
+      s.ui:step(i, #list, m.id, "FAILED")
+      err.done = done
+      return nil, err
+    end
+    s.ui:step(i, #list, m.id, direction == "up" and "ok" or "reverted", res.duration_ms)
+    done[#done + 1] = { id = m.id, version = m.version, duration_ms = res.duration_ms }
+    if not s.lock:held() then
+      return nil, errors.new("refused", fmt("the run lock was lost after %s (its connection " ..
+        "dropped); stopped before the next migration. %s is recorded; re-run to continue",
+        m.id, m.id), { done = done })
+    end
+  end
+  if direction == "up" and not opts.to then
+    for _, rep in ipairs(s.status.repeatables) do
+      local res, err = r:run(rep, "up")
+      if not res then return nil, err end
+      s.ui:step(#done + 1, #done + 1, rep.id, "ok", res.duration_ms)
+      done[#done + 1] = { id = rep.id, duration_ms = res.duration_ms }
+    end
+  end
+  local ok, rerr = s:refresh()
+  if not ok then return nil, rerr end
+  return { done = done, duration_ms = fs.clock_ms() - started, run_id = s.run_id }
+end
+
+local function target_version(s, v)
+  if not v then return nil end
+  return plan.find(s.set, v)
+end
+
+--- Applies pending migrations (up to opts.to).
+-- @return { done = {...}, current = version } | nil, err
+function commands.up(cfg, ui, opts)
+  return with_session(cfg, ui, not opts.dry_run, function(s)
+    local ok, err = plan.check_runnable(s.status, cfg)
+    if not ok then return nil, err end
+    local to
+    if opts.to then
+      to, err = target_version(s, opts.to)
+      if not to then return nil, err end
+    end
+    local list = plan.up(s.status, to)
+    if opts.count then
+      while #list > opts.count do table.remove(list) end
+    end
+    if #list == 0 and not (s.status.repeatables[1] and not to) then
+      return { done = {}, current = current_id(s.status), nothing = true, target = s.label }
+    end
+    if opts.dry_run then return print_dry_run(s, list, "up") end
+    ok, err = s:confirm(opts, fmt("Apply %d migration%s to %s?", #list, #list == 1 and "" or "s",
+      s.label))
+    if not ok then return nil, err end
+    local res, rerr = execute(s, list, "up", opts)
+    if not res then return nil, rerr end
+    res.current, res.target = current_id(s.status), s.label
+    return res
+  end)
+end
+
+--- Reverts applied migrations: the last opts.count (default 1), all above opts.to, or all.
+function commands.down(cfg, ui, opts)
+  return with_session(cfg, ui, not opts.dry_run, function(s)
+    local ok, err = plan.check_runnable(s.status, { allow_out_of_order = true })
+    if not ok then return nil, err end
+    local to
+    if opts.to then
+      to, err = target_version(s, opts.to)
+      if not to then return nil, err end
+    end
+    local list
+    list, err = plan.down(s.status, opts.all and math.huge or (opts.count or 1), to)
+    if not list then return nil, err end
+    if #list == 0 then
+      return { done = {}, current = current_id(s.status), nothing = true, target = s.label }
+    end
+    if opts.dry_run then return print_dry_run(s, list, "down") end
+    ok, err = s:confirm(opts, fmt("Revert %d migration%s on %s (%s)?", #list,
+      #list == 1 and "" or "s", s.label, list[1].id))
+    if not ok then return nil, err end
+    local res, rerr = execute(s, list, "down", opts)
+    if not res then return nil, rerr end
+    res.current, res.target, res.reverted = current_id(s.status), s.label, true
+    return res
+  end)
+end
+
+--- Moves to exactly version opts.version: up if it is pending, down if newer ones are applied.
+function commands.goto_version(cfg, ui, opts)
+  return with_session(cfg, ui, not opts.dry_run, function(s)
+    local to, err = target_version(s, opts.version)
+    if not to then return nil, err end
+    local ok
+    ok, err = plan.check_runnable(s.status, cfg)
+    if not ok then return nil, err end
+    local down, derr = plan.down(s.status, 0, to)
+    if not down then return nil, derr end
+    local up = plan.up(s.status, to)
+    if #down > 0 and #up > 0 then
+      return nil, errors.new("refused", fmt("cannot go to %s: some migrations below it are " ..
+        "pending and some above it applied", to.id))
+    end
+    local list, direction = (#down > 0) and down or up, (#down > 0) and "down" or "up"
+    if #list == 0 then
+      return { done = {}, current = current_id(s.status), nothing = true, target = s.label }
+    end
+    if opts.dry_run then return print_dry_run(s, list, direction) end
+    ok, err = s:confirm(opts, fmt("%s %d migration%s on %s to reach %s?",
+      direction == "up" and "Apply" or "Revert", #list, #list == 1 and "" or "s", s.label, to.id))
+    if not ok then return nil, err end
+    local res, rerr = execute(s, list, direction, { to = to })
+    if not res then return nil, rerr end
+    res.current, res.target, res.reverted = current_id(s.status), s.label, direction == "down"
+    return res
+  end)
+end
+
+--- Reverts the newest applied migration and applies it again.
+function commands.redo(cfg, ui, opts)
+  return with_session(cfg, ui, not opts.dry_run, function(s)
+    local ok, err = plan.check_runnable(s.status, cfg)
+    if not ok then return nil, err end
+    local list, derr = plan.down(s.status, 1)
+    if not list then return nil, derr end
+    if #list == 0 then
+      return nil, errors.new("refused", "nothing is applied, so nothing to redo")
+    end
+    local m = list[1]
+    if opts.dry_run then
+      print_dry_run(s, list, "down")
+      return print_dry_run(s, list, "up")
+    end
+    ok, err = s:confirm(opts, fmt("Revert and re-apply %s on %s?", m.id, s.label))
+    if not ok then return nil, err end
+    local res, rerr = execute(s, list, "down", {})
+    if not res then return nil, rerr end
+    local res2, uerr = execute(s, list, "up", { to = m })
+    if not res2 then return nil, uerr end
+    return { done = res2.done, current = current_id(s.status), target = s.label, redo = m.id }
+  end)
+end
+
+--- Records migrations up to opts.version as applied without running them; rows of
+-- newer ones are removed. For adopting an existing database.
+function commands.stamp(cfg, ui, opts)
+  return with_session(cfg, ui, true, function(s)
+    local to, err = target_version(s, opts.version)
+    if not to then return nil, err end
+    local ok
+    ok, err = s:confirm(opts, fmt("Record %s as the current version of %s without running " ..
+      "anything?", to.id, s.label))
+    if not ok then return nil, err end
+    local h, changed = s.history, {}
+    local function step(res, e)
+      if not res then error(e, 0) end
+    end
+    local pok, perr = pcall(function()
+      step(s.conn:exec("BEGIN"))
+      for _, m in ipairs(s.set.migrations) do
+        local row = s.status.rows[m]
+        if version.compare(m.version, to.version) <= 0 then
+          if not row or row.state ~= "applied" or row.checksum ~= m.checksum then
+            step(h:record(m, "applied", nil, s.run_id))
+            step(h:event("stamp", m, s.run_id))
+            changed[#changed + 1] = m.id
+          end
+        elseif row then
+          step(h:remove(m.version))
+          step(h:event("unstamp", m, s.run_id))
+          changed[#changed + 1] = m.id
+        end
+      end
+      step(h:sync_compat(to.version, false))
+      step(s.conn:exec("COMMIT"))
+    end)
+    if not pok then
+      s.conn:exec("ROLLBACK")
+      return nil, errors.wrap("sql", perr, "stamp failed and was rolled back")
+    end
+    return { stamped = to.id, changed = changed, target = s.label }
+  end)
+end
+
+--- Resolves one migration by hand: marks it applied (clears dirty), or with
+-- opts.not_applied removes its row so it runs again.
+function commands.force(cfg, ui, opts)
+  return with_session(cfg, ui, true, function(s)
+    local m, err = target_version(s, opts.version)
+    if not m then return nil, err end
+    local ok
+    ok, err = s:confirm(opts, fmt("Mark %s as %s on %s without running anything?", m.id,
+      opts.not_applied and "not applied" or "applied", s.label))
+    if not ok then return nil, err end
+    local h = s.history
+    local steps = { function() return s.conn:exec("BEGIN") end }
+    if opts.not_applied then
+      steps[#steps + 1] = function() return h:remove(m.version) end
+    else
+      steps[#steps + 1] = function() return h:record(m, "applied", nil, s.run_id) end
+    end
+    steps[#steps + 1] = function()
+      return h:event("force", m, s.run_id, { applied = not opts.not_applied })
+    end
+    steps[#steps + 1] = function()
+      return h:sync_compat(not opts.not_applied and m.version or nil, false)
+    end
+    steps[#steps + 1] = function() return s.conn:exec("COMMIT") end
+    for _, f in ipairs(steps) do
+      local res, serr = f()
+      if not res then
+        s.conn:exec("ROLLBACK")
+        return nil, errors.wrap("sql", serr, "force failed and was rolled back")
+      end
+    end
+    return { forced = m.id, applied = not opts.not_applied, target = s.label }
+  end)
+end
+
+--- The event log (newest last).
+function commands.history(cfg, ui, opts)
+  return with_session(cfg, ui, false, function(s)
+    local rows, err = s.history:events(opts.limit)
+    if not rows then return nil, err end
+    local out = {}
+    for _, r in ipairs(rows) do
+      local e = {}
+      for k, v in pairs(r) do if v ~= pg.null then e[k] = v end end
+      out[#out + 1] = e
+    end
+    return { events = out, target = s.label }
+  end)
+end
+
+--- Validates files and compares with the database: code 0 up to date, 3 pending, 9 refused.
+function commands.check(cfg, ui)
+  local st, err = commands.status(cfg, ui)
+  if not st then return nil, err end
+  local problems = #st.dirty + #st.drift + #st.missing
+  if #st.out_of_order > 0 and not cfg.allow_out_of_order then
+    problems = problems + #st.out_of_order
+  end
+  st.verdict = problems > 0 and "refused" or (#st.pending > 0 and "pending" or "ok")
+  return st
+end
+
+local function slug(name)
+  local s = name:lower():gsub("[^%w]+", "_"):gsub("^_+", ""):gsub("_+$", "")
+  return s
+end
+
+--- Creates the files of a new migration, numbered after the newest one.
+-- @return { files = {...} } | nil, err
+function commands.new(cfg, _, opts)
+  local name = slug(opts.name or "")
+  if name == "" then return nil, errors.new("usage", "new needs a name, e.g. add_users_email") end
+  if not fs.exists(cfg.migrations) then
+    local ok, err = fs.mkdir_p(cfg.migrations, tonumber("755", 8))
+    if not ok then return nil, errors.new("usage", err) end
+  end
+  local set, err = load_source(cfg)
+  if not set then return nil, err end
+  local last = set.migrations[#set.migrations]
+  local v
+  if last and last.version:match("^%d%d%d%d%d%d%d%d%d%d%d%d%d%d$") or
+      (not last and opts.timestamp) then
+    v = os.date("!%Y%m%d%H%M%S")
+  elseif last and last.version:match("^%d+$") then
+    local n = math.tointeger(tonumber(last.version)) + 1
+    v = fmt("%0" .. #last.version .. "d", n)
+  elseif last and set.format ~= "flyway" then
+    return nil, errors.new("usage", "cannot number after version " .. last.version ..
+      "; create the files by hand")
+  else
+    v = last and tostring(math.tointeger(tonumber(last.version:match("^%d+") or "0")) + 1)
+      or "0001"
+  end
+  local files
+  if set.format == "flyway" then
+    files = { fmt("V%s__%s.sql", v, name), fmt("U%s__%s.sql", v, name) }
+  elseif set.format == "dbmate" then
+    files = { fmt("%s_%s.sql", v, name) }
+  else
+    files = { fmt("%s_%s.up.sql", v, name), fmt("%s_%s.down.sql", v, name) }
+  end
+  local created = {}
+  for i, f in ipairs(files) do
+    local path = cfg.migrations .. "/" .. f
+    local body
+    if set.format == "dbmate" then
+      body = "-- migrate:up\n\n\n-- migrate:down\n\n"
+    elseif i == 1 then
+      body = fmt("-- %s: %s\n\n", v, name)
+    else
+      body = fmt("-- revert %s: %s\n\n", v, name)
+    end
+    local fh, ferr = fs.open_excl(path, tonumber("644", 8))
+    if not fh then return nil, errors.new("usage", ferr) end
+    fh:write(body)
+    fh:close()
+    created[#created + 1] = path
+  end
+  return { files = created, version = v }
+end
+
+return commands

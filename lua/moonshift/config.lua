@@ -1,0 +1,155 @@
+-- Configuration: migrate.lua, the environment, .env and the command line, merged.
+local fs = require("moonshift.fs")
+local errors = require("moonshift.errors")
+local sandbox = require("moonshift.sandbox")
+
+local fmt = string.format
+
+local config = {}
+
+local DEFAULTS = {
+  migrations = "migrations",
+  hooks = "hooks",
+  format = "auto",
+  table = "moonshift_migrations",
+  events_table = "moonshift_events",
+  lock = "advisory",
+  lock_wait = "60s",
+  lock_timeout = "5s",
+  lock_retries = 3,
+  allow_out_of_order = false,
+}
+
+local UNITS = { ms = 1, s = 1000, sec = 1000, min = 60000, m = 60000, h = 3600000 }
+
+--- Parses a duration ("500ms", "5s", "2min", "1h"; a bare number is seconds) into ms.
+-- @return integer ms | nil, err
+function config.duration_ms(v)
+  if v == nil or v == false then return nil end
+  if type(v) == "number" then return math.floor(v * 1000) end
+  local n, unit = tostring(v):match("^%s*([%d.]+)%s*(%a*)%s*$")
+  local scale = UNITS[unit ~= "" and unit:lower() or "s"]
+  if not n or not tonumber(n) or not scale then
+    return nil, fmt("invalid duration %q (use e.g. 500ms, 5s, 2min)", tostring(v))
+  end
+  return math.floor(tonumber(n) * scale)
+end
+
+-- KEY=VALUE lines; "export " and quotes allowed; # comments.
+local function read_env_file(path)
+  local text = fs.read(path)
+  if not text then return {} end
+  local vars = {}
+  for line in text:gmatch("[^\n]+") do
+    local k, v = line:match("^%s*export%s+([%w_]+)%s*=%s*(.-)%s*$")
+    if not k then k, v = line:match("^%s*([%w_]+)%s*=%s*(.-)%s*$") end
+    if k then
+      local q = v:sub(1, 1)
+      if (q == '"' or q == "'") and v:sub(-1) == q and #v >= 2 then v = v:sub(2, -2) end
+      vars[k] = v
+    end
+  end
+  return vars
+end
+
+local function find_config(start)
+  local dir = start
+  while dir do
+    local path = dir .. "/migrate.lua"
+    if fs.exists(path) then return path end
+    local parent = dir:match("^(.*)/[^/]+$")
+    if parent == "" then parent = "/" end
+    if parent == dir or dir == "/" then return nil end
+    dir = parent
+  end
+end
+
+local function absolute(root, path)
+  if path:sub(1, 1) == "/" then return path end
+  return root .. "/" .. path
+end
+
+--- Loads the configuration.
+-- @param opts table: the parsed command line (config, database, lock_wait, ...)
+-- @return cfg | nil, err (kind usage)
+function config.load(opts)
+  opts = opts or {}
+  local cwd = assert(fs.realpath("."))
+  local path = opts.config
+  if path then
+    if not fs.exists(path) then
+      return nil, errors.new("usage", "config file not found: " .. path)
+    end
+    path = fs.realpath(path)
+  else
+    path = find_config(cwd)
+  end
+  local root = path and path:match("^(.*)/[^/]+$") or cwd
+  if root == "" then root = "/" end
+
+  local dotenv = read_env_file(absolute(root, ".env"))
+  local function env(name, default)
+    local v = os.getenv(name)
+    if v == nil then v = dotenv[name] end
+    if v == nil then return default end
+    return v
+  end
+
+  local file = {}
+  if path then
+    local result, err = sandbox.dofile(path, sandbox.env({ env = env }))
+    if err then return nil, errors.new("usage", "cannot load " .. path .. ": " .. err) end
+    if type(result) ~= "table" then
+      return nil, errors.new("usage", path .. " must return a table")
+    end
+    file = result
+    if file.env_file then
+      for k, v in pairs(read_env_file(absolute(root, file.env_file))) do dotenv[k] = v end
+    end
+  end
+
+  local cfg = { root = root, path = path, env = env }
+  for k, v in pairs(DEFAULTS) do cfg[k] = v end
+  for k, v in pairs(file) do cfg[k] = v end
+  for _, k in ipairs({ "schema", "table", "format", "lock_wait", "lock_timeout",
+    "statement_timeout", "lock_retries", "migrations" }) do
+    if opts[k] ~= nil then cfg[k] = opts[k] end
+  end
+  if opts.allow_out_of_order then cfg.allow_out_of_order = true end
+
+  if opts.database then
+    cfg.database, cfg.database_source = opts.database, "--database"
+  elseif env("MOONSHIFT_DATABASE_URL") then
+    cfg.database, cfg.database_source = env("MOONSHIFT_DATABASE_URL"), "MOONSHIFT_DATABASE_URL"
+  elseif env("DATABASE_URL") then
+    cfg.database, cfg.database_source = env("DATABASE_URL"), "DATABASE_URL"
+  elseif file.database then
+    cfg.database, cfg.database_source = file.database, "migrate.lua"
+  else
+    cfg.database, cfg.database_source = "", "libpq defaults (PGHOST, PGDATABASE, ...)"
+  end
+
+  cfg.migrations = absolute(root, cfg.migrations)
+  cfg.hooks = absolute(root, cfg.hooks)
+  for _, k in ipairs({ "lock_wait", "lock_timeout", "statement_timeout" }) do
+    local ms, err = config.duration_ms(cfg[k])
+    if err then return nil, errors.new("usage", k .. ": " .. err) end
+    cfg[k .. "_ms"] = ms
+  end
+  cfg.lock_retries = math.tointeger(tonumber(cfg.lock_retries)) or 0
+  if cfg.lock ~= "advisory" and cfg.lock ~= "table" then
+    return nil, errors.new("usage", fmt("lock must be \"advisory\" or \"table\", not %q",
+      tostring(cfg.lock)))
+  end
+  for _, k in ipairs({ "schema", "table", "events_table" }) do
+    local name = cfg[k]
+    if name ~= nil and (type(name) ~= "string" or name == "" or #name > 63) then
+      return nil, errors.new("usage", fmt(
+        "%s name %q must be 1 to 63 bytes (PostgreSQL would silently truncate it)", k,
+        tostring(name)))
+    end
+  end
+  return cfg
+end
+
+return config

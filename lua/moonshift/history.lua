@@ -1,0 +1,215 @@
+-- The tracking tables: one row per applied migration, and an append-only event log.
+local pg = require("moonshift.pg")
+local fs = require("moonshift.fs")
+local host = require("moonshift.host")
+local cjson = require("cjson")
+local errors = require("moonshift.errors")
+
+local fmt = string.format
+
+local history = {}
+
+local History = {}
+History.__index = History
+
+--- A history bound to a connection and the configured (quoted) names.
+-- @param conn a moonshift.pg connection
+-- @param schema string: unquoted schema name
+-- @param cfg table: table, events_table, compat
+function history.new(conn, schema, cfg)
+  local q = function(name) return conn:escape_identifier(name) end
+  return setmetatable({
+    conn = conn, schema = schema, table_name = cfg.table, events_name = cfg.events_table,
+    compat = cfg.compat,
+    migrations = q(schema) .. "." .. q(cfg.table),
+    events = q(schema) .. "." .. q(cfg.events_table),
+    compat_table = q(schema) .. "." .. q("schema_migrations"),
+  }, History)
+end
+
+local function sql_error(err, what)
+  return errors.wrap("sql", err, what)
+end
+
+function History:_query(sql, ...)
+  if self.deferred then
+    -- collected for a pipeline instead of run now (see History:collect)
+    self.deferred[#self.deferred + 1] = { text = sql, params = table.pack(...) }
+    return true
+  end
+  local rows, err = self.conn:query(sql, ...)
+  if not rows then return nil, sql_error(err, "history") end
+  return rows
+end
+
+local function table_exists(conn, schema, name)
+  local rows, err = conn:query([[
+    SELECT 1 AS x FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')]], schema, name)
+  if not rows then return nil, err end
+  return rows[1] ~= nil
+end
+
+--- Runs fn with writes collected, not executed, and returns them as
+-- { text, params } items, so a migration's bookkeeping can join its pipeline.
+-- @return array | nil, err
+function History:collect(fn)
+  self.deferred = {}
+  local ok, err = pcall(fn)
+  local items = self.deferred
+  self.deferred = nil
+  if not ok then return nil, err end
+  return items
+end
+
+--- Whether the tracking table exists (status must not create it).
+-- @return boolean | nil, err
+function History:exists()
+  local ok, err = table_exists(self.conn, self.schema, self.table_name)
+  if ok == nil then return nil, sql_error(err, "history") end
+  return ok
+end
+
+--- Creates the tracking tables if missing (call under the run lock).
+-- @return true | nil, err
+function History:ensure()
+  local exists, err = self:exists()
+  if exists == nil then return nil, err end
+  local events_exist = table_exists(self.conn, self.schema, self.events_name)
+  local compat_exists = not self.compat or table_exists(self.conn, self.schema, "schema_migrations")
+  if exists and events_exist and compat_exists then return true end
+  local priv, perr = self:_query("SELECT pg_catalog.has_schema_privilege($1, 'CREATE') AS ok, " ..
+    "current_user AS who", self.schema)
+  if not priv then return nil, perr end
+  if not priv[1].ok then
+    return nil, errors.new("connect", fmt("role %s lacks CREATE on schema %s, so the history " ..
+      "table cannot be created; GRANT CREATE ON SCHEMA %s TO %s, or set schema = \"...\"",
+      priv[1].who, self.conn:escape_identifier(self.schema),
+      self.conn:escape_identifier(self.schema), priv[1].who))
+  end
+  local ddl = {
+    "BEGIN",
+    fmt([[CREATE TABLE IF NOT EXISTS %s (
+      version text PRIMARY KEY,
+      name text NOT NULL,
+      checksum text NOT NULL,
+      state text NOT NULL CHECK (state IN ('applied', 'dirty')),
+      kind text NOT NULL DEFAULT 'versioned',
+      applied_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+      applied_by text NOT NULL DEFAULT CURRENT_USER,
+      hostname text,
+      duration_ms bigint,
+      tool_version text,
+      run_id text)]], self.migrations),
+    fmt([[CREATE TABLE IF NOT EXISTS %s (
+      id bigserial PRIMARY KEY,
+      at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+      run_id text,
+      action text NOT NULL,
+      version text,
+      name text,
+      checksum text,
+      hostname text,
+      applied_by text NOT NULL DEFAULT CURRENT_USER,
+      tool_version text,
+      detail jsonb)]], self.events),
+  }
+  if self.compat == "golang-migrate" then
+    -- golang-migrate's own table, so applications reading it keep working.
+    ddl[#ddl + 1] = fmt("CREATE TABLE IF NOT EXISTS %s (version bigint NOT NULL PRIMARY KEY, " ..
+      "dirty boolean NOT NULL)", self.compat_table)
+  end
+  ddl[#ddl + 1] = "COMMIT"
+  for _, stmt in ipairs(ddl) do
+    local _, xerr = self.conn:exec(stmt)
+    if xerr then
+      self.conn:exec("ROLLBACK")
+      return nil, sql_error(xerr, "cannot create the history tables")
+    end
+  end
+  return true
+end
+
+--- Rows of the tracking table, keyed by version.
+-- @return { list = {...}, by_version = {...} } | nil, err
+function History:load()
+  local exists, err = self:exists()
+  if exists == nil then return nil, err end
+  local result = { list = {}, by_version = {} }
+  if not exists then return result end
+  local rows, qerr = self:_query(fmt([[
+    SELECT version, name, checksum, state, kind, applied_by, hostname, duration_ms, run_id,
+           pg_catalog.to_char(applied_at AT TIME ZONE 'UTC',
+                              'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS applied_at
+    FROM %s ORDER BY applied_at, version]], self.migrations))
+  if not rows then return nil, qerr end
+  for _, row in ipairs(rows) do
+    if row.duration_ms == pg.null then row.duration_ms = nil end
+    result.list[#result.list + 1] = row
+    result.by_version[row.version] = row
+  end
+  return result
+end
+
+--- Records a migration (inside the caller's transaction).
+-- @param m table: version, name (id), checksum
+-- @param state "applied" | "dirty"
+function History:record(m, state, duration_ms, run_id, kind)
+  return self:_query(fmt([[
+    INSERT INTO %s (version, name, checksum, state, kind, hostname, duration_ms, tool_version,
+                    run_id)
+    VALUES ($1, $2, $3, $4, $5, $6,
+            COALESCE($7::bigint, (EXTRACT(epoch FROM pg_catalog.clock_timestamp()
+                                                    - pg_catalog.now()) * 1000)::bigint),
+            $8, $9)
+    ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name, checksum = EXCLUDED.checksum,
+      state = EXCLUDED.state, applied_at = pg_catalog.now(), applied_by = CURRENT_USER,
+      hostname = EXCLUDED.hostname, duration_ms = EXCLUDED.duration_ms,
+      tool_version = EXCLUDED.tool_version, run_id = EXCLUDED.run_id]], self.migrations),
+    m.version, m.id, m.checksum, state, kind or "versioned", fs.hostname(),
+    duration_ms or pg.null, host.version, run_id or pg.null)
+end
+
+--- Removes a migration's row.
+function History:remove(version)
+  return self:_query(fmt("DELETE FROM %s WHERE version = $1", self.migrations), version)
+end
+
+--- Appends an event (inside the caller's transaction, when there is one).
+function History:event(action, m, run_id, detail)
+  return self:_query(fmt([[
+    INSERT INTO %s (run_id, action, version, name, checksum, hostname, tool_version, detail)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)]], self.events),
+    run_id or pg.null, action, m and m.version or pg.null, m and m.id or pg.null,
+    m and m.checksum or pg.null, fs.hostname(), host.version,
+    detail and cjson.encode(detail) or pg.null)
+end
+
+--- Keeps golang-migrate's schema_migrations row in step (compat mode).
+function History:sync_compat(version, dirty)
+  if self.compat ~= "golang-migrate" then return true end
+  local ok, err = self:_query(fmt("DELETE FROM %s", self.compat_table))
+  if not ok then return nil, err end
+  if version == nil then return true end
+  if not tostring(version):match("^%d+$") then
+    return nil, errors.new("usage", "compat golang-migrate needs numeric versions, not " ..
+      tostring(version))
+  end
+  return self:_query(fmt("INSERT INTO %s (version, dirty) VALUES ($1::bigint, $2)",
+    self.compat_table), tostring(version), dirty and true or false)
+end
+
+--- Events, newest last.
+-- @return rows | nil, err
+function History:events(limit)
+  local exists = table_exists(self.conn, self.schema, self.events_name)
+  if not exists then return {} end
+  return self:_query(fmt([[
+    SELECT * FROM (
+      SELECT id, pg_catalog.to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS at,
+             run_id, action, version, name, checksum, hostname, applied_by, tool_version, detail
+      FROM %s ORDER BY id DESC LIMIT $1) e ORDER BY id]], self.events), limit or 1000)
+end
+
+return history

@@ -1,0 +1,148 @@
+-- Compares the migrations on disk with the history and decides what a command will do.
+local version = require("moonshift.version")
+local errors = require("moonshift.errors")
+
+local fmt = string.format
+
+local plan = {}
+
+--- The state of every migration: applied, pending, dirty, drift, missing, out of order.
+-- @param set table: from source.load
+-- @param hist table: from History:load
+-- @return status table
+function plan.status(set, hist)
+  local st = { applied = {}, pending = {}, dirty = {}, drift = {}, missing = {},
+    out_of_order = {}, repeatables = {}, migrations = set.migrations, rows = {} }
+  local row_by_key = {}
+  for _, row in ipairs(hist.list) do
+    if row.kind == "repeatable" then
+      row_by_key["R:" .. row.version] = row
+    else
+      local key = version.key(row.version)
+      row_by_key[key] = row
+      local m = set.by_key[key]
+      if not m then
+        st.missing[#st.missing + 1] = row
+      elseif row.state == "dirty" then
+        st.dirty[#st.dirty + 1] = { migration = m, row = row }
+      elseif row.checksum ~= m.checksum then
+        st.drift[#st.drift + 1] = { migration = m, row = row }
+      end
+    end
+  end
+  local newest
+  for _, m in ipairs(set.migrations) do
+    local row = row_by_key[m.key]
+    st.rows[m] = row
+    if row then
+      if row.state == "applied" then
+        st.applied[#st.applied + 1] = m
+        if not newest or version.compare(m.version, newest.version) > 0 then newest = m end
+      end
+    end
+  end
+  st.current = newest
+  for _, m in ipairs(set.migrations) do
+    if not st.rows[m] then
+      st.pending[#st.pending + 1] = m
+      if newest and version.compare(m.version, newest.version) < 0 then
+        st.out_of_order[#st.out_of_order + 1] = m
+      end
+    end
+  end
+  for _, r in ipairs(set.repeatables or {}) do
+    local row = row_by_key["R:" .. r.id]
+    st.rows[r] = row
+    if not row or row.checksum ~= r.checksum then st.repeatables[#st.repeatables + 1] = r end
+  end
+  return st
+end
+
+local function names(list, f)
+  local out = {}
+  for i, x in ipairs(list) do
+    if i > 5 then
+      out[#out + 1] = fmt("and %d more", #list - 5)
+      break
+    end
+    out[#out + 1] = f(x)
+  end
+  return table.concat(out, ", ")
+end
+
+--- Refuses to run on a state that needs a person first (exit 9).
+-- @return true | nil, err (kind refused)
+function plan.check_runnable(st, cfg)
+  if st.dirty[1] then
+    local d = st.dirty[1]
+    return nil, errors.new("refused", fmt("%s is dirty: a non-transactional migration started " ..
+      "at %s (run %s) and did not finish, so its changes may be partly applied. Check the " ..
+      "database by hand (for CREATE INDEX CONCURRENTLY, drop any index with " ..
+      "pg_index.indisvalid = false), then run `moonshift force %s` if it is complete or " ..
+      "`moonshift force %s --not-applied` to run it again", d.migration.id,
+      d.row.applied_at, tostring(d.row.run_id), d.migration.version, d.migration.version))
+  end
+  if st.drift[1] then
+    return nil, errors.new("refused", "applied migrations changed on disk since they ran: " ..
+      names(st.drift, function(d) return d.migration.id end) ..
+      ". Restore the files (git) or record a new migration instead of editing an applied one")
+  end
+  if st.missing[1] then
+    return nil, errors.new("refused", "applied migrations have no file: " ..
+      names(st.missing, function(r) return r.name end) ..
+      ". Restore the files, or check that this is the right database and directory")
+  end
+  if st.out_of_order[1] and not cfg.allow_out_of_order then
+    return nil, errors.new("refused", fmt("pending migrations are older than the newest " ..
+      "applied one (%s): %s. Renumber them, or allow this with --allow-out-of-order",
+      st.current.id, names(st.out_of_order, function(m) return m.id end)))
+  end
+  return true
+end
+
+--- Finds a migration by version (any spelling of the same key) or id.
+-- @return migration | nil, err (kind usage)
+function plan.find(set, v)
+  local m = set.by_key[version.key(v)]
+  if m then return m end
+  for _, x in ipairs(set.migrations) do
+    if x.id == v then return x end
+  end
+  return nil, errors.new("usage", fmt("no migration with version %s in %s", v, set.dir))
+end
+
+--- Migrations to apply: pending ones (in order) up to and including `to`.
+-- @return array
+function plan.up(st, to)
+  local out = {}
+  for _, m in ipairs(st.pending) do
+    if not to or version.compare(m.version, to.version) <= 0 then out[#out + 1] = m end
+  end
+  return out
+end
+
+--- Migrations to revert, newest first: the last `count`, or all above `to`.
+-- @return array | nil, err (kind refused when one has no down script)
+function plan.down(st, count, to)
+  local applied = {}
+  for _, m in ipairs(st.applied) do applied[#applied + 1] = m end
+  table.sort(applied, function(a, b) return version.compare(a.version, b.version) > 0 end)
+  local out = {}
+  for _, m in ipairs(applied) do
+    if to then
+      if version.compare(m.version, to.version) <= 0 then break end
+    elseif #out >= count then
+      break
+    end
+    out[#out + 1] = m
+  end
+  for _, m in ipairs(out) do
+    if not m.down_sql then
+      return nil, errors.new("refused", fmt("%s has no down script (%s), so it cannot be " ..
+        "reverted; nothing was changed", m.id, m.up_path:gsub("%.up%.sql$", ".down.sql")))
+    end
+  end
+  return out
+end
+
+return plan

@@ -1,0 +1,336 @@
+-- Applies and reverts migrations: one transaction each, statements pipelined and timed.
+local fs = require("moonshift.fs")
+local proc = require("moonshift.proc")
+local errors = require("moonshift.errors")
+
+local fmt = string.format
+
+local runner = {}
+
+local Runner = {}
+Runner.__index = Runner
+
+-- SQLSTATEs worth a retry with backoff: lock_not_available, deadlock_detected.
+local RETRYABLE = { ["55P03"] = true, ["40P01"] = true }
+
+-- Transaction control inside a migration would commit or end moonshift's transaction
+-- early, so the history row and the migration would no longer commit together.
+local TX_CONTROL = {
+  "^begin%s*;?%s*$", "^begin%s+transaction", "^begin%s+work", "^begin%s+isolation",
+  "^start%s+transaction", "^commit", "^end%s*;?%s*$", "^end%s+transaction", "^end%s+work",
+  "^rollback", "^abort",
+}
+
+--- A runner over one connection.
+-- @param opts table: conn, history, cfg, ui, run_id, emit (function(event, fields)), dry_run
+function runner.new(opts)
+  local self = setmetatable({}, Runner)
+  for k, v in pairs(opts) do self[k] = v end
+  self.emit = self.emit or function() end
+  return self
+end
+
+local function strip_comments(text)
+  local s = text
+  while true do
+    local before = s
+    s = s:gsub("^%s+", ""):gsub("^%-%-[^\n]*\n?", "")
+    if s:sub(1, 2) == "/*" then
+      local close = s:find("*/", 3, true)
+      s = close and s:sub(close + 2) or ""
+    end
+    if s == before then return s end
+  end
+end
+
+--- Refuses statements that would break the one-transaction guarantee.
+-- @return true | nil, err (kind usage)
+function runner.check_statements(statements, path)
+  for _, stmt in ipairs(statements) do
+    local head = strip_comments(stmt.text):lower()
+    for _, pattern in ipairs(TX_CONTROL) do
+      if head:find(pattern) then
+        return nil, errors.new("usage", fmt("%s:%d: %s: moonshift runs each migration in its " ..
+          "own transaction and records it in the same one; remove this statement (or mark " ..
+          "the migration -- moonshift:no-transaction)", path, stmt.line,
+          head:match("^[%a ]+"):gsub("%s+$", ""):upper()))
+      end
+    end
+  end
+  return true
+end
+
+-- Line and column in the file of a 1-based character position inside a statement.
+local function locate(stmt, position)
+  if not position or position < 1 then return stmt.line, stmt.column end
+  local text = stmt.text
+  local byte = utf8.offset(text, position) or math.min(position, #text + 1)
+  local prefix = text:sub(1, byte - 1)
+  local line, last_nl = stmt.line, nil
+  for nl in prefix:gmatch("()\n") do
+    line = line + 1
+    last_nl = nl
+  end
+  local tail = last_nl and prefix:sub(last_nl + 1) or prefix
+  local col = (utf8.len(tail) or #tail) + (last_nl and 1 or stmt.column)
+  return line, col
+end
+
+local function excerpt(text, max_lines)
+  local lines = {}
+  for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+    if #lines == max_lines then
+      lines[#lines + 1] = "..."
+      break
+    end
+    lines[#lines + 1] = line
+  end
+  return table.concat(lines, "\n    ")
+end
+
+--- The error of a failed statement: file:line:col, SQLSTATE, message, detail, hint.
+local function statement_error(m, path, stmt, err, state_text)
+  local line, col = locate(stmt, err.position)
+  local parts = {
+    fmt("%s failed; %s", m.id, state_text),
+    fmt("  at %s:%d:%d", path, line, col),
+    fmt("  ERROR %s: %s", tostring(err.sqlstate or "-----"), tostring(err.message or err)),
+  }
+  if err.detail then parts[#parts + 1] = "  DETAIL: " .. err.detail end
+  if err.hint then parts[#parts + 1] = "  HINT: " .. err.hint end
+  if err.where and not err.where:find("^SQL statement") then
+    parts[#parts + 1] = "  CONTEXT: " .. err.where:gsub("\n", "\n    ")
+  end
+  parts[#parts + 1] = "  statement: " .. excerpt(stmt.text, 6)
+  return errors.new(err.kind == "connection_lost" and "connect" or "sql",
+    table.concat(parts, "\n"), {
+      file = path, line = line, column = col, sqlstate = err.sqlstate, version = m.version,
+      statement = stmt.text, detail = err.detail, hint = err.hint, cause = err,
+    })
+end
+
+-- Sends items[i..j] ({ text, params }) as one pipeline and reads every result, timing
+-- each by its arrival. Returns true | nil, index of the first failure, its error.
+function Runner:_pipeline(items, i, j, timings)
+  local conn = self.conn
+  local ok, err = conn:pipeline_enter()
+  if not ok then return nil, i, err end
+  for k = i, j do
+    local params = items[k].params
+    if params then
+      ok, err = conn:send_query(items[k].text, table.unpack(params, 1, params.n))
+    else
+      ok, err = conn:send_query(items[k].text)
+    end
+    if not ok then
+      conn:pipeline_exit()
+      return nil, k, err
+    end
+  end
+  conn:pipeline_sync()
+  local started = fs.clock_ms()
+  local failed_at, failure
+  for k = i, j do
+    local res, rerr = conn:get_result()
+    if res == nil and not failed_at and not (rerr and rerr.aborted) then
+      failed_at, failure = k, rerr
+    end
+    if res == nil and rerr and rerr.kind == "connection_lost" then break end
+    -- each query's results end with false (libpq's NULL result)
+    local done = conn:get_result()
+    while done ~= false and done ~= "sync" and done ~= nil do done = conn:get_result() end
+    local now = fs.clock_ms()
+    timings[k] = now - started
+    started = now
+  end
+  if not (failure and failure.kind == "connection_lost") then
+    local last = conn:get_result()
+    while last ~= "sync" and last ~= nil do last = conn:get_result() end
+    conn:pipeline_exit()
+  end
+  if failed_at then return nil, failed_at, failure end
+  return true
+end
+
+--- Runs items ({ text, params, kind, copy_data }) on the open transaction, pipelined
+-- between COPYs, or one by one (autocommit).
+-- @return timings (ms per item) | nil, index, err
+function Runner:run_items(items, one_by_one)
+  local timings = {}
+  local i = 1
+  while i <= #items do
+    local item = items[i]
+    if item.kind == "copy" then
+      local started = fs.clock_ms()
+      local ok, err = self.conn:copy_in(item.text, item.copy_data or "")
+      if not ok then return nil, i, err end
+      timings[i] = fs.clock_ms() - started
+      i = i + 1
+    elseif one_by_one then
+      local started = fs.clock_ms()
+      local ok, err = self.conn:exec(item.text)
+      if not ok then return nil, i, err end
+      timings[i] = fs.clock_ms() - started
+      i = i + 1
+    else
+      local j = i
+      while j < #items and items[j + 1].kind ~= "copy" do j = j + 1 end
+      local ok, k, err = self:_pipeline(items, i, j, timings)
+      if not ok then return nil, k or i, err end
+      i = j + 1
+    end
+  end
+  return timings
+end
+
+function Runner:_exec(sql, ...)
+  local rows, err
+  if select("#", ...) > 0 then
+    rows, err = self.conn:query(sql, ...)
+  else
+    rows, err = self.conn:exec(sql)
+  end
+  if not rows then return nil, errors.wrap(err.kind == "connection_lost" and "connect" or "sql",
+    err) end
+  return rows
+end
+
+-- The timeouts of a migration: its companion's, else the run's.
+function Runner:_timeouts_item(m, is_local)
+  local companion = m.companion or {}
+  local lt = companion.lock_timeout_ms or self.cfg.lock_timeout_ms
+  local st = companion.statement_timeout_ms or self.cfg.statement_timeout_ms
+  return { text = "SELECT pg_catalog.set_config('lock_timeout', $1, $3), " ..
+    "pg_catalog.set_config('statement_timeout', $2, $3)",
+    params = table.pack(tostring(lt or 0) .. "ms", tostring(st or 0) .. "ms", is_local) }
+end
+
+-- The bookkeeping of a finished migration, as pipeline items.
+function Runner:_bookkeeping(m, direction, duration_ms, extra)
+  local h = self.history
+  return h:collect(function()
+    local function must(ok, err) if not ok then error(err, 0) end end
+    if direction == "up" then
+      must(h:record(m, "applied", duration_ms, self.run_id, m.repeatable and "repeatable" or nil))
+      must(h:event(m.repeatable and "reapply" or "apply", m, self.run_id, extra))
+      if not m.repeatable then must(h:sync_compat(m.version, false)) end
+    else
+      must(h:remove(m.version))
+      must(h:event("revert", m, self.run_id, extra))
+      must(h:sync_compat(self.previous_version, false))
+    end
+  end)
+end
+
+-- One transactional attempt, sent as one pipeline: BEGIN, timeouts, the statements, the
+-- history row and event, COMMIT. Nothing is recorded unless everything commits.
+function Runner:_transactional(m, direction, statements, path)
+  local started = fs.clock_ms()
+  local items = { { text = "BEGIN" }, self:_timeouts_item(m, true) }
+  local first = #items + 1
+  for _, stmt in ipairs(statements) do items[#items + 1] = stmt end
+  local last = #items
+  local books, berr = self:_bookkeeping(m, direction, nil,
+    { statements = #statements })
+  if not books then return nil, errors.wrap("internal", berr) end
+  for _, b in ipairs(books) do items[#items + 1] = b end
+  items[#items + 1] = { text = "COMMIT" }
+  local timings, k, err = self:run_items(items, false)
+  if timings and self.conn:status() ~= "idle" then
+    timings, k, err = nil, #items, { message = "transaction did not commit (status " ..
+      self.conn:status() .. ")" }
+  end
+  if not timings then
+    if self.conn:status() ~= "idle" then self.conn:exec("ROLLBACK") end
+    if err.kind == "connection_lost" then
+      return nil, errors.new("connect", fmt("lost the connection during %s: %s. The server " ..
+        "rolls back an unfinished transaction, so %s is not applied; check `moonshift status` " ..
+        "once the server is reachable", m.id, tostring(err.message), m.id)), err
+    end
+    if k >= first and k <= last then
+      return nil, statement_error(m, path, items[k], err,
+        "rolled back, nothing of it was applied"), err
+    end
+    return nil, errors.wrap("sql", err, m.id .. " failed and was rolled back"), err
+  end
+  local step_ms = {}
+  for i = first, last do step_ms[#step_ms + 1] = timings[i] end
+  return { duration_ms = fs.clock_ms() - started, timings = step_ms }
+end
+
+-- A non-transactional migration: a dirty marker committed first, then the statements
+-- one by one in autocommit, then the marker made clean. A crash leaves it dirty.
+function Runner:_autocommit(m, direction, statements, path)
+  local started = fs.clock_ms()
+  local h = self.history
+  local ok, err = self:_exec("BEGIN")
+  if ok then ok, err = h:record(m, "dirty", nil, self.run_id) end
+  if ok then ok, err = h:event(direction == "up" and "start" or "start_revert", m, self.run_id,
+    { transaction = false }) end
+  if ok then ok, err = h:sync_compat(m.version, true) end
+  if ok then ok, err = self:_exec("COMMIT") else self.conn:exec("ROLLBACK") end
+  if not ok then return nil, err end
+  local t = self:_timeouts_item(m, false)
+  ok, err = self:_exec(t.text, table.unpack(t.params, 1, t.params.n))
+  if not ok then return nil, err end
+  local timings, k, serr = self:run_items(statements, true)
+  if not timings then
+    h:event("fail", m, self.run_id, { sqlstate = serr.sqlstate, statement = k })
+    return nil, statement_error(m, path, statements[k], serr, fmt("it is not transactional, " ..
+      "so statements before this one stayed applied and %s is marked dirty. Fix the cause, " ..
+      "undo or finish its work by hand, then `moonshift force %s` (done) or `moonshift force " ..
+      "%s --not-applied` (to run it again)", m.id, m.version, m.version)), serr
+  end
+  local duration = math.floor(fs.clock_ms() - started)
+  ok, err = self:_exec("BEGIN")
+  if direction == "up" then
+    if ok then ok, err = h:record(m, "applied", duration, self.run_id) end
+    if ok then ok, err = h:event("apply", m, self.run_id, { duration_ms = duration,
+      transaction = false }) end
+    if ok then ok, err = h:sync_compat(m.version, false) end
+  else
+    if ok then ok, err = h:remove(m.version) end
+    if ok then ok, err = h:event("revert", m, self.run_id, { duration_ms = duration,
+      transaction = false }) end
+    if ok then ok, err = h:sync_compat(self.previous_version, false) end
+  end
+  if ok then ok, err = self:_exec("COMMIT") else self.conn:exec("ROLLBACK") end
+  if not ok then return nil, err end
+  self:_exec("RESET lock_timeout")
+  self:_exec("RESET statement_timeout")
+  return { duration_ms = fs.clock_ms() - started, timings = timings }
+end
+
+--- Applies (direction "up") or reverts ("down") one migration, retrying lock timeouts.
+-- @return result { duration_ms, timings } | nil, err
+function Runner:run(m, direction)
+  local statements = direction == "up" and m.statements or m.down_statements
+  local path = direction == "up" and m.up_path or m.down_path
+  local transactional = m.transaction ~= false
+  if transactional then
+    local ok, err = runner.check_statements(statements, path)
+    if not ok then return nil, err end
+  end
+  local attempt = 0
+  while true do
+    local result, err, cause
+    if transactional then
+      result, err, cause = self:_transactional(m, direction, statements, path)
+    else
+      result, err, cause = self:_autocommit(m, direction, statements, path)
+    end
+    if result then return result end
+    local sqlstate = cause and cause.sqlstate
+    if not (transactional and RETRYABLE[sqlstate] and attempt < self.cfg.lock_retries) then
+      return nil, err
+    end
+    attempt = attempt + 1
+    local delay = math.min(10000, 500 * 2 ^ (attempt - 1))
+    delay = math.floor(delay / 2 + math.random() * delay / 2)
+    self.emit("retry", { migration = m, attempt = attempt, of = self.cfg.lock_retries,
+      sqlstate = sqlstate, delay_ms = delay })
+    proc.sleep(delay)
+  end
+end
+
+return runner

@@ -1,0 +1,70 @@
+-- What the operator sees: progress on stderr, results on stdout, one question at most.
+local fs = require("moonshift.fs")
+
+local fmt = string.format
+
+local ui = {}
+
+local Ui = {}
+Ui.__index = Ui
+
+--- A UI writing to the process's stdout/stderr.
+-- @param opts table|nil: quiet (bool), json (bool: progress as JSON lines is the log's job)
+function ui.new(opts)
+  opts = opts or {}
+  return setmetatable({
+    quiet = opts.quiet, out = opts.out or io.stdout, err = opts.err or io.stderr,
+    interactive = fs.isatty("stdin") and fs.isatty("stderr"),
+  }, Ui)
+end
+
+--- A progress line: "[2/3] 0002_add_index  ok  12 ms".
+function Ui:step(i, n, id, status, ms)
+  if self.quiet then return end
+  local timing = ms and fmt("  %s", ui.duration(ms)) or ""
+  self.err:write(fmt("[%d/%d] %s  %s%s\n", i, n, id, status, timing))
+  self.err:flush()
+end
+
+--- A note for the operator (stderr).
+function Ui:info(msg)
+  if self.quiet then return end
+  self.err:write(msg, "\n")
+  self.err:flush()
+end
+
+function Ui:warn(msg)
+  self.err:write("warning: ", msg, "\n")
+  self.err:flush()
+end
+
+--- An error message (stderr), never suppressed.
+function Ui:error(msg)
+  self.err:write("moonshift: ", msg, "\n")
+  self.err:flush()
+end
+
+--- A result (stdout).
+function Ui:result(msg)
+  self.out:write(msg, "\n")
+  self.out:flush()
+end
+
+--- Asks a yes/no question on the terminal; false without one.
+function Ui:confirm(question)
+  if not self.interactive then return false end
+  self.err:write(question, " [y/N] ")
+  self.err:flush()
+  local answer = io.stdin:read("l")
+  return answer ~= nil and answer:lower():match("^%s*y") ~= nil
+end
+
+--- "12 ms", "1.4 s", "2 min 3 s".
+function ui.duration(ms)
+  ms = math.floor(ms + 0.5)
+  if ms < 1000 then return fmt("%d ms", ms) end
+  if ms < 60000 then return fmt("%.1f s", ms / 1000) end
+  return fmt("%d min %d s", ms // 60000, (ms % 60000) // 1000)
+end
+
+return ui
