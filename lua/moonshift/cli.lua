@@ -22,6 +22,9 @@ local function build_parser()
   -- Connection and lock options work before or after the command name.
   local function common(cmd)
     cmd:option("-c --config", "The migrate.lua to use (default: found in . or a parent).")
+    cmd:option("--migrations", "The migrations directory (default: migrations).")
+    cmd:option("--log-format", "Progress as text (default) or json (one event per line)")
+      :choices({ "text", "json" })
     cmd:option("-d --database", "Connection URI or conninfo (overrides the environment).")
     cmd:option("--schema", "Schema of the tracking tables.")
     cmd:option("--table", "Name of the tracking table.")
@@ -45,7 +48,9 @@ local function build_parser()
   local up = mutating(p:command("up", "Apply pending migrations."))
   up:option("--to", "Stop after this version.")
   up:option("--count", "Apply at most this many."):convert(math.tointeger)
-  up:flag("--allow-out-of-order", "Apply pending migrations older than the newest applied one.")
+  up:flag("--out-of-order --allow-out-of-order",
+    "Apply pending migrations older than the newest applied one.")
+  up:flag("--single-transaction", "Run the whole plan in one transaction.")
   local down = mutating(p:command("down", "Revert applied migrations (default: the newest)."))
   down:argument("count", "How many to revert."):args("?"):convert(math.tointeger)
   down:option("--to", "Revert down to (not including) this version.")
@@ -135,7 +140,8 @@ local function run_command(args, cfg, ui)
     return 0
   elseif c == "up" then
     return commands.up(cfg, ui, { to = args.to, count = args.count, dry_run = args.dry_run,
-      auto_confirm = args.auto_confirm }), nil, print_run
+      auto_confirm = args.auto_confirm, single_transaction = args.single_transaction }),
+      nil, print_run
   elseif c == "down" then
     return commands.down(cfg, ui, { count = args.count, to = args.to, all = args.all,
       dry_run = args.dry_run, auto_confirm = args.auto_confirm }), nil, print_run
@@ -183,6 +189,10 @@ local function run_command(args, cfg, ui)
 end
 
 local function report(ui, err)
+  if ui.json then
+    io.stdout:write(cjson.encode({ event = "error", kind = err.kind, message = err.message,
+      file = err.file, line = err.line, sqlstate = err.sqlstate }), "\n")
+  end
   ui:error(tostring(err))
   if err.done and #err.done > 0 then
     ui:info(fmt("applied before the failure (still committed): %s", plural(#err.done, "migration")))
@@ -197,7 +207,8 @@ function cli.main(argv)
   math.randomseed(os.time(), require("moonshift.proc").getpid())
   local parser = build_parser()
   local ok, args = parser:pparse(argv)
-  local ui = ui_mod.new({ quiet = ok and args.quiet })
+  local json = ok and args.log_format == "json"
+  local ui = ui_mod.new({ quiet = ok and (args.quiet or json), json = json })
   if not ok then
     ui:error(args)
     io.stderr:write(parser:get_usage(), "\n")
@@ -214,7 +225,8 @@ function cli.main(argv)
   local cfg, cerr = config.load({
     config = args.config, database = args.database, schema = args.schema, table = args.table,
     lock_wait = args.lock_wait, lock_timeout = args.lock_timeout,
-    statement_timeout = args.statement_timeout, allow_out_of_order = args.allow_out_of_order,
+    statement_timeout = args.statement_timeout, allow_out_of_order = args.out_of_order,
+    migrations = args.migrations, log_format = args.log_format,
   })
   if not cfg then return report(ui, cerr) end
   local res, err, printer = run_command(args, cfg, ui)
@@ -223,7 +235,7 @@ function cli.main(argv)
     return report(ui, err)
   end
   if printer then
-    printer(ui, res)
+    if not ui.json then printer(ui, res) end
     return 0
   end
   return res

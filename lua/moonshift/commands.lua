@@ -139,7 +139,9 @@ end
 function commands.status(cfg, ui)
   return with_session(cfg, ui, false, function(s)
     local st = s.status
-    local out = { database = db.describe_target(cfg), target = s.label,
+    local last = s.set.migrations[#s.set.migrations]
+    local out = { format_version = 1, database = db.describe_target(cfg), target = s.label,
+      target_version = last and last.version or nil,
       history_table = s.history.migrations, current = st.current and st.current.version or nil,
       applied = {}, pending = {}, dirty = {}, drift = {}, missing = {}, out_of_order = {},
       repeatables = {} }
@@ -185,10 +187,36 @@ local function print_dry_run(s, list, direction)
   return { dry_run = true, planned = #list }
 end
 
--- Runs a list of migrations in one direction, one transaction each.
+-- Runs a list of migrations in one direction, one transaction each (or all in one).
 local function execute(s, list, direction, opts)
   local r = s:runner()
   local done, started = {}, fs.clock_ms()
+  local ids = {}
+  for i, m in ipairs(list) do ids[i] = m.id end
+  s.ui:event("run_start", { run_id = s.run_id, direction = direction, target = s.label,
+    plan = ids })
+  if opts.single_transaction then
+    for _, m in ipairs(list) do
+      if m.transaction == false then
+        return nil, errors.new("usage", m.id .. " is not transactional, so it cannot run " ..
+          "inside --single-transaction; nothing was changed")
+      end
+    end
+    local ok, err = s.conn:exec("BEGIN")
+    if not ok then return nil, errors.wrap("sql", err) end
+    r.single = true
+  end
+  local function failed(m, err)
+    if r.single then
+      s.conn:exec("ROLLBACK")
+      err.message = err.message .. "\n  --single-transaction: the whole run was rolled back"
+      done = {}
+    end
+    s.ui:event("migration_failed", { id = m.id, version = m.version, file = err.file,
+      line = err.line, column = err.column, sqlstate = err.sqlstate, message = err.message })
+    err.done = done
+    return nil, err
+  end
   for i, m in ipairs(list) do
     if direction == "down" then
       -- the version left current once m is reverted (golang-migrate compat)
@@ -199,31 +227,45 @@ local function execute(s, list, direction, opts)
       end
       r.previous_version = prev
     end
+    s.ui:event("migration_start", { id = m.id, version = m.version, direction = direction,
+      file = direction == "up" and m.up_path or m.down_path, checksum = m.checksum })
     local res, err = r:run(m, direction)
     if not res then
       s.ui:step(i, #list, m.id, "FAILED")
-      err.done = done
-      return nil, err
+      return failed(m, err)
+    end
+    local stmts = direction == "up" and m.statements or m.down_statements
+    for k, ms in ipairs(res.timings) do
+      s.ui:event("statement", { id = m.id, line = stmts[k] and stmts[k].line,
+        elapsed_ms = ms })
     end
     s.ui:step(i, #list, m.id, direction == "up" and "ok" or "reverted", res.duration_ms)
+    s.ui:event("migration_done", { id = m.id, version = m.version,
+      elapsed_ms = res.duration_ms })
     done[#done + 1] = { id = m.id, version = m.version, duration_ms = res.duration_ms }
     if not s.lock:held() then
-      return nil, errors.new("refused", fmt("the run lock was lost after %s (its connection " ..
-        "dropped); stopped before the next migration. %s is recorded; re-run to continue",
-        m.id, m.id), { done = done })
+      return failed(m, errors.new("refused", fmt("the run lock was lost after %s (its " ..
+        "connection dropped); stopped before the next migration. Re-run to continue", m.id)))
     end
   end
   if direction == "up" and not opts.to then
     for _, rep in ipairs(s.status.repeatables) do
       local res, err = r:run(rep, "up")
-      if not res then return nil, err end
+      if not res then return failed(rep, err) end
       s.ui:step(#done + 1, #done + 1, rep.id, "ok", res.duration_ms)
       done[#done + 1] = { id = rep.id, duration_ms = res.duration_ms }
     end
   end
+  if r.single then
+    local ok, err = s.conn:exec("COMMIT")
+    if not ok then return failed(list[#list], errors.wrap("sql", err, "COMMIT failed")) end
+  end
   local ok, rerr = s:refresh()
   if not ok then return nil, rerr end
-  return { done = done, duration_ms = fs.clock_ms() - started, run_id = s.run_id }
+  local res = { done = done, duration_ms = fs.clock_ms() - started, run_id = s.run_id }
+  s.ui:event("run_done", { run_id = s.run_id, done = #done, elapsed_ms = res.duration_ms,
+    current = s.status.current and s.status.current.version or nil })
+  return res
 end
 
 local function target_version(s, v)

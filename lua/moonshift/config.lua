@@ -20,6 +20,37 @@ local DEFAULTS = {
   allow_out_of_order = false,
 }
 
+-- Every key migrate.lua may set, with the Lua types it accepts: a typo is an error.
+local KEYS = {
+  database = "string", migrations = "string", hooks = "string", format = "string",
+  schema = "string", table = "string", events_table = "string", lock = "string",
+  lock_wait = "string|number", lock_timeout = "string|number",
+  statement_timeout = "string|number", lock_retries = "number", allow_out_of_order = "boolean",
+  compat = "string", backup = "table", log = "table", order = "function", workflows = "table",
+  env_file = "string", ignore = "table", hook_timeout = "string|number",
+  hook_memory = "string|number", single_transaction = "boolean",
+}
+
+local function check_keys(file, path)
+  for k, v in pairs(file) do
+    local want = KEYS[k]
+    if not want then
+      local known = {}
+      for name in pairs(KEYS) do known[#known + 1] = name end
+      table.sort(known)
+      return nil, fmt("%s: unknown key %q (known: %s)", path, tostring(k),
+        table.concat(known, ", "))
+    end
+    if not want:find(type(v), 1, true) then
+      return nil, fmt("%s: %s must be a %s, not a %s", path, k, want:gsub("|", " or "), type(v))
+    end
+  end
+  if file.compat ~= nil and file.compat ~= "golang-migrate" then
+    return nil, fmt("%s: compat must be \"golang-migrate\"", path)
+  end
+  return true
+end
+
 local UNITS = { ms = 1, s = 1000, sec = 1000, min = 60000, m = 60000, h = 3600000 }
 
 --- Parses a duration ("500ms", "5s", "2min", "1h"; a bare number is seconds) into ms.
@@ -103,6 +134,8 @@ function config.load(opts)
       return nil, errors.new("usage", path .. " must return a table")
     end
     file = result
+    local ok, kerr = check_keys(file, path)
+    if not ok then return nil, errors.new("usage", kerr) end
     if file.env_file then
       for k, v in pairs(read_env_file(absolute(root, file.env_file))) do dotenv[k] = v end
     end
@@ -112,7 +145,7 @@ function config.load(opts)
   for k, v in pairs(DEFAULTS) do cfg[k] = v end
   for k, v in pairs(file) do cfg[k] = v end
   for _, k in ipairs({ "schema", "table", "format", "lock_wait", "lock_timeout",
-    "statement_timeout", "lock_retries", "migrations" }) do
+    "statement_timeout", "lock_retries", "migrations", "log_format" }) do
     if opts[k] ~= nil then cfg[k] = opts[k] end
   end
   if opts.allow_out_of_order then cfg.allow_out_of_order = true end

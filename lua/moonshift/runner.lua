@@ -226,7 +226,8 @@ end
 -- history row and event, COMMIT. Nothing is recorded unless everything commits.
 function Runner:_transactional(m, direction, statements, path)
   local started = fs.clock_ms()
-  local items = { { text = "BEGIN" }, self:_timeouts_item(m, true) }
+  local items = { self:_timeouts_item(m, true) }
+  if not self.single then table.insert(items, 1, { text = "BEGIN" }) end
   local first = #items + 1
   for _, stmt in ipairs(statements) do items[#items + 1] = stmt end
   local last = #items
@@ -234,14 +235,14 @@ function Runner:_transactional(m, direction, statements, path)
     { statements = #statements })
   if not books then return nil, errors.wrap("internal", berr) end
   for _, b in ipairs(books) do items[#items + 1] = b end
-  items[#items + 1] = { text = "COMMIT" }
+  if not self.single then items[#items + 1] = { text = "COMMIT" } end
   local timings, k, err = self:run_items(items, false)
-  if timings and self.conn:status() ~= "idle" then
+  if timings and self.conn:status() ~= (self.single and "intrans" or "idle") then
     timings, k, err = nil, #items, { message = "transaction did not commit (status " ..
       self.conn:status() .. ")" }
   end
   if not timings then
-    if self.conn:status() ~= "idle" then self.conn:exec("ROLLBACK") end
+    if self.conn:status() ~= "idle" and not self.single then self.conn:exec("ROLLBACK") end
     if err.kind == "connection_lost" then
       return nil, errors.new("connect", fmt("lost the connection during %s: %s. The server " ..
         "rolls back an unfinished transaction, so %s is not applied; check `moonshift status` " ..
@@ -321,7 +322,8 @@ function Runner:run(m, direction)
     end
     if result then return result end
     local sqlstate = cause and cause.sqlstate
-    if not (transactional and RETRYABLE[sqlstate] and attempt < self.cfg.lock_retries) then
+    if not (transactional and not self.single and RETRYABLE[sqlstate]
+        and attempt < self.cfg.lock_retries) then
       return nil, err
     end
     attempt = attempt + 1

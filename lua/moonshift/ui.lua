@@ -13,9 +13,19 @@ Ui.__index = Ui
 function ui.new(opts)
   opts = opts or {}
   return setmetatable({
-    quiet = opts.quiet, out = opts.out or io.stdout, err = opts.err or io.stderr,
+    quiet = opts.quiet, json = opts.json, out = opts.out or io.stdout, err = opts.err or io.stderr,
     interactive = fs.isatty("stdin") and fs.isatty("stderr"),
   }, Ui)
+end
+
+--- An event as a JSON line on stdout (--log-format json); nothing otherwise.
+function Ui:event(name, fields)
+  if not self.json then return end
+  local cjson = require("cjson")
+  local e = { event = name, time = os.date("!%Y-%m-%dT%H:%M:%SZ") }
+  for k, v in pairs(fields or {}) do e[k] = v end
+  self.out:write(cjson.encode(e), "\n")
+  self.out:flush()
 end
 
 --- A progress line: "[2/3] 0002_add_index  ok  12 ms".

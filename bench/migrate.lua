@@ -1,0 +1,80 @@
+-- Benchmark: moonshift against psql on the same migrations (run by bench/run.sh).
+--   1,000 small migrations applied to an empty database:
+--     psql, one session, BEGIN; \i file; COMMIT; per file (the floor for per-migration atomicity)
+--     a shell loop of psql -1 -f per file (what teams script by hand)
+--     moonshift up -y
+--   status and a no-op up with 10,000 migrations applied.
+local cluster = require("moonshift.cluster")
+local fs = require("moonshift.fs")
+local proc = require("moonshift.proc")
+
+local bin = arg[1] or "build/moonshift"
+local runs = arg[2] or "10"
+local out_dir = arg[3] or "bench/results"
+
+local c = assert(cluster.start())
+local work = assert(fs.mkdtemp("/tmp/moonshift-bench-"))
+local psql = c.bin_dir .. "/psql"
+
+local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+local function generate(dir, n)
+  assert(fs.mkdir_p(dir, tonumber("755", 8)))
+  for i = 1, n do
+    local f = assert(io.open(string.format("%s/%05d_m%d.up.sql", dir, i, i), "w"))
+    f:write(string.format("CREATE TABLE t%d (id int PRIMARY KEY, name text);\n" ..
+      "INSERT INTO t%d VALUES (1, 'x');\nCREATE INDEX t%d_name ON t%d (name);\n", i, i, i, i))
+    f:close()
+  end
+end
+
+local function run(argv)
+  local env = proc.environ()
+  for k, v in pairs(c:env()) do env[k] = v end
+  local res = assert(proc.run(argv, { env = env, timeout = 3600000 }))
+  if res.code ~= 0 then error(table.concat(argv, " ") .. ": " .. res.stderr) end
+  return res
+end
+
+local ok, err = pcall(function()
+  fs.mkdir_p(out_dir, tonumber("755", 8))
+  generate(work .. "/m1000", 1000)
+  local script = assert(io.open(work .. "/one_session.sql", "w"))
+  for _, name in ipairs(fs.list(work .. "/m1000")) do
+    script:write("BEGIN;\n\\i ", work, "/m1000/", name, "\nCOMMIT;\n")
+  end
+  script:close()
+  local loop = assert(io.open(work .. "/loop.sh", "w"))
+  loop:write("for f in ", work, "/m1000/*.sql; do ", psql,
+    " -X -q -v ON_ERROR_STOP=1 -1 -f \"$f\" -d bench >/dev/null || exit 1; done\n")
+  loop:close()
+  local uri = c:uri_for("bench")
+  local reset = string.format("%s -X -q -d postgres -c 'DROP DATABASE IF EXISTS bench' " ..
+    "-c 'CREATE DATABASE bench'", psql)
+  local env_prefix = string.format("PGHOST=%s PGPORT=%d PGUSER=postgres ", c.socket_dir, c.port)
+  run({ "hyperfine", "--runs", runs, "--export-markdown", out_dir .. "/apply-1000.md",
+    "--prepare", env_prefix .. reset,
+    "-n", "psql one session (BEGIN; \\i; COMMIT per file)",
+    env_prefix .. psql .. " -X -q -v ON_ERROR_STOP=1 -d bench -f " .. work .. "/one_session.sql",
+    "-n", "psql -1 -f per file (shell loop)", env_prefix .. "sh " .. work .. "/loop.sh",
+    "-n", "moonshift up",
+    bin .. " up -y -q --migrations " .. work .. "/m1000 -d " .. sh_quote(uri) })
+
+  generate(work .. "/m10000", 10000)
+  run({ "sh", "-c", env_prefix .. reset })
+  run({ bin, "up", "-y", "-q", "--migrations", work .. "/m10000", "-d", uri })
+  run({ "hyperfine", "--runs", runs, "--warmup", "2", "--export-markdown",
+    out_dir .. "/status-10000.md",
+    "-n", "moonshift status (10,000 applied)",
+    bin .. " status -q --migrations " .. work .. "/m10000 -d " .. sh_quote(uri) .. " >/dev/null",
+    "-n", "moonshift up, nothing to do (10,000 applied)",
+    bin .. " up -y -q --migrations " .. work .. "/m10000 -d " .. sh_quote(uri),
+    "-n", "psql: select the history table (baseline)",
+    env_prefix .. psql .. " -X -q -d bench -c 'SELECT * FROM moonshift_migrations' >/dev/null" })
+end)
+c:stop()
+fs.remove_tree(work)
+if not ok then
+  io.stderr:write(tostring(err), "\n")
+  os.exit(1)
+end

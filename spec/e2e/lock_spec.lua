@@ -1,0 +1,97 @@
+-- One writer at a time, and a killed runner leaves nothing half-applied.
+local proc = require("moonshift.proc")
+local helpers = require("spec.helpers")
+
+local value = helpers.value
+
+local function spawn(args, dir)
+  local argv = { helpers.bin() }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return assert(proc.spawn(argv, { cwd = dir, env = helpers.env() }))
+end
+
+-- Waits until a backend other than ours runs a query matching pattern.
+local function wait_for_query(uri, pattern)
+  for _ = 1, 300 do
+    local n = value(uri, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' " ..
+      "AND pid <> pg_backend_pid() AND query LIKE $1", pattern)
+    if n > 0 then return true end
+    proc.sleep(50)
+  end
+  error("no backend ran " .. pattern)
+end
+
+describe("run lock and kills #e2e", function()
+  local c, dir, uri
+
+  lazy_setup(function() c = helpers.cluster() end)
+  lazy_teardown(function() if c then c:stop() end end)
+  before_each(function()
+    dir = helpers.tmpdir()
+    uri = helpers.fresh_db(c)
+    helpers.write_files(dir, {
+      ["migrations/0001_a.up.sql"] = "CREATE TABLE a (id int);\n",
+      ["migrations/0002_slow.up.sql"] = "CREATE TABLE slow (id int);\nSELECT pg_sleep(1.5);\n",
+      ["migrations/0003_c.up.sql"] = "CREATE TABLE c (id int);\n",
+      ["migrations/0004_d.up.sql"] = "CREATE TABLE d (id int);\n",
+      ["migrations/0005_e.up.sql"] = "CREATE TABLE e (id int);\n",
+    })
+  end)
+  after_each(function() helpers.rmdir(dir) end)
+
+  it("two runners at once apply each migration exactly once", function()
+    local a = spawn({ "up", "-y", "-d", uri }, dir)
+    local b = spawn({ "up", "-y", "-d", uri }, dir)
+    local ra, rb = a:wait(60000), b:wait(60000)
+    assert.are.equal(0, ra.code, ra.stderr)
+    assert.are.equal(0, rb.code, rb.stderr)
+    assert.are.equal(5, value(uri, "SELECT count(*) FROM moonshift_events WHERE action = 'apply'"))
+    assert.are.equal(5, value(uri, "SELECT count(*) FROM moonshift_migrations"))
+    local outputs = ra.stdout .. rb.stdout
+    assert.matches("applied 5 migrations", outputs)
+    assert.matches("nothing to do", outputs)
+  end)
+
+  it("gives up after --lock-wait with exit 5, naming the holder", function()
+    local a = spawn({ "up", "-y", "-d", uri }, dir)
+    wait_for_query(uri, "%pg_sleep%")
+    local res = helpers.run({ "up", "-y", "-d", uri, "--lock-wait", "300ms" }, { cwd = dir })
+    assert.are.equal(5, res.code)
+    assert.matches("another moonshift run holds the lock", res.stderr)
+    assert.matches("application_name moonshift/", res.stderr)
+    assert.are.equal(0, a:wait(60000).code)
+  end)
+
+  it("kill -9 mid-migration leaves that migration absent, and the next run applies it", function()
+    local a = spawn({ "up", "-y", "-d", uri }, dir)
+    wait_for_query(uri, "%pg_sleep%")
+    assert(a:kill("KILL"))
+    a:wait(10000)
+    -- the server notices the dead client and rolls back
+    for _ = 1, 100 do
+      if value(uri, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep%' " ..
+        "AND pid <> pg_backend_pid()") == 0 then break end
+      proc.sleep(100)
+    end
+    assert.are.equal(1, value(uri, "SELECT count(*) FROM moonshift_migrations"))
+    assert.is_nil(value(uri, "SELECT to_regclass('slow')::text"))
+    local st = helpers.run({ "status", "-d", uri }, { cwd = dir })
+    assert.matches("pending  0002_slow", st.stdout)
+    local res = helpers.run({ "up", "-y", "-d", uri }, { cwd = dir })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.are.equal(5, value(uri, "SELECT count(*) FROM moonshift_migrations"))
+  end)
+
+  it("kill -9 in a non-transactional migration leaves it dirty and the next run says so", function()
+    helpers.write_files(dir, { ["migrations/0002_slow.up.sql"] = "-- moonshift:no-transaction\n" ..
+      "CREATE TABLE slow (id int);\nSELECT pg_sleep(30);\n" })
+    local a = spawn({ "up", "-y", "-d", uri }, dir)
+    wait_for_query(uri, "%pg_sleep%")
+    assert(a:kill("KILL"))
+    a:wait(10000)
+    assert.are.equal("dirty", value(uri, "SELECT state FROM moonshift_migrations WHERE version = '0002'"))
+    local res = helpers.run({ "up", "-y", "-d", uri }, { cwd = dir })
+    assert.are.equal(9, res.code)
+    assert.matches("0002_slow is dirty", res.stderr)
+  end)
+end)

@@ -1,0 +1,33 @@
+-- moonshift new: files numbered after the newest, in the layout in use.
+local fs = require("moonshift.fs")
+local helpers = require("spec.helpers")
+
+describe("moonshift new #e2e", function()
+  local dir
+  before_each(function() dir = helpers.tmpdir() end)
+  after_each(function() helpers.rmdir(dir) end)
+
+  it("starts at 0001 and continues the sequence with its width", function()
+    local res = helpers.run({ "new", "Add users" }, { cwd = dir })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.matches("migrations/0001_add_users%.up%.sql", res.stdout)
+    assert.is_true(fs.exists(dir .. "/migrations/0001_add_users.down.sql"))
+    helpers.write_files(dir, { ["migrations/0009_x.up.sql"] = "SELECT 1;\n" })
+    res = helpers.run({ "new", "email" }, { cwd = dir })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.matches("0010_email%.up%.sql", res.stdout)
+  end)
+
+  it("uses a timestamp when the migrations are timestamped, and Flyway names for Flyway", function()
+    helpers.write_files(dir, { ["migrations/20240101120000_init.up.sql"] = "SELECT 1;\n" })
+    local res = helpers.run({ "new", "next" }, { cwd = dir })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.matches("/%d%d%d%d%d%d%d%d%d%d%d%d%d%d_next%.up%.sql", res.stdout)
+    local fly = helpers.tmpdir()
+    helpers.write_files(fly, { ["migrations/V1__init.sql"] = "SELECT 1;\n" })
+    res = helpers.run({ "new", "more" }, { cwd = fly })
+    helpers.rmdir(fly)
+    assert.are.equal(0, res.code, res.stderr)
+    assert.matches("V2__more%.sql", res.stdout)
+  end)
+end)

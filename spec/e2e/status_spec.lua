@@ -1,0 +1,145 @@
+-- status, check, history, stamp and force end to end.
+local cjson = require("cjson")
+local helpers = require("spec.helpers")
+
+local value = helpers.value
+
+local FILES = {
+  ["migrations/0001_a.up.sql"] = "CREATE TABLE a (id int);\n",
+  ["migrations/0001_a.down.sql"] = "DROP TABLE a;\n",
+  ["migrations/0002_b.up.sql"] = "CREATE TABLE b (id int);\n",
+  ["migrations/0002_b.down.sql"] = "DROP TABLE b;\n",
+  ["migrations/0003_c.up.sql"] = "CREATE TABLE c (id int);\n",
+}
+
+describe("status, check, history, stamp, force #e2e", function()
+  local c, dir, uri
+
+  lazy_setup(function() c = helpers.cluster() end)
+  lazy_teardown(function() if c then c:stop() end end)
+  before_each(function()
+    dir = helpers.tmpdir()
+    helpers.write_files(dir, FILES)
+    uri = helpers.fresh_db(c)
+  end)
+  after_each(function() helpers.rmdir(dir) end)
+
+  local function ms(args)
+    local argv = { table.unpack(args) }
+    argv[#argv + 1] = "--database=" .. uri
+    return helpers.run(argv, { cwd = dir })
+  end
+
+  it("status creates nothing and lists pending migrations", function()
+    local res = ms({ "status" })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.matches("nothing applied", res.stdout)
+    assert.matches("pending  0003_c", res.stdout)
+    assert.matches("0 applied, 3 pending", res.stdout)
+    assert.are.equal(0, value(uri, "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = 'public'"))
+  end)
+
+  it("status --json is a stable document with checksums", function()
+    assert.are.equal(0, ms({ "up", "-y", "--to", "0002" }).code)
+    local res = ms({ "status", "--json" })
+    assert.are.equal(0, res.code, res.stderr)
+    local doc = cjson.decode(res.stdout)
+    assert.are.equal(1, doc.format_version)
+    assert.are.equal("0002", doc.current)
+    assert.are.equal("0003", doc.target_version)
+    assert.are.equal(2, #doc.applied)
+    assert.are.equal(1, #doc.pending)
+    assert.are.equal("0003_c", doc.pending[1].id)
+    assert.matches("^%x+$", doc.applied[1].checksum)
+    assert.are.equal(64, #doc.applied[1].checksum)
+    assert.are.same({}, doc.drift)
+  end)
+
+  it("check exits 3 when pending, 0 when up to date, 9 on drift until stamp", function()
+    assert.are.equal(3, ms({ "check" }).code)
+    assert.are.equal(0, ms({ "up", "-y" }).code)
+    assert.are.equal(0, ms({ "check" }).code)
+    helpers.write_files(dir, { ["migrations/0002_b.up.sql"] = "CREATE TABLE b (id bigint);\n" })
+    local res = ms({ "check" })
+    assert.are.equal(9, res.code)
+    assert.matches("CHANGED  0002_b", res.stdout)
+    local up = ms({ "up", "-y" })
+    assert.are.equal(9, up.code)
+    assert.matches("changed on disk since they ran: 0002_b", up.stderr)
+    local st = ms({ "stamp", "0003", "-y" })
+    assert.are.equal(0, st.code, st.stderr)
+    assert.are.equal(0, ms({ "check" }).code)
+  end)
+
+  it("a CRLF checkout with a BOM is not drift", function()
+    assert.are.equal(0, ms({ "up", "-y" }).code)
+    helpers.write_files(dir, { ["migrations/0001_a.up.sql"] = "\239\187\191CREATE TABLE a (id int);\r\n" })
+    assert.are.equal(0, ms({ "check" }).code)
+  end)
+
+  it("refuses a missing applied file and a pending migration older than the newest", function()
+    assert.are.equal(0, ms({ "up", "-y", "--to", "0001" }).code)
+    assert.are.equal(0, ms({ "stamp", "0003", "-y" }).code)
+    assert.are.equal(0, ms({ "force", "0002", "--not-applied", "-y" }).code)
+    local res = ms({ "up", "-y" })
+    assert.are.equal(9, res.code)
+    assert.matches("older than the newest applied one %(0003_c%): 0002_b", res.stderr)
+    local ok = ms({ "up", "-y", "--out-of-order" })
+    assert.are.equal(0, ok.code, ok.stderr)
+    os.remove(dir .. "/migrations/0003_c.up.sql")
+    local missing = ms({ "up", "-y" })
+    assert.are.equal(9, missing.code)
+    assert.matches("have no file: 0003_c", missing.stderr)
+  end)
+
+  it("history lists events, as text and JSON", function()
+    assert.are.equal(0, ms({ "up", "-y" }).code)
+    assert.are.equal(0, ms({ "down", "-y" }).code)
+    local res = ms({ "history", "--json" })
+    assert.are.equal(0, res.code, res.stderr)
+    local events = cjson.decode(res.stdout)
+    assert.are.equal(4, #events)
+    assert.are.equal("apply", events[1].action)
+    assert.are.equal("0001_a", events[1].name)
+    assert.are.equal("revert", events[4].action)
+    local text = ms({ "history" })
+    assert.matches("revert +0003_c", text.stdout)
+  end)
+
+  it("--log-format json streams one event per line", function()
+    local res = ms({ "up", "-y", "--log-format", "json" })
+    assert.are.equal(0, res.code, res.stderr)
+    local names = {}
+    for line in res.stdout:gmatch("[^\n]+") do names[#names + 1] = cjson.decode(line).event end
+    assert.are.equal("run_start", names[1])
+    assert.are.equal("run_done", names[#names])
+    assert.is_truthy(table.concat(names, ","):find("migration_start,statement,migration_done", 1, true))
+  end)
+
+  it("--single-transaction rolls back the whole run on a failure", function()
+    helpers.write_files(dir, { ["migrations/0003_c.up.sql"] = "CREATE TABLE c (id int);\nSELECT 1/0;\n" })
+    local res = ms({ "up", "-y", "--single-transaction" })
+    assert.are.equal(6, res.code)
+    assert.matches("whole run was rolled back", res.stderr)
+    assert.are.equal(0, value(uri, "SELECT count(*) FROM moonshift_migrations"))
+    assert.is_nil(value(uri, "SELECT to_regclass('a')::text"))
+  end)
+
+  it("rejects an unknown key in migrate.lua, naming it", function()
+    helpers.write_files(dir, { ["migrate.lua"] = "return { migration = 'x' }\n" })
+    local res = ms({ "status" })
+    assert.are.equal(2, res.code)
+    assert.matches("unknown key \"migration\"", res.stderr)
+  end)
+
+  it("reads the database from migrate.lua, the environment and .env in that order", function()
+    helpers.write_files(dir, { ["migrate.lua"] = "return { database = env('APP_DB') }\n",
+      [".env"] = "APP_DB=" .. uri .. "\n" })
+    local res = helpers.run({ "status" }, { cwd = dir })
+    assert.are.equal(0, res.code, res.stderr)
+    local bad = helpers.run({ "status" }, { cwd = dir,
+      env = { DATABASE_URL = "postgresql:///nope?host=" .. c.socket_dir } })
+    assert.are.equal(4, bad.code)
+    assert.matches("database \"nope\" does not exist", bad.stderr)
+  end)
+end)
