@@ -84,7 +84,8 @@ describe("moonshift.version", function()
     end)
 
     it("agrees with key: equal exactly when the keys are equal", function()
-      local vs = { "1", "01", "1.0", "1_0", "1.00", "10", "1.a", "1-a", "2019-02-26" }
+      local vs = { "1", "01", "1.0", "1_0", "1.00", "10", "1.a", "1-a", "2019-02-26", "1.",
+        "1._", "a", "0" }
       for _, a in ipairs(vs) do
         for _, b in ipairs(vs) do
           assert.equal(version.key(a) == version.key(b), version.compare(a, b) == 0,

@@ -27,7 +27,10 @@ end
 -- @param v string: a version as written (an integer is accepted too)
 -- @return string
 function version.key(v)
-  local ps = parts(check(v, 1))
+  if type(v) ~= "string" then v = check(v, 1) end
+  local digits = v:match("^0*(%d+)$")
+  if digits then return digits end
+  local ps = parts(v)
   for i, p in ipairs(ps) do
     if p:match("^%d+$") then ps[i] = strip_zeros(p) end
   end
@@ -48,7 +51,7 @@ local function compare_digits(a, b)
   a, b = strip_zeros(a), strip_zeros(b)
   if #a ~= #b then return #a < #b and -1 or 1 end
   if a == b then return 0 end
-  return bytewise(a, b)
+  return a < b and -1 or 1
 end
 
 --- Orders two versions part by part: numeric parts by value (any number of digits), a
@@ -58,25 +61,33 @@ end
 -- @param b string: another version
 -- @return integer: -1 when a sorts first, 0 when both are the same version, 1 otherwise
 function version.compare(a, b)
-  local pa, pb = parts(check(a, 1)), parts(check(b, 2))
-  for i = 1, math.max(#pa, #pb) do
-    local x, y = pa[i], pb[i]
-    if x == nil then return -1 end
-    if y == nil then return 1 end
-    local xn, yn = x:match("^%d+$") ~= nil, y:match("^%d+$") ~= nil
-    local c
+  if type(a) ~= "string" then a = check(a, 1) end
+  if type(b) ~= "string" then b = check(b, 2) end
+  -- The common case, two all-digit versions, without splitting.
+  local da, db = a:match("^0*(%d+)$"), b:match("^0*(%d+)$")
+  if da and db then
+    if #da ~= #db then return #da < #db and -1 or 1 end
+    if da == db then return 0 end
+    return da < db and -1 or 1 -- digits collate the same in every locale
+  end
+  local pa, pb = 1, 1
+  while true do
+    if pa > #a + 1 then return pb > #b + 1 and 0 or -1 end
+    if pb > #b + 1 then return 1 end
+    local sa, sb = a:find("[._%-]", pa) or #a + 1, b:find("[._%-]", pb) or #b + 1
+    local x, y = a:sub(pa, sa - 1), b:sub(pb, sb - 1)
+    pa, pb = sa + 1, sb + 1
+    local xn, yn = x:find("^%d+$") ~= nil, y:find("^%d+$") ~= nil
+    local c = 0
     if xn and yn then
       c = compare_digits(x, y)
     elseif xn ~= yn then
       c = xn and -1 or 1
     elseif x ~= y then
       c = bytewise(x, y)
-    else
-      c = 0
     end
     if c ~= 0 then return c end
   end
-  return 0
 end
 
 --- True when a sorts before b; a comparator for table.sort.

@@ -1,0 +1,774 @@
+-- Finds migrations on disk: reads every supported layout into one ordered, validated set.
+--
+-- Policy, in one place (moonshift(1) repeats it):
+-- * Layouts: native/golang-migrate/sqlx (`0003_x.up.sql`, `0003_x.down.sql`, a lone
+--   `0003_x.sql` is up-only), dbmate (a lone `.sql` with `-- migrate:up` / `-- migrate:down`
+--   sections), goose (a lone `.sql` with `-- +goose Up` / `-- +goose Down` sections), Flyway
+--   (`V3__x.sql`, `U3__x.sql` undo, `R__x.sql` repeatable, `V3__x.sql.conf`), diesel (a
+--   directory `<version>_<name>/` with `up.sql`, `down.sql`, `metadata.toml`). One layout
+--   per directory.
+-- * Beside a migration: `<id>.lua` (companion) and `<id>.verify.sql`; in a diesel
+--   directory `migration.lua` and `verify.sql`.
+-- * Names starting with "." are ignored, and names matching an ignore pattern (default
+--   README*, *.md, *.txt). Every other name must fit the layout: a file that looks almost
+--   like a migration is an error, never skipped.
+-- * Symlinks are followed (the directory and files); a dangling link or a loop is an error;
+--   the same file reached twice is an error; a file outside the directory is a warning.
+-- * Text must be UTF-8 without NUL bytes. A BOM is stripped and CRLF read as LF before
+--   anything else, and the checksum is SHA-256 of that text, so a Windows checkout is not
+--   drift. Files over MAX_FILE_SIZE are refused rather than read.
+-- * An empty or comment-only up script is allowed: it is recorded as applied, nothing is
+--   sent (the set carries a warning).
+local fs = require("moonshift.fs")
+local hash = require("moonshift.hash")
+local sql = require("moonshift.sql")
+local version = require("moonshift.version")
+local errors = require("moonshift.errors")
+
+local fmt = string.format
+
+local source = {}
+
+--- Names ignored unless `opts.ignore` says otherwise.
+source.DEFAULT_IGNORE = { "README*", "*.md", "*.txt" }
+
+--- Largest script read, in bytes; larger files are refused before reading (no streaming).
+source.MAX_FILE_SIZE = 256 * 1024 * 1024
+
+local FORMATS = { auto = true, native = true, flyway = true, dbmate = true, diesel = true,
+  goose = true }
+
+local DIRECTIVE = "`-- moonshift:no-transaction`"
+
+-- Statements PostgreSQL refuses inside a transaction block: a pattern on the statement's
+-- lowercased head (comments and whitespace stripped, spaces collapsed) and its name.
+local NO_TRANSACTION = {
+  { "^create unique index concurrently%f[^%w_]", "CREATE INDEX CONCURRENTLY" },
+  { "^create index concurrently%f[^%w_]", "CREATE INDEX CONCURRENTLY" },
+  { "^drop index concurrently%f[^%w_]", "DROP INDEX CONCURRENTLY" },
+  { "^reindex[ (].-%f[%w_]concurrently%f[^%w_]", "REINDEX CONCURRENTLY" },
+  { "^reindex schema%f[^%w_]", "REINDEX SCHEMA" },
+  { "^reindex %b() ?schema%f[^%w_]", "REINDEX SCHEMA" },
+  { "^reindex database%f[^%w_]", "REINDEX DATABASE" },
+  { "^reindex %b() ?database%f[^%w_]", "REINDEX DATABASE" },
+  { "^reindex system%f[^%w_]", "REINDEX SYSTEM" },
+  { "^reindex %b() ?system%f[^%w_]", "REINDEX SYSTEM" },
+  { "^vacuum%f[^%w_]", "VACUUM" },
+  { "^create database%f[^%w_]", "CREATE DATABASE" },
+  { "^drop database%f[^%w_]", "DROP DATABASE" },
+  { "^create tablespace%f[^%w_]", "CREATE TABLESPACE" },
+  { "^drop tablespace%f[^%w_]", "DROP TABLESPACE" },
+  { "^alter system%f[^%w_]", "ALTER SYSTEM" },
+}
+
+-- The first two words a statement needs for NO_TRANSACTION to be worth checking (`true`:
+-- any second word), so that the usual CREATE TABLE costs two matches.
+local NO_TRANSACTION_HEADS = {
+  create = { index = true, unique = true, database = true, tablespace = true },
+  drop = { index = true, database = true, tablespace = true },
+  alter = { system = true }, reindex = true, vacuum = true,
+}
+
+-- Files a diesel migration directory may hold, and what each is.
+local DIESEL_FILES = {
+  ["up.sql"] = "up", ["down.sql"] = "down", ["metadata.toml"] = "metadata",
+  ["migration.lua"] = "companion", ["verify.sql"] = "verify",
+}
+
+local function join(dir, name)
+  return dir == "/" and "/" .. name or dir .. "/" .. name
+end
+
+-- A glob (`*`, `?`, `[abc]`, `[!abc]`) as an anchored Lua pattern.
+local function glob_pattern(glob)
+  local out, i = { "^" }, 1
+  while i <= #glob do
+    local c = glob:sub(i, i)
+    local close = c == "[" and glob:find("]", i + 2, true)
+    if c == "*" then
+      out[#out + 1] = ".*"
+    elseif c == "?" then
+      out[#out + 1] = "."
+    elseif close then
+      local body = glob:sub(i + 1, close - 1):gsub("^!", "^"):gsub("%%", "%%%%")
+      out[#out + 1] = "[" .. body .. "]"
+      i = close
+    elseif c:match("%p") then
+      out[#out + 1] = "%" .. c
+    else
+      out[#out + 1] = c
+    end
+    i = i + 1
+  end
+  out[#out + 1] = "$"
+  return table.concat(out)
+end
+
+local function line_of(text, pos)
+  local _, n = text:sub(1, pos - 1):gsub("\n", "")
+  return n + 1
+end
+
+-- The loader state of one source.load call: options and the problems found so far.
+local Loader = {}
+Loader.__index = Loader
+
+function Loader:problem(message, ...)
+  self.problems[#self.problems + 1] = { message = message, files = { ... } }
+end
+
+function Loader:warn(message)
+  self.warnings[#self.warnings + 1] = message
+end
+
+function Loader:skipped(name)
+  if name:sub(1, 1) == "." then return true end
+  for _, pattern in ipairs(self.ignore) do
+    if name:find(pattern) then return true end
+  end
+  return false
+end
+
+-- The stat of path, following a symlink; nil (and a problem) for a dangling link or a loop.
+function Loader:resolve(path)
+  local st, msg = fs.stat(path, false)
+  if not st then
+    self:problem(fmt("cannot read %s", msg), path)
+    return nil
+  end
+  if st.type ~= "link" then return st end
+  local target = fs.readlink(path) or "?"
+  local tst, tmsg, code = fs.stat(path)
+  if not tst then
+    if code == "ELOOP" then
+      self:problem(fmt("symlink loop: %s -> %s", path, target), path)
+    elseif code == "ENOENT" or code == "ENOTDIR" then
+      self:problem(fmt("dangling symlink: %s -> %s (the target does not exist)", path,
+        target), path)
+    else
+      self:problem(fmt("cannot follow symlink %s -> %s: %s", path, target, tmsg), path)
+    end
+    return nil
+  end
+  local real = fs.realpath(path)
+  if real and self.root and real:sub(1, #self.root + 1) ~= self.root .. "/" then
+    self:warn(fmt("%s is a symlink to %s, outside %s", path, real, self.dir))
+  end
+  return tst
+end
+
+-- The normalized text of a script (BOM stripped, CRLF as LF), or nil and a problem.
+function Loader:read(path, st)
+  if st.size > self.max_size then
+    self:problem(fmt("%s is %d bytes, over the limit of %d bytes for one migration file",
+      path, st.size, self.max_size), path)
+    return nil
+  end
+  local raw, msg = fs.read(path)
+  if not raw then
+    self:problem(fmt("cannot read %s", msg), path)
+    return nil
+  end
+  local nul = raw:find("\0", 1, true)
+  if nul then
+    self:problem(fmt("%s: NUL byte at byte offset %d (line %d); migrations must be UTF-8 " ..
+      "text", path, nul - 1, line_of(raw, nul)), path)
+    return nil
+  end
+  local ok, bad = utf8.len(raw)
+  if not ok then
+    self:problem(fmt("%s: not valid UTF-8 at byte offset %d (line %d, byte 0x%02X); save " ..
+      "the file as UTF-8", path, bad - 1, line_of(raw, bad), raw:byte(bad)), path)
+    return nil
+  end
+  if raw:sub(1, 3) == "\239\187\191" then raw = raw:sub(4) end
+  if raw:find("\r", 1, true) then raw = raw:gsub("\r\n", "\n") end
+  return raw
+end
+
+-- Reads a file that is part of a migration and checks that it is not reached twice.
+function Loader:script(path, st)
+  local id = st.dev .. ":" .. st.ino
+  local first = self.inodes[id]
+  if first then
+    self:problem(fmt("%s and %s are the same file (%s); a file may hold one migration",
+      first, path, fs.realpath(path) or path), first, path)
+    return nil
+  end
+  self.inodes[id] = path
+  return self:read(path, st)
+end
+
+-- True for a Flyway version: digit runs separated by single dots or underscores.
+local function flyway_version(v)
+  if v == "" then return false end
+  for part in (v:gsub("_", ".") .. "."):gmatch("([^.]*)%.") do
+    if not part:match("^%d+$") then return false end
+  end
+  return true
+end
+
+local NATIVE = { up = "^(%d+)_([^.].*)%.up%.sql$", down = "^(%d+)_([^.].*)%.down%.sql$" }
+
+-- What a file name in the migrations directory is: a table, or nil when no layout fits.
+local function classify(name)
+  local base = name:match("^(.+)%.verify%.sql$")
+  if base then return { kind = "verify", base = base } end
+  base = name:match("^(.+)%.lua$")
+  if base then return { kind = "companion", base = base } end
+  base = name:match("^(.+)%.sql%.conf$")
+  if base then return { kind = "conf", base = base } end
+  for kind, pattern in pairs(NATIVE) do
+    local v, n = name:match(pattern)
+    if v then
+      return { kind = kind, layout = "native", version = v, name = n, id = v .. "_" .. n }
+    end
+  end
+  local prefix, fv, fn = name:match("^([VU])(.-)__(.+)%.sql$")
+  if prefix and flyway_version(fv) then
+    return { kind = prefix == "V" and "up" or "down", layout = "flyway",
+      version = (fv:gsub("_", ".")), name = fn, id = "V" .. fv .. "__" .. fn }
+  end
+  fn = name:match("^R__(.+)%.sql$")
+  if fn then return { kind = "repeatable", layout = "flyway", name = fn, id = "R__" .. fn } end
+  local v, n = name:match("^(%d+)_([^.].*)%.sql$")
+  if v then return { kind = "up", lone = true, version = v, name = n, id = v .. "_" .. n } end
+  return nil
+end
+
+-- The lines of text that a function picks out: { value, line, first, after } each.
+local function marker_lines(text, pick)
+  local found, pos, lineno = {}, 1, 0
+  while pos <= #text do
+    local nl = text:find("\n", pos, true)
+    local stop = nl or #text + 1
+    lineno = lineno + 1
+    local value, rest = pick(text:sub(pos, stop - 1))
+    if value then
+      found[#found + 1] = { value = value, rest = rest, line = lineno, first = pos,
+        after = stop + 1 }
+    end
+    pos = stop + 1
+  end
+  return found
+end
+
+local function dbmate_marker(line)
+  local which, rest = line:lower():match("^%s*%-%-%s*migrate:(%a+)(.*)$")
+  if which == "up" or which == "down" then return which, rest end
+  return nil
+end
+
+local function goose_marker(line)
+  local which = line:lower():match("^%s*%-%-%s*%+goose%s+(%a+)%s*$")
+  if which == "up" or which == "down" then return which, "" end
+  return nil
+end
+
+-- Which section layout a lone file uses, from its text: "dbmate", "goose" or "native".
+local function lone_layout(text)
+  local low = "\n" .. text:lower()
+  if low:find("\n[ \t]*%-%-[ \t]*migrate:up") then return "dbmate" end
+  if low:find("\n[ \t]*%-%-[ \t]*%+goose[ \t]+up[ \t]*\n") or
+      low:find("\n[ \t]*%-%-[ \t]*%+goose[ \t]+up[ \t]*$") then
+    return "goose"
+  end
+  return "native"
+end
+
+-- Splits a dbmate or goose file into its up and down sections (e.up, e.down, offsets and
+-- options); false and a problem when the sections are not one up followed by one down.
+function Loader:sections(e, text)
+  local marks = marker_lines(text, e.layout == "dbmate" and dbmate_marker or goose_marker)
+  local label = e.layout == "dbmate" and "-- migrate:" or "-- +goose "
+  local up, down
+  for _, m in ipairs(marks) do
+    if (m.value == "up" and up) or (m.value == "down" and down) then
+      self:problem(fmt("%s:%d: a second `%s%s` section", e.path, m.line, label, m.value),
+        e.path)
+      return false
+    end
+    if m.value == "up" then up = m else down = m end
+  end
+  if not up then
+    self:problem(fmt("%s: no `%sup` line starts a section", e.path, label), e.path)
+    return false
+  end
+  if down and down.line < up.line then
+    self:problem(fmt("%s:%d: the `%sdown` section comes before `%sup`", e.path, down.line,
+      label, label), e.path)
+    return false
+  end
+  local lineno = 0
+  for line in text:sub(1, up.first - 1):gmatch("([^\n]*)\n") do
+    lineno = lineno + 1
+    if not line:match("^%s*$") and not line:match("^%s*%-%-") then
+      self:problem(fmt("%s:%d: text before `%sup` belongs to no section", e.path, lineno,
+        label), e.path)
+      return false
+    end
+  end
+  e.up_sql = text:sub(up.after, down and down.first - 1 or #text)
+  e.up_offset = up.line
+  e.up_options = up.rest
+  if down then
+    e.down_sql = text:sub(down.after)
+    e.down_offset = down.line
+    e.down_options = down.rest
+  end
+  return true
+end
+
+-- True when lowercased text has `-- moonshift:no-transaction` as a line of its own.
+local function has_directive(low)
+  local init = 1
+  while true do
+    local s, e = low:find("moonshift:no-transaction", init, true)
+    if not s then return false end
+    local line_start = low:sub(1, s - 1):match(".*\n()") or 1
+    if low:sub(line_start, s - 1):match("^%s*%-%-%s*$") and
+        not low:sub(e + 1, e + 1):match("[%w_%-]") then
+      return true
+    end
+    init = e + 1
+  end
+end
+
+-- True when lowercased text has goose's `-- +goose NO TRANSACTION` line.
+local function has_goose_directive(low)
+  return low:find("^[ \t]*%-%-[ \t]*%+goose[ \t]+no[ \t]+transaction") ~= nil or
+    low:find("\n[ \t]*%-%-[ \t]*%+goose[ \t]+no[ \t]+transaction") ~= nil
+end
+
+-- The position after a statement's leading whitespace and comments (-- lines, nested /* */).
+local function head_pos(text)
+  local pos = 1
+  while true do
+    local s = text:match("^%s*()", pos)
+    local two = text:sub(s, s + 1)
+    if two == "--" then
+      local nl = text:find("\n", s, true)
+      pos = nl and nl + 1 or #text + 1
+    elseif two == "/*" then
+      local depth, i = 1, s + 2
+      while depth > 0 and i <= #text do
+        local c = text:find("[/*]", i)
+        if not c then
+          i = #text + 1
+        elseif text:sub(c, c + 1) == "/*" then
+          depth, i = depth + 1, c + 2
+        elseif text:sub(c, c + 1) == "*/" then
+          depth, i = depth - 1, c + 2
+        else
+          i = c + 1
+        end
+      end
+      pos = i
+    else
+      return s
+    end
+  end
+end
+
+-- The name of a statement that cannot run in a transaction block, and the position of its
+-- first keyword; nil for any other statement.
+local function no_transaction_name(text)
+  local pos = head_pos(text)
+  local word = text:match("^%a+", pos)
+  local second = word and NO_TRANSACTION_HEADS[word:lower()]
+  if not second then return nil end
+  if second ~= true then
+    local w2 = text:match("^%a+%s+(%a+)", pos)
+    if not w2 or not second[w2:lower()] then return nil end
+  end
+  local head = text:sub(pos, pos + 200):lower():gsub("%s+", " ")
+  for _, rule in ipairs(NO_TRANSACTION) do
+    if head:find(rule[1]) then return rule[2], pos end
+  end
+  return nil
+end
+
+-- The name of a psql meta-command statement, like `\i`.
+local function meta_name(stmt)
+  local m = type(stmt.meta) == "string" and stmt.meta or stmt.text
+  local name = m:match("\\([%a!?]+)") or m:match("^%s*([%a!?]+)") or "?"
+  return "\\" .. name
+end
+
+-- Splits a script into statements and checks them; nil (and problems) when it is refused.
+function Loader:statements(path, text, offset, transaction)
+  local stmts, err = sql.split(text)
+  if not stmts then
+    self:problem(fmt("%s:%d: %s", path, (tonumber(err.line) or 1) + offset,
+      err.message or tostring(err)), path)
+    return nil
+  end
+  local ok = true
+  for _, stmt in ipairs(stmts) do
+    stmt.line = stmt.line + offset
+    if stmt.end_line then stmt.end_line = stmt.end_line + offset end
+    if stmt.kind == "meta" then
+      self:problem(fmt("%s:%d: psql meta-command %s cannot run on the server", path,
+        stmt.line, meta_name(stmt)), path)
+      ok = false
+    elseif transaction then
+      local name, pos = no_transaction_name(stmt.text)
+      if name then
+        self:problem(fmt("%s:%d: %s cannot run inside a transaction; add %s to this " ..
+          "migration", path, line_of(stmt.text, pos) + stmt.line - 1, name, DIRECTIVE), path)
+        ok = false
+      end
+    end
+  end
+  return ok and stmts or nil
+end
+
+-- Lists the migrations directory and classifies every entry into self.entries.
+function Loader:scan(dir)
+  local names, msg = fs.list(dir)
+  if not names then
+    self:problem(fmt("cannot list the migrations directory: %s", msg), dir)
+    return
+  end
+  for _, name in ipairs(names) do
+    if not self:skipped(name) then
+      local path = join(self.base, name)
+      local st = self:resolve(path)
+      if st and st.type == "directory" then
+        self:scan_diesel(name, path)
+      elseif st and st.type ~= "file" then
+        self:problem(fmt("%s is not a regular file or directory", path), path)
+      elseif st then
+        local e = classify(name)
+        if not e then
+          self:problem(fmt("%s matches no migration layout (expected names like " ..
+            "0003_add_email.up.sql, 0003_add_email.sql, V3__add_email.sql, or an ignore " ..
+            "pattern)", path), path)
+        else
+          e.path, e.st = path, st
+          self.entries[#self.entries + 1] = e
+        end
+      end
+    end
+  end
+end
+
+-- Reads a diesel directory `<version>_<name>/` into self.entries.
+function Loader:scan_diesel(name, path)
+  local v, n = name:match("^(%d[%d%-]*)_([^.].*)$")
+  if not v then
+    self:problem(fmt("%s is a directory that matches no migration layout (diesel " ..
+      "migrations are directories named like 2019-02-26-002946_create_user)", path), path)
+    return
+  end
+  local names, msg = fs.list(path)
+  if not names then
+    self:problem(fmt("cannot list %s", msg), path)
+    return
+  end
+  local e = { kind = "up", layout = "diesel", version = v, name = n, id = name, dir = path }
+  local files = {}
+  for _, file in ipairs(names) do
+    if not self:skipped(file) then
+      local fpath = path .. "/" .. file
+      local st = self:resolve(fpath)
+      if st and (st.type ~= "file" or not DIESEL_FILES[file]) then
+        self:problem(fmt("%s does not belong in a diesel migration directory (it may hold " ..
+          "up.sql, down.sql, metadata.toml, migration.lua and verify.sql)", fpath), fpath)
+      elseif st then
+        files[DIESEL_FILES[file]] = { path = fpath, st = st }
+      end
+    end
+  end
+  if not files.up then
+    if files.down then
+      self:problem(fmt("%s has no up.sql beside it", files.down.path), files.down.path)
+    else
+      self:problem(fmt("%s has no up.sql", path), path)
+    end
+    return
+  end
+  e.path, e.st = files.up.path, files.up.st
+  if files.down then e.down = { path = files.down.path, st = files.down.st } end
+  e.companion_path = files.companion and files.companion.path
+  e.verify_path = files.verify and files.verify.path
+  if files.metadata then
+    local text = self:read(files.metadata.path, files.metadata.st)
+    for line in (text or ""):gmatch("[^\n]+") do
+      if line:match("^%s*run_in_transaction%s*=%s*false%s*$") or
+          line:match("^%s*run_in_transaction%s*=%s*false%s*#") then
+        e.no_transaction = true
+      end
+    end
+  end
+  self.entries[#self.entries + 1] = e
+end
+
+-- Reads the scripts of every entry; decides the layout of lone files from their text.
+function Loader:read_entries()
+  for _, e in ipairs(self.entries) do
+    if e.kind == "up" or e.kind == "down" or e.kind == "repeatable" then
+      e.text = self:script(e.path, e.st)
+      if e.text and e.lone then
+        e.layout = lone_layout(e.text)
+        if e.layout ~= "native" and not self:sections(e, e.text) then e.text = nil end
+      end
+      if e.text and e.down then
+        e.down.text = self:script(e.down.path, e.down.st)
+        if not e.down.text then e.text = nil end
+      end
+    elseif e.kind == "conf" then
+      e.text = self:read(e.path, e.st)
+    end
+  end
+end
+
+-- The layout of the set; nil (and a problem) when the directory mixes layouts or does not
+-- match the one asked for.
+function Loader:layout()
+  local first = {}
+  local order = {}
+  for _, e in ipairs(self.entries) do
+    if e.layout then
+      if self.format ~= "auto" and e.layout ~= self.format then
+        self:problem(fmt("%s is a %s migration, but the format is set to %s", e.path,
+          e.layout, self.format), e.path)
+      elseif not first[e.layout] then
+        first[e.layout] = e
+        order[#order + 1] = e.layout
+      end
+    end
+  end
+  if self.format ~= "auto" then return self.format end
+  if #order > 1 then
+    local a, b = first[order[1]], first[order[2]]
+    self:problem(fmt("%s mixes migration layouts: %s is %s, %s is %s; keep one layout per " ..
+      "directory", self.dir, a.path, a.layout, b.path, b.layout), a.path, b.path)
+    return nil
+  end
+  return order[1] or "native"
+end
+
+-- Pairs up scripts by version, attaches downs and companions; fills self.ups and
+-- self.repeatables.
+function Loader:group()
+  local by_key, by_id = {}, {}
+  for _, e in ipairs(self.entries) do
+    if e.kind == "up" and e.text then
+      e.key = version.key(e.version)
+      local other = by_key[e.key]
+      if other then
+        self:problem(fmt("duplicate version %s: %s and %s", e.key, other.path, e.path),
+          other.path, e.path)
+      else
+        by_key[e.key] = e
+        by_id[e.id] = e
+        self.ups[#self.ups + 1] = e
+      end
+    elseif e.kind == "repeatable" and e.text then
+      by_id[e.id] = e
+      self.repeatables[#self.repeatables + 1] = e
+    end
+  end
+  for _, e in ipairs(self.entries) do
+    if e.kind == "down" and e.text then
+      local up = by_key[version.key(e.version)]
+      if not up or (e.layout == "native" and up.id ~= e.id) then
+        self:problem(fmt("%s is %s without an up script (%s)", e.path,
+          e.layout == "flyway" and "an undo script" or "a down script", e.layout == "flyway" and
+          fmt("V%s__*.sql", e.version) or e.id .. ".up.sql"), e.path)
+      elseif up.down or up.down_sql then
+        self:problem(fmt("%s has more than one down script: %s and %s", up.path,
+          up.down and up.down.path or up.path, e.path), up.path, e.path)
+      else
+        up.down = e
+      end
+    end
+  end
+  for _, e in ipairs(self.entries) do
+    local field = ({ companion = "companion_path", verify = "verify_path",
+      conf = "conf" })[e.kind]
+    if field then
+      local owner = by_id[e.base]
+      if not owner then
+        self:problem(fmt("%s belongs to no migration (no migration named %s)", e.path,
+          e.base), e.path)
+      elseif e.kind == "conf" then
+        owner.conf = e
+      else
+        owner[field] = e.path
+      end
+    end
+  end
+end
+
+-- Whether a migration runs in a transaction, from every directive its layout knows.
+local function transactional(e, up_sql)
+  local low = up_sql:lower()
+  if has_directive(low) then return false end
+  if e.no_transaction then return false end
+  if e.layout == "dbmate" and (e.up_options or ""):find("transaction:%s*false") then
+    return false
+  end
+  -- goose writes it anywhere in the file, also above `-- +goose Up`
+  if has_goose_directive(e.layout == "goose" and e.text:lower() or low) then return false end
+  if e.conf and e.conf.text and e.conf.text:lower():find(
+      "%f[%w]executeintransaction%s*=%s*false") then
+    return false
+  end
+  return true
+end
+
+-- The migration (or repeatable) record of a grouped entry; nil when a script is refused.
+function Loader:build(e)
+  local up_sql = e.up_sql or e.text
+  local transaction = transactional(e, up_sql)
+  local stmts = self:statements(e.path, up_sql, e.up_offset or 0, transaction)
+  local m = {
+    version = e.version, key = e.key, name = e.name, id = e.id, format = e.layout,
+    up_path = e.path, up_sql = up_sql, checksum = hash.sha256(up_sql), statements = stmts,
+    transaction = transaction, companion_path = e.companion_path, verify_path = e.verify_path,
+  }
+  if e.kind == "repeatable" then
+    m.repeatable, m.version, m.key = true, e.id, nil
+  end
+  if stmts and #stmts == 0 then
+    self:warn(fmt("%s has no statements: it is recorded as applied, nothing is sent", e.path))
+  end
+  local down_sql, down_path = e.down_sql, e.path
+  if e.down then down_sql, down_path = e.down.text, e.down.path end
+  if down_sql then
+    local down_tx = transaction and not has_directive(down_sql:lower())
+    if e.layout == "dbmate" and (e.down_options or ""):find("transaction:%s*false") then
+      down_tx = false
+    end
+    m.down_path, m.down_sql, m.down_transaction = down_path, down_sql, down_tx
+    m.down_statements = self:statements(down_path, down_sql, e.down_offset or 0, down_tx)
+    if not m.down_statements then return nil end
+  end
+  return stmts and m or nil
+end
+
+-- Sorts by version.compare. When every version is all digits (the usual case) it sorts
+-- precomputed keys that order the same instead: with 10,000 migrations a Lua comparator
+-- is a noticeable part of `status`.
+local function sort_migrations(list)
+  local keys, by_key = {}, {}
+  for i, m in ipairs(list) do
+    local digits = m.version:match("^0*(%d+)$")
+    if not digits then
+      table.sort(list, function(a, b) return version.compare(a.version, b.version) < 0 end)
+      return
+    end
+    keys[i] = fmt("%09d", #digits) .. digits
+    by_key[keys[i]] = m
+  end
+  table.sort(keys) -- digits and lengths: unique (duplicates were refused), any locale
+  for i, k in ipairs(keys) do list[i] = by_key[k] end
+end
+
+-- The error for the problems found: one message, or a numbered list of all of them.
+local function failure(dir, problems)
+  local files, seen = {}, {}
+  for _, p in ipairs(problems) do
+    for _, f in ipairs(p.files) do
+      if not seen[f] then
+        seen[f] = true
+        files[#files + 1] = f
+      end
+    end
+  end
+  local message = problems[1].message
+  if #problems > 1 then
+    local lines = { fmt("%d problems with the migrations in %s:", #problems, dir) }
+    for i, p in ipairs(problems) do
+      if i > 20 then
+        lines[#lines + 1] = fmt("  ... and %d more", #problems - 20)
+        break
+      end
+      lines[#lines + 1] = "  " .. p.message
+    end
+    message = table.concat(lines, "\n")
+  end
+  local fields = {}
+  if #files == 1 then fields.file = files[1] elseif #files > 1 then fields.files = files end
+  fields.problems = problems
+  return errors.new("usage", message, fields)
+end
+
+--- Reads and validates a migrations directory.
+-- @param dir string: the migrations directory (a symlink to one is followed)
+-- @param opts table|nil: `format` ("auto" (default), "native", "flyway", "dbmate",
+--   "diesel", "goose"), `ignore` (array of glob patterns matched against names; default
+--   source.DEFAULT_IGNORE; names starting with "." are always ignored), `max_file_size`
+--   (bytes, default source.MAX_FILE_SIZE)
+-- @return set table: { dir, format, migrations (sorted by version.compare), repeatables
+--   (sorted by name), by_key (version key -> migration), warnings (array of strings) }; each
+--   migration { version, key, name, id, format, up_path, up_sql, checksum, statements,
+--   transaction, down_path, down_sql, down_statements, down_transaction, companion_path,
+--   verify_path }; a repeatable has `repeatable = true` and its id as version
+-- @return nil, err: kind "usage", a message naming the file(s) (and line), `file` when one
+--   file is at fault, `files` when several, `problems` ({ message, files } each)
+function source.load(dir, opts)
+  if type(dir) ~= "string" then error("source.load: dir must be a string", 2) end
+  opts = opts or {}
+  local format = opts.format or "auto"
+  if not FORMATS[format] then
+    error(fmt("source.load: unknown format %q (auto, native, flyway, dbmate, diesel, goose)",
+      tostring(format)), 2)
+  end
+  local ignore = {}
+  for i, glob in ipairs(opts.ignore or source.DEFAULT_IGNORE) do
+    if type(glob) ~= "string" then error(fmt("source.load: ignore[%d] is not a string", i), 2) end
+    ignore[i] = glob_pattern(glob)
+  end
+  local self = setmetatable({
+    dir = dir, base = dir:match("^(.-)/*$"), format = format, ignore = ignore,
+    max_size = opts.max_file_size or source.MAX_FILE_SIZE, problems = {}, warnings = {},
+    entries = {}, inodes = {}, ups = {}, repeatables = {},
+  }, Loader)
+  if self.base == "" then self.base = "/" end
+
+  local st, _, code = fs.stat(dir)
+  if not st then
+    local lst = fs.stat(dir, false)
+    if lst and lst.type == "link" then
+      self:resolve(dir)
+      return nil, failure(dir, self.problems)
+    end
+    return nil, errors.new("usage", code == "ENOENT" and
+      "migrations directory not found: " .. dir or
+      fmt("cannot read the migrations directory %s (%s)", dir, tostring(code)), { file = dir })
+  end
+  if st.type ~= "directory" then
+    return nil, errors.new("usage", "the migrations path is not a directory: " .. dir,
+      { file = dir })
+  end
+  self.root = fs.realpath(dir)
+
+  self:scan(dir)
+  self:read_entries()
+  local layout = self:layout()
+  if not layout then return nil, failure(dir, self.problems) end
+  self:group()
+
+  local set = { dir = dir, format = layout, migrations = {}, repeatables = {}, by_key = {},
+    warnings = self.warnings }
+  for _, e in ipairs(self.ups) do
+    local m = self:build(e)
+    if m then
+      set.migrations[#set.migrations + 1] = m
+      set.by_key[m.key] = m
+    end
+  end
+  for _, e in ipairs(self.repeatables) do
+    local r = self:build(e)
+    if r then set.repeatables[#set.repeatables + 1] = r end
+  end
+  if #self.problems > 0 then return nil, failure(dir, self.problems) end
+  sort_migrations(set.migrations)
+  table.sort(set.repeatables, function(a, b) return a.name < b.name end)
+  return set
+end
+
+return source

@@ -1,0 +1,637 @@
+-- Specs for moonshift.source: every layout, the directives, checksums and each refusal,
+-- on migration directories written into a temporary directory.
+local fs = require("moonshift.fs")
+local hash = require("moonshift.hash")
+local source = require("moonshift.source")
+
+local function write_file(path, data)
+  local f = assert(io.open(path, "wb"))
+  assert(f:write(data))
+  assert(f:close())
+end
+
+-- Writes a tree: names map to file contents, or to tables for subdirectories.
+local function write_tree(dir, tree)
+  assert(fs.mkdir_p(dir, tonumber("755", 8)))
+  for name, content in pairs(tree) do
+    if type(content) == "table" then
+      write_tree(dir .. "/" .. name, content)
+    else
+      write_file(dir .. "/" .. name, content)
+    end
+  end
+end
+
+local function ids(list)
+  local out = {}
+  for i, m in ipairs(list) do out[i] = m.id end
+  return out
+end
+
+describe("moonshift.source", function()
+  local tmp, dir
+
+  before_each(function()
+    tmp = assert(fs.mkdtemp("/tmp/moonshift-source-"))
+    dir = tmp .. "/migrations"
+  end)
+
+  after_each(function()
+    assert(fs.remove_tree(tmp))
+  end)
+
+  -- Loads `tree` written as the migrations directory.
+  local function load(tree, opts)
+    write_tree(dir, tree)
+    return source.load(dir, opts)
+  end
+
+  -- Loads `tree`, expects a refusal and returns its message.
+  local function refused(tree, opts)
+    local set, err = load(tree, opts)
+    assert.is_nil(set)
+    assert.equal("usage", err.kind)
+    assert.equal(err.message, tostring(err))
+    return err.message, err
+  end
+
+  describe("native layout", function()
+    it("reads up and down pairs and lone up-only files in version order", function()
+      local set = assert(load({
+        ["0010_ten.up.sql"] = "create table ten (id int);\n",
+        ["0010_ten.down.sql"] = "drop table ten;\n",
+        ["0009_nine.sql"] = "create table nine (id int);\ncreate index on nine (id);\n",
+        ["0001_init.up.sql"] = "create table one (id int);\n",
+        ["0001_init.down.sql"] = "drop table one;\n",
+      }))
+      assert.equal("native", set.format)
+      assert.equal(dir, set.dir)
+      assert.same({ "0001_init", "0009_nine", "0010_ten" }, ids(set.migrations))
+      local one, nine, ten = table.unpack(set.migrations)
+      assert.equal("0001", one.version)
+      assert.equal("1", one.key)
+      assert.equal("init", one.name)
+      assert.equal("native", one.format)
+      assert.equal(dir .. "/0001_init.up.sql", one.up_path)
+      assert.equal(dir .. "/0001_init.down.sql", one.down_path)
+      assert.equal("drop table one;\n", one.down_sql)
+      assert.equal(1, #one.down_statements)
+      assert.is_true(one.transaction)
+      assert.is_nil(nine.down_path)
+      assert.is_nil(nine.down_sql)
+      assert.equal(2, #nine.statements)
+      assert.equal(2, nine.statements[2].line)
+      assert.equal("ten", ten.name)
+      assert.equal(ten, set.by_key["10"])
+      assert.equal(nine, set.by_key["9"])
+      assert.same({}, set.repeatables)
+    end)
+
+    it("orders by the numeric value of the version, 9 before 10", function()
+      local set = assert(load({
+        ["10_b.sql"] = "select 10;", ["9_a.sql"] = "select 9;", ["100_c.sql"] = "select 100;",
+      }))
+      assert.same({ "9_a", "10_b", "100_c" }, ids(set.migrations))
+    end)
+
+    it("orders 14-digit timestamps and 20-digit versions exactly", function()
+      local set = assert(load({
+        ["99999999999999999999_b.sql"] = "select 2;",
+        ["99999999999999999998_a.sql"] = "select 1;",
+        ["20190226002946_t.sql"] = "select 0;",
+      }))
+      assert.same({ "20190226002946_t", "99999999999999999998_a", "99999999999999999999_b" },
+        ids(set.migrations))
+    end)
+
+    it("keeps names with dots and underscores (golang-migrate's harbor style)", function()
+      local set = assert(load({ ["0002_1.7.0_schema.up.sql"] = "select 1;" }))
+      local m = set.migrations[1]
+      assert.equal("0002", m.version)
+      assert.equal("1.7.0_schema", m.name)
+      assert.equal("0002_1.7.0_schema", m.id)
+    end)
+
+    it("attaches a Lua companion and a verify script with the same base", function()
+      local set = assert(load({
+        ["0003_add_email.up.sql"] = "alter table users add email text;",
+        ["0003_add_email.lua"] = "return {}",
+        ["0003_add_email.verify.sql"] = "select email from users limit 0;",
+        ["0004_other.sql"] = "select 1;",
+      }))
+      local m, other = set.migrations[1], set.migrations[2]
+      assert.equal(dir .. "/0003_add_email.lua", m.companion_path)
+      assert.equal(dir .. "/0003_add_email.verify.sql", m.verify_path)
+      assert.is_nil(other.companion_path)
+      assert.is_nil(other.verify_path)
+    end)
+
+    it("reads an empty directory as an empty native set", function()
+      local set = assert(load({}))
+      assert.equal("native", set.format)
+      assert.same({}, set.migrations)
+    end)
+
+    it("accepts a trailing slash on the directory", function()
+      write_tree(dir, { ["0001_a.sql"] = "select 1;" })
+      local set = assert(source.load(dir .. "/"))
+      assert.equal(dir .. "/0001_a.sql", set.migrations[1].up_path)
+    end)
+  end)
+
+  describe("Flyway layout", function()
+    it("reads versioned, undo and repeatable scripts", function()
+      local set = assert(load({
+        ["V1__init.sql"] = "create table a (id int);",
+        ["V1_1__patch.sql"] = "alter table a add b int;",
+        ["V2__add_email.sql"] = "alter table a add email text;",
+        ["U2__add_email.sql"] = "alter table a drop email;",
+        ["V10__ten.sql"] = "select 10;",
+        ["R__views.sql"] = "create or replace view v as select 1;",
+        ["R__a_functions.sql"] = "select 1;",
+      }))
+      assert.equal("flyway", set.format)
+      assert.same({ "V1__init", "V1_1__patch", "V2__add_email", "V10__ten" },
+        ids(set.migrations))
+      local init, patch, email = table.unpack(set.migrations)
+      assert.equal("1", init.version)
+      assert.equal("init", init.name)
+      assert.equal("1.1", patch.version)
+      assert.equal("1.1", patch.key)
+      assert.equal("2", email.version)
+      assert.equal("add_email", email.name)
+      assert.equal(dir .. "/U2__add_email.sql", email.down_path)
+      assert.equal("alter table a drop email;", email.down_sql)
+      assert.is_nil(init.down_sql)
+      assert.equal("flyway", email.format)
+      assert.same({ "R__a_functions", "R__views" }, ids(set.repeatables))
+      local views = set.repeatables[2]
+      assert.is_true(views.repeatable)
+      assert.equal("views", views.name)
+      assert.equal(dir .. "/R__views.sql", views.up_path)
+      assert.equal(hash.sha256("create or replace view v as select 1;"), views.checksum)
+      assert.equal(1, #views.statements)
+      assert.is_true(views.transaction)
+    end)
+
+    it("reads executeInTransaction=false from a script's .conf file", function()
+      local set = assert(load({
+        ["V1__index.sql"] = "create index concurrently i on t (x);",
+        ["V1__index.sql.conf"] = "executeInTransaction=false\n",
+      }))
+      assert.is_false(set.migrations[1].transaction)
+    end)
+
+    it("attaches companions named after the script", function()
+      local set = assert(load({
+        ["V3__x.sql"] = "select 1;", ["V3__x.lua"] = "return {}", ["V3__x.verify.sql"] = "select 1",
+      }))
+      assert.equal(dir .. "/V3__x.lua", set.migrations[1].companion_path)
+      assert.equal(dir .. "/V3__x.verify.sql", set.migrations[1].verify_path)
+    end)
+
+    it("refuses V1_1 and V1.1 as the same version", function()
+      local msg = refused({ ["V1_1__a.sql"] = "select 1;", ["V1.1__b.sql"] = "select 2;" })
+      assert.matches("duplicate version 1.1", msg, 1, true)
+    end)
+
+    it("refuses an undo script without its versioned script", function()
+      local msg, err = refused({ ["V1__a.sql"] = "select 1;", ["U2__b.sql"] = "select 2;" })
+      assert.equal(dir .. "/U2__b.sql is an undo script without an up script (V2__*.sql)", msg)
+      assert.equal(dir .. "/U2__b.sql", err.file)
+    end)
+  end)
+
+  describe("dbmate layout", function()
+    it("splits the file into up and down sections", function()
+      local text = "-- a comment\n-- migrate:up\ncreate table t (id int);\n\n" ..
+        "insert into t values (1);\n\n-- migrate:down\ndrop table t;\n"
+      local set = assert(load({ ["20190226002946_create_t.sql"] = text }))
+      assert.equal("dbmate", set.format)
+      local m = set.migrations[1]
+      assert.equal("dbmate", m.format)
+      assert.equal("20190226002946", m.version)
+      assert.equal("create_t", m.name)
+      assert.equal("create table t (id int);\n\ninsert into t values (1);\n\n", m.up_sql)
+      assert.equal("drop table t;\n", m.down_sql)
+      assert.equal(dir .. "/20190226002946_create_t.sql", m.down_path)
+      assert.equal(2, #m.statements)
+      -- lines point into the file, not into the section
+      assert.equal(3, m.statements[1].line)
+      assert.equal(5, m.statements[2].line)
+      assert.equal(8, m.down_statements[1].line)
+      assert.is_true(m.transaction)
+      assert.equal(hash.sha256(m.up_sql), m.checksum)
+    end)
+
+    it("reads transaction:false on the up and down lines", function()
+      local set = assert(load({
+        ["1_idx.sql"] = "-- migrate:up transaction:false\ncreate index concurrently i on t (x);\n" ..
+          "-- migrate:down transaction:false\ndrop index concurrently i;\n",
+        ["2_plain.sql"] = "-- migrate:up\nselect 1;\n-- migrate:down\nselect 2;\n",
+      }))
+      local idx, plain = table.unpack(set.migrations)
+      assert.is_false(idx.transaction)
+      assert.is_false(idx.down_transaction)
+      assert.is_true(plain.transaction)
+      assert.is_true(plain.down_transaction)
+    end)
+
+    it("has no down script without a down section", function()
+      local set = assert(load({ ["1_a.sql"] = "-- migrate:up\nselect 1;\n" }))
+      assert.is_nil(set.migrations[1].down_sql)
+    end)
+
+    it("refuses SQL before the up section and a second up section", function()
+      local msg = refused({ ["1_a.sql"] = "select 0;\n-- migrate:up\nselect 1;\n" })
+      assert.matches(dir .. "/1_a.sql:1: text before `-- migrate:up`", msg, 1, true)
+      assert(fs.remove_tree(dir))
+      msg = refused({ ["1_a.sql"] = "-- migrate:up\nselect 1;\n-- migrate:up\nselect 2;\n" })
+      assert.matches(dir .. "/1_a.sql:3: a second `-- migrate:up` section", msg, 1, true)
+    end)
+  end)
+
+  describe("goose layout", function()
+    it("splits Up and Down sections and reads NO TRANSACTION", function()
+      local set = assert(load({
+        ["00001_create.sql"] = "-- +goose Up\ncreate table t (id int);\n" ..
+          "-- +goose Down\ndrop table t;\n",
+        ["00002_idx.sql"] = "-- +goose NO TRANSACTION\n-- +goose Up\n" ..
+          "create index concurrently i on t (id);\n-- +goose Down\ndrop index concurrently i;\n",
+      }))
+      assert.equal("goose", set.format)
+      local create, idx = table.unpack(set.migrations)
+      assert.equal("create table t (id int);\n", create.up_sql)
+      assert.equal("drop table t;\n", create.down_sql)
+      assert.is_true(create.transaction)
+      assert.is_false(idx.transaction)
+      assert.equal(3, idx.statements[1].line)
+    end)
+  end)
+
+  describe("diesel layout", function()
+    it("reads one directory per migration", function()
+      local set = assert(load({
+        ["2019-02-26-002946_create_user"] = {
+          ["up.sql"] = "create table users (id int);", ["down.sql"] = "drop table users;",
+          ["migration.lua"] = "return {}", ["verify.sql"] = "select 1 from users limit 0",
+        },
+        ["2019-03-01-000000_add_index"] = {
+          ["up.sql"] = "create index concurrently i on users (id);",
+          ["down.sql"] = "drop index i;",
+          ["metadata.toml"] = "run_in_transaction = false\n",
+        },
+        ["00000000000000_diesel_initial_setup"] = { ["up.sql"] = "select 0;" },
+      }))
+      assert.equal("diesel", set.format)
+      assert.same({ "00000000000000_diesel_initial_setup", "2019-02-26-002946_create_user",
+        "2019-03-01-000000_add_index" }, ids(set.migrations))
+      local _, user, index = table.unpack(set.migrations)
+      assert.equal("2019-02-26-002946", user.version)
+      assert.equal("2019.2.26.2946", user.key)
+      assert.equal("create_user", user.name)
+      assert.equal("diesel", user.format)
+      local base = dir .. "/2019-02-26-002946_create_user"
+      assert.equal(base .. "/up.sql", user.up_path)
+      assert.equal(base .. "/down.sql", user.down_path)
+      assert.equal("drop table users;", user.down_sql)
+      assert.equal(base .. "/migration.lua", user.companion_path)
+      assert.equal(base .. "/verify.sql", user.verify_path)
+      assert.is_true(user.transaction)
+      assert.is_false(index.transaction)
+    end)
+
+    it("refuses a stray file in a migration directory and one without up.sql", function()
+      local msg = refused({ ["2019-02-26-002946_a"] = { ["up.sql"] = "", ["notes.sql"] = "" } })
+      assert.matches("2019-02-26-002946_a/notes.sql does not belong", msg, 1, true)
+      assert(fs.remove_tree(dir))
+      msg = refused({ ["2019-02-26-002946_a"] = { ["down.sql"] = "select 1;" } })
+      assert.matches("2019-02-26-002946_a/down.sql has no up.sql", msg, 1, true)
+    end)
+  end)
+
+  describe("transaction directives", function()
+    it("reads -- moonshift:no-transaction on a line of its own, in any case, and goose's",
+      function()
+      local set = assert(load({
+        ["1_a.sql"] = "-- moonshift:no-transaction\ncreate index concurrently a on t (x);",
+        ["2_b.sql"] = "select 1;\n   --   MOONSHIFT:No-Transaction  \nvacuum t;",
+        ["3_c.sql"] = "select 1; -- moonshift:no-transaction\n",
+        ["4_d.sql"] = "-- moonshift:no-transactions\nselect 1;",
+        ["6_f.sql"] = "-- +goose NO TRANSACTION\ncreate index concurrently f on t (x);",
+        ["5_e.up.sql"] = "select 1;",
+        ["5_e.down.sql"] = "-- moonshift:no-transaction\ndrop index concurrently a;",
+      }))
+      local a, b, c, d, e, f = table.unpack(set.migrations)
+      assert.is_false(f.transaction)
+      assert.is_false(a.transaction)
+      assert.is_false(b.transaction)
+      assert.is_true(c.transaction)
+      assert.is_true(d.transaction)
+      assert.is_true(e.transaction)
+      assert.is_false(e.down_transaction)
+    end)
+  end)
+
+  describe("checksums", function()
+    it("are SHA-256 of the text with the BOM stripped and CRLF read as LF", function()
+      local lf = "create table t (\n  id int\n);\n"
+      local crlf = "\239\187\191" .. lf:gsub("\n", "\r\n")
+      local set = assert(load({ ["1_lf.sql"] = lf, ["2_crlf.sql"] = crlf }))
+      local a, b = table.unpack(set.migrations)
+      assert.equal(hash.sha256(lf), a.checksum)
+      assert.equal(a.checksum, b.checksum)
+      assert.equal(lf, b.up_sql)
+      assert.equal(1, b.statements[1].line)
+      assert.is_nil(b.statements[1].text:find("\r", 1, true))
+    end)
+
+    it("change when the text changes", function()
+      local set = assert(load({ ["1_a.sql"] = "select 1;", ["2_b.sql"] = "select 2;" }))
+      assert.are_not.equal(set.migrations[1].checksum, set.migrations[2].checksum)
+    end)
+  end)
+
+  describe("empty scripts", function()
+    it("are allowed with no statements and a warning", function()
+      local set = assert(load({
+        ["1_empty.sql"] = "", ["2_blank.sql"] = "  \n\n", ["3_comments.sql"] = "-- nothing\n/* */\n",
+      }))
+      for _, m in ipairs(set.migrations) do assert.same({}, m.statements) end
+      assert.equal(3, #set.warnings)
+      assert.matches("1_empty.sql has no statements: it is recorded as applied, nothing is sent",
+        set.warnings[1], 1, true)
+    end)
+  end)
+
+  describe("ignored names", function()
+    it("skips dot-files and the default patterns", function()
+      local set = assert(load({
+        ["1_a.sql"] = "select 1;", ["README"] = "x", ["README.rst"] = "x", ["notes.md"] = "x",
+        ["notes.txt"] = "x", [".0009_hidden.sql"] = "\255", [".git"] = { x = "" },
+      }))
+      assert.same({ "1_a" }, ids(set.migrations))
+    end)
+
+    it("uses the given patterns instead of the defaults", function()
+      local set = assert(load({ ["1_a.sql"] = "select 1;", ["x.bak"] = "", ["a1.orig"] = "" },
+        { ignore = { "*.bak", "[a-c]?.orig" } }))
+      assert.same({ "1_a" }, ids(set.migrations))
+      local msg = refused({ ["notes.md"] = "x" }, { ignore = { "*.bak" } })
+      assert.matches(dir .. "/notes.md matches no migration layout", msg, 1, true)
+    end)
+
+    it("applies inside diesel directories too", function()
+      local set = assert(load({ ["2019-02-26-002946_a"] = { ["up.sql"] = "", ["README.md"] = "" } }))
+      assert.equal(1, #set.migrations)
+    end)
+  end)
+
+  describe("symlinks", function()
+    it("follows a symlinked migrations directory and symlinked files", function()
+      write_tree(tmp .. "/real", { ["0001_a.up.sql"] = "select 1;" })
+      write_file(tmp .. "/elsewhere.sql", "select 2;")
+      assert(fs.symlink(tmp .. "/elsewhere.sql", tmp .. "/real/0002_b.up.sql"))
+      assert(fs.symlink(tmp .. "/real", dir))
+      local set = assert(source.load(dir))
+      assert.same({ "0001_a", "0002_b" }, ids(set.migrations))
+      assert.equal("select 2;", set.migrations[2].up_sql)
+      assert.equal(dir .. "/0002_b.up.sql", set.migrations[2].up_path)
+      assert.equal(1, #set.warnings)
+      assert.matches("0002_b.up.sql is a symlink to .*, outside", set.warnings[1])
+    end)
+
+    it("refuses a dangling link", function()
+      write_tree(dir, { ["0001_a.sql"] = "select 1;" })
+      assert(fs.symlink(tmp .. "/nowhere.sql", dir .. "/0002_b.sql"))
+      local set, err = source.load(dir)
+      assert.is_nil(set)
+      assert.equal("dangling symlink: " .. dir .. "/0002_b.sql -> " .. tmp ..
+        "/nowhere.sql (the target does not exist)", err.message)
+      assert.equal(dir .. "/0002_b.sql", err.file)
+    end)
+
+    it("refuses a dangling migrations directory link", function()
+      assert(fs.symlink(tmp .. "/nowhere", dir))
+      local set, err = source.load(dir)
+      assert.is_nil(set)
+      assert.matches("dangling symlink: " .. dir, err.message, 1, true)
+    end)
+
+    it("refuses a link loop", function()
+      write_tree(dir, {})
+      assert(fs.symlink(dir .. "/0002_b.sql", dir .. "/0001_a.sql"))
+      assert(fs.symlink(dir .. "/0001_a.sql", dir .. "/0002_b.sql"))
+      local set, err = source.load(dir)
+      assert.is_nil(set)
+      assert.matches("symlink loop: " .. dir .. "/0001_a.sql", err.message, 1, true)
+    end)
+
+    it("refuses the same file reached twice", function()
+      write_tree(dir, { ["0005_a.sql"] = "select 1;" })
+      assert(fs.symlink(dir .. "/0005_a.sql", dir .. "/0006_b.sql"))
+      local set, err = source.load(dir)
+      assert.is_nil(set)
+      assert.matches(dir .. "/0005_a.sql and " .. dir .. "/0006_b.sql are the same file",
+        err.message, 1, true)
+      assert.same({ dir .. "/0005_a.sql", dir .. "/0006_b.sql" }, err.files)
+    end)
+  end)
+
+  describe("refusals", function()
+    it("refuses a missing directory", function()
+      local set, err = source.load(tmp .. "/nope")
+      assert.is_nil(set)
+      assert.equal("usage", err.kind)
+      assert.equal("migrations directory not found: " .. tmp .. "/nope", tostring(err))
+    end)
+
+    it("refuses duplicate versions, naming both files", function()
+      local msg, err = refused({ ["0003_a.up.sql"] = "select 1;", ["3_b.up.sql"] = "select 2;" })
+      assert.equal("duplicate version 3: " .. dir .. "/0003_a.up.sql and " .. dir ..
+        "/3_b.up.sql", msg)
+      assert.same({ dir .. "/0003_a.up.sql", dir .. "/3_b.up.sql" }, err.files)
+      msg = refused({ ["0005_a.sql"] = "select 1;", ["0005_b.sql"] = "select 2;" })
+      assert.matches("duplicate version 5", msg, 1, true)
+    end)
+
+    it("refuses a lone file and an up file with one name", function()
+      local msg = refused({ ["0003_a.sql"] = "select 1;", ["0003_a.up.sql"] = "select 1;" })
+      assert.matches("duplicate version 3", msg, 1, true)
+    end)
+
+    it("refuses a down script without its up script", function()
+      local msg, err = refused({ ["0001_a.up.sql"] = "select 1;", ["0002_b.down.sql"] = "x" })
+      assert.equal(dir .. "/0002_b.down.sql is a down script without an up script (0002_b.up.sql)", msg)
+      assert.equal(dir .. "/0002_b.down.sql", err.file)
+      msg = refused({ ["0001_a.up.sql"] = "select 1;", ["0001_b.down.sql"] = "x" })
+      assert.matches("0001_b.down.sql is a down script without an up script", msg, 1, true)
+    end)
+
+    it("refuses names that match no layout, listing every one", function()
+      local bad = { "V1_init.sql", "0007-add.SQL", "0008_.sql", "0010_x.sql~", "init.sql",
+        "0011_x.up.sql.orig" }
+      for _, name in ipairs(bad) do
+        local msg, err = refused({ ["0001_ok.sql"] = "select 1;", [name] = "select 1;" })
+        assert.equal(dir .. "/" .. name, err.file)
+        assert.matches(dir .. "/" .. name .. " matches no migration layout", msg, 1, true)
+        assert(fs.remove_tree(dir))
+      end
+      local tree = {}
+      for _, name in ipairs(bad) do tree[name] = "" end
+      local msg, err = refused(tree)
+      assert.equal(1, msg:find("6 problems with the migrations in " .. dir .. ":\n", 1, true))
+      assert.equal(6, #err.files)
+    end)
+
+    it("refuses a directory that is not a diesel migration", function()
+      local msg = refused({ ["0001_a.sql"] = "select 1;", archive = { ["x.sql"] = "" } })
+      assert.matches(dir .. "/archive is a directory that matches no migration layout", msg, 1,
+        true)
+    end)
+
+    it("refuses a companion without a migration", function()
+      local msg, err = refused({ ["0001_a.sql"] = "select 1;", ["0002_b.lua"] = "return {}" })
+      assert.equal(dir .. "/0002_b.lua belongs to no migration (no migration named 0002_b)", msg)
+      assert.equal(dir .. "/0002_b.lua", err.file)
+    end)
+
+    it("refuses a mix of layouts, naming one file of each", function()
+      local msg, err = refused({
+        ["0001_a.up.sql"] = "select 1;", ["0002_b.up.sql"] = "select 1;", ["V3__c.sql"] = "x",
+      })
+      assert.equal(dir .. " mixes migration layouts: " .. dir .. "/0001_a.up.sql is native, " ..
+        dir .. "/V3__c.sql is flyway; keep one layout per directory", msg)
+      assert.same({ dir .. "/0001_a.up.sql", dir .. "/V3__c.sql" }, err.files)
+      assert(fs.remove_tree(dir))
+      msg = refused({ ["1_a.sql"] = "-- migrate:up\nselect 1;", ["2_b.sql"] = "select 2;" })
+      assert.matches("1_a.sql is dbmate, .*2_b.sql is native", msg)
+    end)
+
+    it("refuses files of another layout than the format asked for", function()
+      local msg = refused({ ["V1__a.sql"] = "select 1;" }, { format = "native" })
+      assert.matches(dir .. "/V1__a.sql is a flyway migration, but the format is set to native",
+        msg, 1, true)
+      assert(fs.remove_tree(dir))
+      msg = refused({ ["1_a.sql"] = "-- migrate:up\nselect 1;" }, { format = "native" })
+      assert.matches("1_a.sql is a dbmate migration", msg, 1, true)
+    end)
+
+    it("refuses a file that is not UTF-8, giving the byte offset", function()
+      local msg, err = refused({ ["1_a.sql"] = "insert into c values ('\214sterreich');" })
+      assert.equal(dir .. "/1_a.sql: not valid UTF-8 at byte offset 23 (line 1, byte 0xD6); " ..
+        "save the file as UTF-8", msg)
+      assert.equal(dir .. "/1_a.sql", err.file)
+      msg = refused({ ["1_a.sql"] = "select 1;\nselect '\255';" })
+      assert.matches("not valid UTF-8 at byte offset 18 (line 2", msg, 1, true)
+    end)
+
+    it("refuses a file with a NUL byte, giving the byte offset", function()
+      local msg = refused({ ["1_a.sql"] = "select 1;\nselect '\0';" })
+      assert.equal(dir .. "/1_a.sql: NUL byte at byte offset 18 (line 2); migrations must be " ..
+        "UTF-8 text", msg)
+    end)
+
+    it("refuses a down script that is not UTF-8", function()
+      local msg = refused({ ["1_a.up.sql"] = "select 1;", ["1_a.down.sql"] = "\192" })
+      assert.matches(dir .. "/1_a.down.sql: not valid UTF-8 at byte offset 0", msg, 1, true)
+    end)
+
+    it("refuses psql meta-commands with file and line", function()
+      local msg, err = refused({
+        ["0003_x.up.sql"] = "create table a (id int);\n\n\n\n\n\n\\i other.sql\nselect 1;\n",
+      })
+      assert.equal(dir .. "/0003_x.up.sql:7: psql meta-command \\i cannot run on the server", msg)
+      assert.equal(dir .. "/0003_x.up.sql", err.file)
+    end)
+
+    it("refuses an unterminated token with file and line", function()
+      local msg = refused({ ["0003_x.sql"] = "select 1;\nselect 'oops;\n" })
+      assert.equal(1, msg:find(dir .. "/0003_x.sql:2: ", 1, true))
+      assert.matches("unterminated", msg, 1, true)
+    end)
+
+    it("gives dbmate lines in the file, not the section", function()
+      local msg = refused({ ["1_a.sql"] = "-- migrate:up\nselect 1;\n\\set x 1\n" })
+      assert.matches("1_a.sql:3: psql meta-command \\set", msg, 1, true)
+    end)
+
+    it("refuses statements that cannot run in a transaction", function()
+      local cases = {
+        { "create index concurrently i on t (x);", "CREATE INDEX CONCURRENTLY" },
+        { "CREATE UNIQUE INDEX CONCURRENTLY i ON t (x);", "CREATE INDEX CONCURRENTLY" },
+        { "drop index concurrently i;", "DROP INDEX CONCURRENTLY" },
+        { "reindex index concurrently i;", "REINDEX CONCURRENTLY" },
+        { "REINDEX (VERBOSE) TABLE CONCURRENTLY t;", "REINDEX CONCURRENTLY" },
+        { "reindex database app;", "REINDEX DATABASE" },
+        { "vacuum analyze t;", "VACUUM" },
+        { "VACUUM;", "VACUUM" },
+        { "create database other;", "CREATE DATABASE" },
+        { "alter system set work_mem = '8MB';", "ALTER SYSTEM" },
+      }
+      for _, case in ipairs(cases) do
+        local msg = refused({ ["0003_x.up.sql"] = "select 1;\n" .. case[1] .. "\n" })
+        assert.equal(dir .. "/0003_x.up.sql:2: " .. case[2] .. " cannot run inside a " ..
+          "transaction; add `-- moonshift:no-transaction` to this migration", msg)
+        assert(fs.remove_tree(dir))
+      end
+    end)
+
+    it("finds them after leading comments, on the keyword's line", function()
+      local msg = refused({
+        ["0003_x.up.sql"] = "select 1;\n-- build it\n/* online\n /* nested */ */\n" ..
+          "  Create\n  Index   Concurrently i on t (x);\n",
+      })
+      assert.matches("0003_x.up.sql:5: CREATE INDEX CONCURRENTLY", msg, 1, true)
+    end)
+
+    it("checks the down script too", function()
+      local msg = refused({ ["1_a.up.sql"] = "select 1;", ["1_a.down.sql"] = "vacuum;" })
+      assert.matches("1_a.down.sql:1: VACUUM cannot run inside a transaction", msg, 1, true)
+    end)
+
+    it("allows them in a non-transactional migration, and lookalikes anywhere", function()
+      local set = assert(load({
+        ["1_a.sql"] = "-- moonshift:no-transaction\ncreate index concurrently i on t (x);\n",
+        ["2_b.sql"] = "create index concurrently_named on t (x);\n" ..
+          "select 'vacuum';\ncomment on table t is 'create database';\n",
+      }))
+      assert.equal(2, #set.migrations)
+    end)
+
+    it("refuses a file over the size limit before reading it", function()
+      local msg = refused({ ["1_a.sql"] = string.rep("x", 100) }, { max_file_size = 10 })
+      assert.equal(dir .. "/1_a.sql is 100 bytes, over the limit of 10 bytes for one " ..
+        "migration file", msg)
+    end)
+
+    it("raises on misuse", function()
+      assert.has_error(function() source.load(nil) end)
+      assert.has_error(function() source.load(dir, { format = "liquibase" }) end)
+      assert.has_error(function() source.load(dir, { ignore = { 1 } }) end)
+    end)
+  end)
+
+  describe("the harbor corpus", function()
+    it("reads 39 migrations, 0001 to 0190, all transactional", function()
+      local root = fs.realpath("..")
+      local corpus = root and root .. "/shared/corpora/harbor"
+      if not corpus or not fs.exists(corpus) then
+        pending("no corpus at ../shared/corpora/harbor")
+        return
+      end
+      local set = assert(source.load(corpus))
+      assert.equal("native", set.format)
+      assert.equal(39, #set.migrations)
+      assert.equal("0001", set.migrations[1].version)
+      assert.equal("0190", set.migrations[39].version)
+      for i, m in ipairs(set.migrations) do
+        assert.is_true(m.transaction, m.id)
+        assert.is_true(#m.statements > 0, m.id)
+        if i > 1 then
+          assert.is_true(tonumber(set.migrations[i - 1].version) < tonumber(m.version))
+        end
+      end
+    end)
+  end)
+end)
