@@ -29,8 +29,13 @@ function helpers.env(extra)
     TZ = "UTC",
     NO_COLOR = "1",
   }
-  for _, name in ipairs({ "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "MOONSHIFT_PG_BIN" }) do
+  for _, name in ipairs({ "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "MOONSHIFT_PG_BIN",
+    "MOONSHIFT_LUA_DIR" }) do
     env[name] = os.getenv(name)
+  end
+  local lua_dir = env.MOONSHIFT_LUA_DIR
+  if lua_dir and lua_dir ~= "" and lua_dir:sub(1, 1) ~= "/" then
+    env.MOONSHIFT_LUA_DIR = helpers.root() .. "/" .. lua_dir -- children run elsewhere
   end
   for k, v in pairs(extra or {}) do
     if v == false then env[k] = nil else env[k] = v end
@@ -74,7 +79,9 @@ function helpers.value(uri, sql, ...)
   local rows = helpers.query(uri, sql, ...)
   local row = rows[1]
   if not row then return nil end
-  return row[rows.columns[1]]
+  local v = row[rows.columns[1]]
+  if v == pg.null then return nil end
+  return v
 end
 
 --- A fresh temp directory (remove it with helpers.rmdir).

@@ -1,6 +1,6 @@
 -- The command line: parses arguments, runs a command, prints its result, maps errors to exits.
 local argparse = require("argparse")
-local cjson = require("cjson")
+local json = require("moonshift.json")
 local host = require("moonshift.host")
 local errors = require("moonshift.errors")
 local config = require("moonshift.config")
@@ -18,7 +18,7 @@ local function build_parser()
       "130 interrupted. See moonshift(1).")
   p:command_target("command")
   p:require_command(false)
-  p:flag("--version", "Print versions and exit.")
+  p:flag("--version", "Print versions and exit."):target("show_version")
   -- Connection and lock options work before or after the command name.
   local function common(cmd)
     cmd:option("-c --config", "The migrate.lua to use (default: found in . or a parent).")
@@ -34,7 +34,6 @@ local function build_parser()
     cmd:flag("-q --quiet", "Only errors and results.")
     return cmd
   end
-  common(p)
   local command = p.command
   p.command = function(self, ...) return common(command(self, ...)) end
 
@@ -56,13 +55,13 @@ local function build_parser()
   down:option("--to", "Revert down to (not including) this version.")
   down:flag("--all", "Revert everything.")
   local go = mutating(p:command("goto", "Apply or revert until exactly this version is current."))
-  go:argument("version")
+  go:argument("version"):target("version_arg")
   mutating(p:command("redo", "Revert the newest migration and apply it again."))
   local stamp = p:command("stamp", "Record versions up to V as applied without running them.")
-  stamp:argument("version")
+  stamp:argument("version"):target("version_arg")
   stamp:flag("-y --auto-confirm", "Do not ask.")
   local force = p:command("force", "Mark a (dirty) migration as applied, or not applied.")
-  force:argument("version")
+  force:argument("version"):target("version_arg")
   force:flag("--not-applied", "Remove its row so it runs again.")
   force:flag("-y --auto-confirm", "Do not ask.")
   local hist = p:command("history", "Show the event log (applies, reverts, failures).")
@@ -121,10 +120,11 @@ local function print_run(ui, res)
   end
 end
 
--- Shortens values for JSON: cjson cannot encode sparse or mixed tables we never make.
-local function to_json(v)
-  cjson.encode_empty_table_as_object(false)
-  return cjson.encode(v)
+local to_json = json.encode
+
+local function with_printer(res, err)
+  if not res then return nil, err end
+  return res, nil, print_run
 end
 
 local function run_command(args, cfg, ui)
@@ -139,27 +139,27 @@ local function run_command(args, cfg, ui)
     end
     return 0
   elseif c == "up" then
-    return commands.up(cfg, ui, { to = args.to, count = args.count, dry_run = args.dry_run,
-      auto_confirm = args.auto_confirm, single_transaction = args.single_transaction }),
-      nil, print_run
+    return with_printer(commands.up(cfg, ui, { to = args.to, count = args.count,
+      dry_run = args.dry_run, auto_confirm = args.auto_confirm,
+      single_transaction = args.single_transaction }))
   elseif c == "down" then
-    return commands.down(cfg, ui, { count = args.count, to = args.to, all = args.all,
-      dry_run = args.dry_run, auto_confirm = args.auto_confirm }), nil, print_run
+    return with_printer(commands.down(cfg, ui, { count = args.count, to = args.to,
+      all = args.all, dry_run = args.dry_run, auto_confirm = args.auto_confirm }))
   elseif c == "goto" then
-    return commands.goto_version(cfg, ui, { version = args.version, dry_run = args.dry_run,
-      auto_confirm = args.auto_confirm }), nil, print_run
+    return with_printer(commands.goto_version(cfg, ui, { version = args.version_arg,
+      dry_run = args.dry_run, auto_confirm = args.auto_confirm }))
   elseif c == "redo" then
-    return commands.redo(cfg, ui, { dry_run = args.dry_run, auto_confirm = args.auto_confirm }),
-      nil, print_run
+    return with_printer(commands.redo(cfg, ui, { dry_run = args.dry_run,
+      auto_confirm = args.auto_confirm }))
   elseif c == "stamp" then
-    local res, err = commands.stamp(cfg, ui, { version = args.version,
+    local res, err = commands.stamp(cfg, ui, { version = args.version_arg,
       auto_confirm = args.auto_confirm })
     if not res then return nil, err end
     ui:result(fmt("stamped %s at %s (%s changed)", res.target, res.stamped,
       plural(#res.changed, "row")))
     return 0
   elseif c == "force" then
-    local res, err = commands.force(cfg, ui, { version = args.version,
+    local res, err = commands.force(cfg, ui, { version = args.version_arg,
       not_applied = args.not_applied, auto_confirm = args.auto_confirm })
     if not res then return nil, err end
     ui:result(fmt("%s marked %s on %s", res.forced, res.applied and "applied" or "not applied",
@@ -190,7 +190,7 @@ end
 
 local function report(ui, err)
   if ui.json then
-    io.stdout:write(cjson.encode({ event = "error", kind = err.kind, message = err.message,
+    io.stdout:write(json.encode({ event = "error", kind = err.kind, message = err.message,
       file = err.file, line = err.line, sqlstate = err.sqlstate }), "\n")
   end
   ui:error(tostring(err))
@@ -200,21 +200,48 @@ local function report(ui, err)
   return errors.EXIT[err.kind] or 1
 end
 
+-- Options that take a value, for moving options given before the command after it.
+local VALUE_OPTIONS = {
+  ["-c"] = true, ["--config"] = true, ["-d"] = true, ["--database"] = true,
+  ["--schema"] = true, ["--table"] = true, ["--lock-wait"] = true, ["--lock-timeout"] = true,
+  ["--statement-timeout"] = true, ["--migrations"] = true, ["--log-format"] = true,
+}
+
+-- "moonshift -d URL up" means "moonshift up -d URL": the options live on the commands.
+local function options_after_command(argv)
+  local before, i = {}, 1
+  while argv[i] and argv[i]:sub(1, 1) == "-" and argv[i] ~= "--" do
+    local a = argv[i]
+    if a == "-h" or a == "--help" or a == "--version" then return argv end
+    before[#before + 1] = a
+    if VALUE_OPTIONS[a] and argv[i + 1] then
+      before[#before + 1] = argv[i + 1]
+      i = i + 1
+    end
+    i = i + 1
+  end
+  if #before == 0 or not argv[i] then return argv end
+  local out = { argv[i] }
+  for _, a in ipairs(before) do out[#out + 1] = a end
+  for k = i + 1, #argv do out[#out + 1] = argv[k] end
+  return out
+end
+
 --- Runs the command line; returns the exit code.
 -- @param argv table: the arguments (without the program name)
 -- @return integer
 function cli.main(argv)
   math.randomseed(os.time(), require("moonshift.proc").getpid())
   local parser = build_parser()
-  local ok, args = parser:pparse(argv)
-  local json = ok and args.log_format == "json"
-  local ui = ui_mod.new({ quiet = ok and (args.quiet or json), json = json })
+  local ok, args = parser:pparse(options_after_command(argv))
+  local json_events = ok and args.log_format == "json"
+  local ui = ui_mod.new({ quiet = ok and (args.quiet or json_events), json = json_events })
   if not ok then
     ui:error(args)
     io.stderr:write(parser:get_usage(), "\n")
     return errors.EXIT.usage
   end
-  if args.version then
+  if args.show_version then
     ui:result(version_text())
     return 0
   end

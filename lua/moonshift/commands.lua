@@ -12,6 +12,7 @@ local runner = require("moonshift.runner")
 local version = require("moonshift.version")
 local errors = require("moonshift.errors")
 local ui_mod = require("moonshift.ui")
+local json = require("moonshift.json")
 
 local fmt = string.format
 
@@ -66,8 +67,7 @@ local function open(cfg, ui, mutating)
     end
     -- Another runner may have changed things while we waited: read everything again.
     s.set, err = load_source(cfg)
-    if s.set then ok, err = s.history:ensure() end
-    if not s.set or not ok then
+    if not s.set then
       s:close()
       return nil, err
     end
@@ -106,10 +106,13 @@ function Session:runner()
 end
 
 -- Asks once on a terminal; without one, only --auto-confirm lets a change through.
+-- The tracking tables are created only once the change is confirmed.
 function Session:confirm(opts, question)
-  if opts.auto_confirm or opts.dry_run then return true end
+  if opts.dry_run then return true end
+  if opts.auto_confirm or (self.ui.interactive and self.ui:confirm(question)) then
+    return self.history:ensure()
+  end
   if self.ui.interactive then
-    if self.ui:confirm(question) then return true end
     return nil, errors.new("usage", "not confirmed; nothing was changed")
   end
   return nil, errors.new("usage", fmt("refusing to change %s without confirmation: there is " ..
@@ -143,8 +146,9 @@ function commands.status(cfg, ui)
     local out = { format_version = 1, database = db.describe_target(cfg), target = s.label,
       target_version = last and last.version or nil,
       history_table = s.history.migrations, current = st.current and st.current.version or nil,
-      applied = {}, pending = {}, dirty = {}, drift = {}, missing = {}, out_of_order = {},
-      repeatables = {} }
+      applied = json.array(), pending = json.array(), dirty = json.array(),
+      drift = json.array(), missing = json.array(), out_of_order = json.array(),
+      repeatables = json.array() }
     for _, m in ipairs(st.applied) do
       local row = st.rows[m]
       local b = brief(m)
@@ -194,7 +198,7 @@ local function execute(s, list, direction, opts)
   local ids = {}
   for i, m in ipairs(list) do ids[i] = m.id end
   s.ui:event("run_start", { run_id = s.run_id, direction = direction, target = s.label,
-    plan = ids })
+    plan = json.array(ids) })
   if opts.single_transaction then
     for _, m in ipairs(list) do
       if m.transaction == false then
@@ -463,9 +467,9 @@ end
 --- The event log (newest last).
 function commands.history(cfg, ui, opts)
   return with_session(cfg, ui, false, function(s)
-    local rows, err = s.history:events(opts.limit)
+    local rows, err = s.history:list_events(opts.limit)
     if not rows then return nil, err end
-    local out = {}
+    local out = json.array()
     for _, r in ipairs(rows) do
       local e = {}
       for k, v in pairs(r) do if v ~= pg.null then e[k] = v end end

@@ -53,6 +53,13 @@ end
 
 local UNITS = { ms = 1, s = 1000, sec = 1000, min = 60000, m = 60000, h = 3600000 }
 
+--- A path as an operator wants to read it: relative to the current directory when under it.
+function config.display_path(path)
+  local cwd = fs.realpath(".")
+  if path and cwd and path:sub(1, #cwd + 1) == cwd .. "/" then return path:sub(#cwd + 2) end
+  return path
+end
+
 --- Parses a duration ("500ms", "5s", "2min", "1h"; a bare number is seconds) into ms.
 -- @return integer ms | nil, err
 function config.duration_ms(v)

@@ -202,7 +202,7 @@ end
 
 --- Events, newest last.
 -- @return rows | nil, err
-function History:events(limit)
+function History:list_events(limit)
   local exists = table_exists(self.conn, self.schema, self.events_name)
   if not exists then return {} end
   return self:_query(fmt([[

@@ -1,6 +1,7 @@
 -- Compares the migrations on disk with the history and decides what a command will do.
 local version = require("moonshift.version")
 local errors = require("moonshift.errors")
+local config = require("moonshift.config")
 
 local fmt = string.format
 
@@ -139,7 +140,8 @@ function plan.down(st, count, to)
   for _, m in ipairs(out) do
     if not m.down_sql then
       return nil, errors.new("refused", fmt("%s has no down script (%s), so it cannot be " ..
-        "reverted; nothing was changed", m.id, m.up_path:gsub("%.up%.sql$", ".down.sql")))
+        "reverted; nothing was changed", m.id,
+        config.display_path(m.up_path):gsub("%.up%.sql$", ".down.sql")))
     end
   end
   return out

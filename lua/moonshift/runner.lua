@@ -2,6 +2,7 @@
 local fs = require("moonshift.fs")
 local proc = require("moonshift.proc")
 local errors = require("moonshift.errors")
+local config = require("moonshift.config")
 
 local fmt = string.format
 
@@ -90,6 +91,7 @@ end
 
 --- The error of a failed statement: file:line:col, SQLSTATE, message, detail, hint.
 local function statement_error(m, path, stmt, err, state_text)
+  path = config.display_path(path)
   local line, col = locate(stmt, err.position)
   local parts = {
     fmt("%s failed; %s", m.id, state_text),
@@ -222,8 +224,9 @@ function Runner:_bookkeeping(m, direction, duration_ms, extra)
   end)
 end
 
--- One transactional attempt, sent as one pipeline: BEGIN, timeouts, the statements, the
--- history row and event, COMMIT. Nothing is recorded unless everything commits.
+-- One transactional attempt: BEGIN, timeouts, the statements, the history row and event
+-- as one pipeline; then, once every result is in and the transaction is sound, COMMIT on
+-- its own, so a runner killed before that point leaves nothing committed.
 function Runner:_transactional(m, direction, statements, path)
   local started = fs.clock_ms()
   local items = { self:_timeouts_item(m, true) }
@@ -235,9 +238,8 @@ function Runner:_transactional(m, direction, statements, path)
     { statements = #statements })
   if not books then return nil, errors.wrap("internal", berr) end
   for _, b in ipairs(books) do items[#items + 1] = b end
-  if not self.single then items[#items + 1] = { text = "COMMIT" } end
   local timings, k, err = self:run_items(items, false)
-  if timings and self.conn:status() ~= (self.single and "intrans" or "idle") then
+  if timings and self.conn:status() ~= "intrans" then
     timings, k, err = nil, #items, { message = "transaction did not commit (status " ..
       self.conn:status() .. ")" }
   end
@@ -253,6 +255,14 @@ function Runner:_transactional(m, direction, statements, path)
         "rolled back, nothing of it was applied"), err
     end
     return nil, errors.wrap("sql", err, m.id .. " failed and was rolled back"), err
+  end
+  if not self.single then
+    local ok, cerr = self.conn:exec("COMMIT")
+    if not ok then
+      return nil, errors.wrap(cerr.kind == "connection_lost" and "connect" or "sql", cerr,
+        "COMMIT of " .. m.id .. " failed; check `moonshift status` to see whether it applied"),
+        cerr
+    end
   end
   local step_ms = {}
   for i = first, last do step_ms[#step_ms + 1] = timings[i] end

@@ -21,10 +21,10 @@ end
 --- An event as a JSON line on stdout (--log-format json); nothing otherwise.
 function Ui:event(name, fields)
   if not self.json then return end
-  local cjson = require("cjson")
+  local json = require("moonshift.json")
   local e = { event = name, time = os.date("!%Y-%m-%dT%H:%M:%SZ") }
   for k, v in pairs(fields or {}) do e[k] = v end
-  self.out:write(cjson.encode(e), "\n")
+  self.out:write(json.encode(e), "\n")
   self.out:flush()
 end
 
