@@ -36,6 +36,7 @@ end
 local function open(cfg, ui, mutating)
   local set, err = load_source(cfg)
   if not set then return nil, err end
+  for _, w in ipairs(set.warnings or {}) do ui:warn(w) end
   local conn, cerr = db.connect(cfg)
   if not conn then return nil, cerr end
   local s = setmetatable({ cfg = cfg, ui = ui, conn = conn, set = set }, Session)
@@ -525,7 +526,7 @@ function commands.new(cfg, _, opts)
   local files
   if set.format == "flyway" then
     files = { fmt("V%s__%s.sql", v, name), fmt("U%s__%s.sql", v, name) }
-  elseif set.format == "dbmate" then
+  elseif set.format == "dbmate" or set.format == "goose" then
     files = { fmt("%s_%s.sql", v, name) }
   else
     files = { fmt("%s_%s.up.sql", v, name), fmt("%s_%s.down.sql", v, name) }
@@ -536,6 +537,8 @@ function commands.new(cfg, _, opts)
     local body
     if set.format == "dbmate" then
       body = "-- migrate:up\n\n\n-- migrate:down\n\n"
+    elseif set.format == "goose" then
+      body = "-- +goose Up\n\n\n-- +goose Down\n\n"
     elseif i == 1 then
       body = fmt("-- %s: %s\n\n", v, name)
     else

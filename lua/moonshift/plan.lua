@@ -139,9 +139,10 @@ function plan.down(st, count, to)
   end
   for _, m in ipairs(out) do
     if not m.down_sql then
-      return nil, errors.new("refused", fmt("%s has no down script (%s), so it cannot be " ..
-        "reverted; nothing was changed", m.id,
-        config.display_path(m.up_path):gsub("%.up%.sql$", ".down.sql")))
+      local expected = m.format == "native" and
+        (" (" .. config.display_path(m.up_path):gsub("%.up%.sql$", ".down.sql") .. ")") or ""
+      return nil, errors.new("refused", fmt("%s has no down script%s, so it cannot be " ..
+        "reverted; nothing was changed", m.id, expected))
     end
   end
   return out

@@ -317,7 +317,12 @@ end
 function Runner:run(m, direction)
   local statements = direction == "up" and m.statements or m.down_statements
   local path = direction == "up" and m.up_path or m.down_path
-  local transactional = m.transaction ~= false
+  local transactional
+  if direction == "up" then
+    transactional = m.transaction ~= false
+  else
+    transactional = m.down_transaction ~= false
+  end
   if transactional then
     local ok, err = runner.check_statements(statements, path)
     if not ok then return nil, err end

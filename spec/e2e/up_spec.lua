@@ -109,8 +109,9 @@ describe("moonshift up #e2e", function()
     assert.are.equal(0, redo.code, redo.stderr)
     assert.matches("redid 0005_view", redo.stdout)
     assert.are.equal(5, value(uri, "SELECT count(*) FROM moonshift_migrations"))
-    assert.are.equal(1, value(uri, "SELECT count(*) FROM moonshift_events WHERE action = 'revert'" ..
-      " AND version = '0005' AND run_id = (SELECT max(run_id) FROM moonshift_events)"))
+    -- reverted once by the first plain `down`, once by redo
+    assert.are.equal(2, value(uri, "SELECT count(*) FROM moonshift_events WHERE action = 'revert'" ..
+      " AND version = '0005'"))
   end)
 
   it("a syntax error in the 3rd of 5 leaves 2 applied, exits 6 and points at the line", function()
