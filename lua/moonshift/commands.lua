@@ -54,18 +54,21 @@ local function open(cfg, ui, mutating)
       s:close()
       return nil, werr
     end
-    s.lock_conn, cerr = db.connect(cfg)
-    if not s.lock_conn then
-      s:close()
-      return nil, cerr
+    if cfg.lock == "advisory" then
+      s.lock_conn, cerr = db.connect(cfg)
+      if not s.lock_conn then
+        s:close()
+        return nil, cerr
+      end
+      s.lock, err = lock.acquire(s.lock_conn, s.lock_key, cfg.lock_wait_ms, function(holder)
+        ui:info(fmt("waiting for the run lock on %s, held by %s", s.lock_key, holder))
+      end)
+      if not s.lock then
+        s:close()
+        return nil, err
+      end
     end
-    s.lock, err = lock.acquire(s.lock_conn, s.lock_key, cfg.lock_wait_ms, function(holder)
-      ui:info(fmt("waiting for the run lock on %s, held by %s", s.lock_key, holder))
-    end)
-    if not s.lock then
-      s:close()
-      return nil, err
-    end
+    -- with lock = "table", each migration's transaction locks the tracking table instead
     -- Another runner may have changed things while we waited: read everything again.
     s.set, err = load_source(cfg)
     if not s.set then
@@ -244,11 +247,15 @@ local function execute(s, list, direction, opts)
       s.ui:event("statement", { id = m.id, line = stmts[k] and stmts[k].line,
         elapsed_ms = ms })
     end
-    s.ui:step(i, #list, m.id, direction == "up" and "ok" or "reverted", res.duration_ms)
+    if res.skipped then
+      s.ui:step(i, #list, m.id, "skipped (another runner did it)")
+    else
+      s.ui:step(i, #list, m.id, direction == "up" and "ok" or "reverted", res.duration_ms)
+    end
     s.ui:event("migration_done", { id = m.id, version = m.version,
       elapsed_ms = res.duration_ms })
     done[#done + 1] = { id = m.id, version = m.version, duration_ms = res.duration_ms }
-    if not s.lock:held() then
+    if s.lock and not s.lock:held() then
       return failed(m, errors.new("refused", fmt("the run lock was lost after %s (its " ..
         "connection dropped); stopped before the next migration. Re-run to continue", m.id)))
     end

@@ -90,6 +90,10 @@ function History:ensure()
   end
   local ddl = {
     "BEGIN",
+    -- two first runs at once would race on CREATE TABLE IF NOT EXISTS (pg_type's unique
+    -- index); a transaction-scoped lock also works behind a transaction pooler
+    fmt("SELECT pg_catalog.pg_advisory_xact_lock(1836019567, pg_catalog.hashtext(%s))",
+      self.conn:escape_literal(self.migrations)),
     fmt([[CREATE TABLE IF NOT EXISTS %s (
       version text PRIMARY KEY,
       name text NOT NULL,
@@ -169,6 +173,19 @@ function History:record(m, state, duration_ms, run_id, kind)
       tool_version = EXCLUDED.tool_version, run_id = EXCLUDED.run_id]], self.migrations),
     m.version, m.id, m.checksum, state, kind or "versioned", fs.hostname(),
     duration_ms or pg.null, host.version, run_id or pg.null)
+end
+
+--- A pipeline item that locks the tracking table against other runners until COMMIT.
+function History:lock_item()
+  return { text = fmt("LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE", self.migrations) }
+end
+
+--- The applied row of one version, read inside the caller's transaction.
+-- @return row | nil
+function History:applied_row(v)
+  local rows = self.conn:query(fmt("SELECT version FROM %s WHERE version = $1 AND " ..
+    "state = 'applied'", self.migrations), v)
+  return rows and rows[1]
 end
 
 --- Removes a migration's row.

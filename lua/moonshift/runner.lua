@@ -229,14 +229,33 @@ end
 -- its own, so a runner killed before that point leaves nothing committed.
 function Runner:_transactional(m, direction, statements, path)
   local started = fs.clock_ms()
+  local begun = self.single
+  if self.cfg.lock == "table" and not self.single then
+    -- For transaction poolers: the lock lives only inside this transaction, so take it and
+    -- check that no other runner applied this migration meanwhile, before sending the rest.
+    local ok, _, lerr = self:run_items({ { text = "BEGIN" }, self.history:lock_item() }, false)
+    if not ok then
+      if self.conn:status() ~= "idle" then self.conn:exec("ROLLBACK") end
+      return nil, errors.wrap("sql", lerr, "cannot lock the history table"), lerr
+    end
+    begun = true
+    local row = self.history:applied_row(m.version)
+    if (direction == "up") == (row ~= nil) then
+      self.conn:exec("ROLLBACK")
+      return { duration_ms = 0, timings = {}, skipped = true }
+    end
+  end
   local items = { self:_timeouts_item(m, true) }
-  if not self.single then table.insert(items, 1, { text = "BEGIN" }) end
+  if not begun then table.insert(items, 1, { text = "BEGIN" }) end
   local first = #items + 1
   for _, stmt in ipairs(statements) do items[#items + 1] = stmt end
   local last = #items
   local books, berr = self:_bookkeeping(m, direction, nil,
     { statements = #statements })
-  if not books then return nil, errors.wrap("internal", berr) end
+  if not books then
+    self.conn:exec("ROLLBACK")
+    return nil, errors.wrap("internal", berr)
+  end
   for _, b in ipairs(books) do items[#items + 1] = b end
   local timings, k, err = self:run_items(items, false)
   if timings and self.conn:status() ~= "intrans" then
@@ -275,6 +294,13 @@ function Runner:_autocommit(m, direction, statements, path)
   local started = fs.clock_ms()
   local h = self.history
   local ok, err = self:_exec("BEGIN")
+  if ok and self.cfg.lock == "table" then
+    ok, err = self:_exec(h:lock_item().text)
+    if ok and (direction == "up") == (h:applied_row(m.version) ~= nil) then
+      self.conn:exec("ROLLBACK")
+      return { duration_ms = 0, timings = {}, skipped = true }
+    end
+  end
   if ok then ok, err = h:record(m, "dirty", nil, self.run_id) end
   if ok then ok, err = h:event(direction == "up" and "start" or "start_revert", m, self.run_id,
     { transaction = false }) end
