@@ -66,8 +66,8 @@ function config.duration_ms(v)
   if v == nil or v == false then return nil end
   if type(v) == "number" then return math.floor(v * 1000) end
   local n, unit = tostring(v):match("^%s*([%d.]+)%s*(%a*)%s*$")
-  local scale = UNITS[unit ~= "" and unit:lower() or "s"]
-  if not n or not tonumber(n) or not scale then
+  local scale = unit and UNITS[unit ~= "" and unit:lower() or "s"]
+  if not scale or not tonumber(n) then
     return nil, fmt("invalid duration %q (use e.g. 500ms, 5s, 2min)", tostring(v))
   end
   return math.floor(tonumber(n) * scale)
