@@ -12,7 +12,9 @@ local runner = require("moonshift.runner")
 local version = require("moonshift.version")
 local errors = require("moonshift.errors")
 local ui_mod = require("moonshift.ui")
+local hooks = require("moonshift.hooks")
 local json = require("moonshift.json")
+local config = require("moonshift.config")
 
 local fmt = string.format
 
@@ -26,8 +28,21 @@ local function new_run_id()
   return os.date("!%Y%m%dT%H%M%SZ") .. "-" .. hash.sha256(seed):sub(1, 8)
 end
 
+-- The migrations with their companions and verify scripts, in running order.
 local function load_source(cfg)
-  return source.load(cfg.migrations, { format = cfg.format, ignore = cfg.ignore })
+  local set, err = source.load(cfg.migrations, { format = cfg.format, ignore = cfg.ignore,
+    load_companion = hooks.load_companion })
+  if not set then return nil, err end
+  for _, m in ipairs(set.migrations) do
+    if m.verify_path then
+      m.verify_sql, err = fs.read(m.verify_path)
+      if not m.verify_sql then return nil, errors.new("usage", "cannot read " .. err) end
+      m.verify_sql = m.verify_sql:gsub("^\239\187\191", ""):gsub("\r\n", "\n")
+    end
+  end
+  set.migrations, err = plan.order(set.migrations, cfg.order)
+  if not set.migrations then return nil, err end
+  return set
 end
 
 --- Opens what a command needs: the migrations, a connection, the history; for a
@@ -40,6 +55,11 @@ local function open(cfg, ui, mutating)
   local conn, cerr = db.connect(cfg)
   if not conn then return nil, cerr end
   local s = setmetatable({ cfg = cfg, ui = ui, conn = conn, set = set }, Session)
+  s.hooks, err = hooks.load_global(cfg.hooks)
+  if not s.hooks then
+    s:close()
+    return nil, err
+  end
   local schema, serr = db.tracking_schema(conn, cfg)
   if not schema then
     s:close()
@@ -100,7 +120,7 @@ end
 
 function Session:runner()
   return runner.new({ conn = self.conn, history = self.history, cfg = self.cfg, ui = self.ui,
-    run_id = self.run_id,
+    run_id = self.run_id, hooks = self.hooks, plan_ids = self.plan_ids,
     emit = function(event, f)
       if event == "retry" then
         self.ui:warn(fmt("%s: lock timeout (SQLSTATE %s); retry %d of %d in %s", f.migration.id,
@@ -197,12 +217,22 @@ end
 
 -- Runs a list of migrations in one direction, one transaction each (or all in one).
 local function execute(s, list, direction, opts)
-  local r = s:runner()
   local done, started = {}, fs.clock_ms()
   local ids = {}
   for i, m in ipairs(list) do ids[i] = m.id end
+  s.plan_ids = ids
+  local r = s:runner()
+  local function global(name, extra)
+    local g = s.hooks[name]
+    if not g then return true end
+    local o = { ui = s.ui, cfg = s.cfg, plan = ids, direction = direction }
+    for k, v in pairs(extra or {}) do o[k] = v end
+    return hooks.call(config.display_path(g.path), g.fn, hooks.ctx(o), s.cfg)
+  end
   s.ui:event("run_start", { run_id = s.run_id, direction = direction, target = s.label,
     plan = json.array(ids) })
+  local bok, berr = global("before_run", { conn = s.conn, expect = "idle" })
+  if not bok then return nil, berr end
   if opts.single_transaction then
     for _, m in ipairs(list) do
       if m.transaction == false then
@@ -220,6 +250,11 @@ local function execute(s, list, direction, opts)
       err.message = err.message .. "\n  --single-transaction: the whole run was rolled back"
       done = {}
     end
+    -- on_error sees the failure after the rollback, and no database handle
+    local ok, herr = global("on_error", { migration = m, error = {
+      migration = m.id, version = m.version, kind = err.kind, message = err.message,
+      file = err.file, line = err.line, sqlstate = err.sqlstate, statement = err.statement } })
+    if not ok then s.ui:warn(tostring(herr)) end
     s.ui:event("migration_failed", { id = m.id, version = m.version, file = err.file,
       line = err.line, column = err.column, sqlstate = err.sqlstate, message = err.message })
     err.done = done
@@ -275,6 +310,8 @@ local function execute(s, list, direction, opts)
   local ok, rerr = s:refresh()
   if not ok then return nil, rerr end
   local res = { done = done, duration_ms = fs.clock_ms() - started, run_id = s.run_id }
+  local aok, aerr = global("after_run", { results = done })
+  if not aok then return nil, aerr end
   s.ui:event("run_done", { run_id = s.run_id, done = #done, elapsed_ms = res.duration_ms,
     current = s.status.current and s.status.current.version or nil })
   return res

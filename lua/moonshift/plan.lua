@@ -101,6 +101,89 @@ function plan.check_runnable(st, cfg)
   return true
 end
 
+-- Orders by `requires`: a topological sort, stable by version (Kahn's algorithm, always
+-- taking the first ready migration in version order).
+local function by_requires(list)
+  local by_key, deps, users, needed = {}, {}, {}, {}
+  for _, m in ipairs(list) do by_key[m.key] = m end
+  for _, m in ipairs(list) do
+    deps[m] = 0
+    for _, r in ipairs((m.companion or {}).requires or {}) do
+      local d = by_key[version.key(tostring(r))]
+      if not d then
+        return nil, errors.new("usage", fmt("%s requires %s, which is not a migration in %s",
+          m.id, tostring(r), config.display_path(m.up_path):match("^(.*)/") or "."))
+      end
+      if d ~= m then
+        deps[m] = deps[m] + 1
+        users[d] = users[d] or {}
+        table.insert(users[d], m)
+        needed[#needed + 1] = true
+      end
+    end
+  end
+  if #needed == 0 then return list end
+  local out, done = {}, {}
+  while #out < #list do
+    local picked
+    for _, m in ipairs(list) do
+      if not done[m] and deps[m] == 0 then
+        picked = m
+        break
+      end
+    end
+    if not picked then
+      local cycle = {}
+      for _, m in ipairs(list) do
+        if not done[m] then cycle[#cycle + 1] = m.id end
+      end
+      return nil, errors.new("usage", "migrations require each other in a cycle: " ..
+        table.concat(cycle, ", "))
+    end
+    done[picked] = true
+    out[#out + 1] = picked
+    for _, u in ipairs(users[picked] or {}) do deps[u] = deps[u] - 1 end
+  end
+  return out
+end
+
+--- Puts migrations in running order: by version, then `requires`, then migrate.lua's
+-- `order(list)`, which must return a permutation of what it was given.
+-- @return array | nil, err (kind usage)
+function plan.order(list, order_fn)
+  local ordered, err = by_requires(list)
+  if not ordered then return nil, err end
+  if not order_fn then return ordered end
+  local copy = {}
+  for i, m in ipairs(ordered) do copy[i] = m end
+  local ok, result = pcall(order_fn, copy)
+  if not ok then
+    return nil, errors.new("usage", "order function in migrate.lua failed: " .. tostring(result))
+  end
+  if type(result) ~= "table" then
+    return nil, errors.new("usage", "order function in migrate.lua must return a list")
+  end
+  local seen, extra, missing = {}, {}, {}
+  local known = {}
+  for _, m in ipairs(ordered) do known[m] = true end
+  for _, m in ipairs(result) do
+    if not known[m] or seen[m] then
+      extra[#extra + 1] = type(m) == "table" and tostring(m.id) or tostring(m)
+    end
+    seen[m] = true
+  end
+  for _, m in ipairs(ordered) do
+    if not seen[m] then missing[#missing + 1] = m.id end
+  end
+  if #extra > 0 or #missing > 0 or #result ~= #ordered then
+    return nil, errors.new("usage", "order function in migrate.lua must return a " ..
+      "permutation of its input" .. (#missing > 0 and ("; missing: " ..
+      table.concat(missing, ", ")) or "") .. (#extra > 0 and ("; extra or repeated: " ..
+      table.concat(extra, ", ")) or ""))
+  end
+  return result
+end
+
 --- Finds a migration by version (any spelling of the same key) or id.
 -- @return migration | nil, err (kind usage)
 function plan.find(set, v)

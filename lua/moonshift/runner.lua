@@ -3,6 +3,8 @@ local fs = require("moonshift.fs")
 local proc = require("moonshift.proc")
 local errors = require("moonshift.errors")
 local config = require("moonshift.config")
+local hooks = require("moonshift.hooks")
+local sql = require("moonshift.sql")
 
 local fmt = string.format
 
@@ -185,12 +187,12 @@ function Runner:run_items(items, one_by_one)
   return timings
 end
 
-function Runner:_exec(sql, ...)
+function Runner:_exec(text, ...)
   local rows, err
   if select("#", ...) > 0 then
-    rows, err = self.conn:query(sql, ...)
+    rows, err = self.conn:query(text, ...)
   else
-    rows, err = self.conn:exec(sql)
+    rows, err = self.conn:exec(text)
   end
   if not rows then return nil, errors.wrap(err.kind == "connection_lost" and "connect" or "sql",
     err) end
@@ -224,9 +226,71 @@ function Runner:_bookkeeping(m, direction, duration_ms, extra)
   end)
 end
 
--- One transactional attempt: BEGIN, timeouts, the statements, the history row and event
--- as one pipeline; then, once every result is in and the transaction is sound, COMMIT on
--- its own, so a runner killed before that point leaves nothing committed.
+-- Runs a migration's .verify.sql: every statement must succeed, and a last result of one
+-- boolean must be true (Sqitch style).
+function Runner:_verify_sql(m)
+  local path = config.display_path(m.verify_path)
+  local stmts, serr = sql.split(m.verify_sql)
+  if not stmts then
+    return nil, errors.new("usage", fmt("%s:%s", path, tostring(serr)))
+  end
+  for _, stmt in ipairs(stmts) do
+    local rows, err = self.conn:query(stmt.text)
+    if not rows then
+      local line = locate(stmt, err.position)
+      return nil, errors.new("verify", fmt("%s:%d: verification query failed: %s (SQLSTATE %s)",
+        path, line, tostring(err.message), tostring(err.sqlstate)), { file = path, line = line,
+        sqlstate = err.sqlstate })
+    end
+    if #rows == 1 and #rows.columns == 1 and type(rows[1][rows.columns[1]]) == "boolean"
+        and rows[1][rows.columns[1]] == false then
+      return nil, errors.new("verify", fmt("%s:%d: verification query returned false",
+        path, stmt.line), { file = path, line = stmt.line })
+    end
+  end
+  return true
+end
+
+-- The steps of one migration in order: items sent to the server, and Lua hooks between.
+function Runner:_steps(m, direction, statements, begun)
+  local steps = {}
+  local function items(list, statement_items)
+    for i, it in ipairs(list) do
+      steps[#steps + 1] = { item = it, statement = statement_items and i or nil }
+    end
+  end
+  local function hook(name, fn, path)
+    if fn then steps[#steps + 1] = { hook = fn, what = fmt("%s %s", path, name) } end
+  end
+  local companion = m.companion or {}
+  local cpath = m.companion_path and config.display_path(m.companion_path) or "?"
+  local global = self.hooks or {}
+  local function global_hook(name)
+    local g = global[name]
+    if g then hook(name, g.fn, config.display_path(g.path)) end
+  end
+  local head = { self:_timeouts_item(m, true) }
+  if not begun then table.insert(head, 1, { text = "BEGIN" }) end
+  items(head)
+  global_hook("before_each")
+  hook(direction == "up" and "pre" or "down_pre",
+    direction == "up" and companion.pre or companion.down_pre, cpath)
+  steps[#steps + 1] = { sql_marker = true }
+  items(statements, true)
+  hook(direction == "up" and "post" or "down_post",
+    direction == "up" and companion.post or companion.down_post, cpath)
+  if direction == "up" then
+    hook("verify", companion.verify, cpath)
+    if m.verify_sql then steps[#steps + 1] = { verify_sql = true } end
+  end
+  global_hook("after_each")
+  return steps
+end
+
+-- One transactional attempt: BEGIN, timeouts, hooks, the statements, the history row and
+-- event, pipelined wherever no Lua runs between them; then, once every result is in and
+-- the transaction is sound, COMMIT on its own, so a runner killed before that point
+-- leaves nothing committed.
 function Runner:_transactional(m, direction, statements, path)
   local started = fs.clock_ms()
   local begun = self.single
@@ -245,35 +309,79 @@ function Runner:_transactional(m, direction, statements, path)
       return { duration_ms = 0, timings = {}, skipped = true }
     end
   end
-  local items = { self:_timeouts_item(m, true) }
-  if not begun then table.insert(items, 1, { text = "BEGIN" }) end
-  local first = #items + 1
-  for _, stmt in ipairs(statements) do items[#items + 1] = stmt end
-  local last = #items
-  local books, berr = self:_bookkeeping(m, direction, nil,
-    { statements = #statements })
+  local steps = self:_steps(m, direction, statements, begun)
+  local books, berr = self:_bookkeeping(m, direction, nil, { statements = #statements })
   if not books then
-    self.conn:exec("ROLLBACK")
+    if begun and not self.single then self.conn:exec("ROLLBACK") end
     return nil, errors.wrap("internal", berr)
   end
-  for _, b in ipairs(books) do items[#items + 1] = b end
-  local timings, k, err = self:run_items(items, false)
-  if timings and self.conn:status() ~= "intrans" then
-    timings, k, err = nil, #items, { message = "transaction did not commit (status " ..
-      self.conn:status() .. ")" }
-  end
-  if not timings then
+  for _, b in ipairs(books) do steps[#steps + 1] = { item = b } end
+
+  local function abort(e, cause)
     if self.conn:status() ~= "idle" and not self.single then self.conn:exec("ROLLBACK") end
-    if err.kind == "connection_lost" then
-      return nil, errors.new("connect", fmt("lost the connection during %s: %s. The server " ..
-        "rolls back an unfinished transaction, so %s is not applied; check `moonshift status` " ..
-        "once the server is reachable", m.id, tostring(err.message), m.id)), err
+    return nil, e, cause
+  end
+  local step_ms = {}
+  local i = 1
+  while i <= #steps do
+    local step = steps[i]
+    if step.sql_marker then
+      i = i + 1
+    elseif step.item then
+      local j = i
+      while steps[j + 1] and (steps[j + 1].item or steps[j + 1].sql_marker) do j = j + 1 end
+      local batch = {}
+      local at_step = {}
+      for k = i, j do
+        if steps[k].item then
+          batch[#batch + 1] = steps[k].item
+          at_step[#batch] = steps[k]
+        end
+      end
+      local timings, at, err = self:run_items(batch, false)
+      if not timings then
+        local failed = at_step[at]
+        if err.kind == "connection_lost" then
+          return abort(errors.new("connect", fmt("lost the connection during %s: %s. The " ..
+            "server rolls back an unfinished transaction, so %s is not applied; check " ..
+            "`moonshift status` once the server is reachable", m.id, tostring(err.message),
+            m.id)), err)
+        end
+        if failed.statement then
+          return abort(statement_error(m, path, failed.item, err,
+            "rolled back, nothing of it was applied"), err)
+        end
+        return abort(errors.wrap("sql", err, m.id .. " failed and was rolled back"), err)
+      end
+      for b, st in pairs(at_step) do
+        if st.statement then step_ms[st.statement] = timings[b] end
+      end
+      i = j + 1
+    else
+      local ok, err
+      if step.verify_sql then
+        ok, err = self:_verify_sql(m)
+      else
+        local ctx = hooks.ctx({ conn = self.conn, expect = "intrans", migration = m,
+          direction = direction, plan = self.plan_ids, ui = self.ui, cfg = self.cfg,
+          dry_run = false })
+        ok, err = hooks.call(step.what, step.hook, ctx, self.cfg)
+      end
+      if ok and self.conn:status() ~= "intrans" then
+        ok, err = nil, errors.new("hook", fmt("%s ended moonshift's transaction (status %s)",
+          step.what or "verify", self.conn:status()))
+      end
+      if not ok then
+        err.message = fmt("%s failed; rolled back, nothing of it was applied\n  %s", m.id,
+          err.message)
+        return abort(err)
+      end
+      i = i + 1
     end
-    if k >= first and k <= last then
-      return nil, statement_error(m, path, items[k], err,
-        "rolled back, nothing of it was applied"), err
-    end
-    return nil, errors.wrap("sql", err, m.id .. " failed and was rolled back"), err
+  end
+  if self.conn:status() ~= "intrans" then
+    return abort(errors.new("sql", fmt("%s: the transaction is %s before COMMIT; rolled back",
+      m.id, self.conn:status())))
   end
   if not self.single then
     local ok, cerr = self.conn:exec("COMMIT")
@@ -283,8 +391,6 @@ function Runner:_transactional(m, direction, statements, path)
         cerr
     end
   end
-  local step_ms = {}
-  for i = first, last do step_ms[#step_ms + 1] = timings[i] end
   return { duration_ms = fs.clock_ms() - started, timings = step_ms }
 end
 
@@ -310,7 +416,40 @@ function Runner:_autocommit(m, direction, statements, path)
   local t = self:_timeouts_item(m, false)
   ok, err = self:_exec(t.text, table.unpack(t.params, 1, t.params.n))
   if not ok then return nil, err end
+  -- Hooks run in autocommit too; what they change stays, like the statements'.
+  local steps = self:_steps(m, direction, {}, true)
+  local function run_hooks(before_sql)
+    local in_phase = before_sql
+    for _, step in ipairs(steps) do
+      if step.sql_marker then
+        in_phase = not before_sql
+      elseif in_phase and (step.hook or step.verify_sql) then
+        local hok, herr
+        if step.verify_sql then
+          hok, herr = self:_verify_sql(m)
+        else
+          hok, herr = hooks.call(step.what, step.hook, hooks.ctx({ conn = self.conn,
+            expect = "idle", migration = m, direction = direction, plan = self.plan_ids,
+            ui = self.ui, cfg = self.cfg }), self.cfg)
+        end
+        if not hok then
+          h:event("fail", m, self.run_id, { hook = step.what or "verify.sql" })
+          herr.message = fmt("%s failed; it is not transactional, so its changes so far ARE " ..
+            "committed and it is marked dirty; after checking, `moonshift force %s` or " ..
+            "`moonshift force %s --not-applied`\n  %s", m.id, m.version, m.version, herr.message)
+          return nil, herr
+        end
+      end
+    end
+    return true
+  end
+  ok, err = run_hooks(true)
+  if not ok then return nil, err end
   local timings, k, serr = self:run_items(statements, true)
+  if timings then
+    ok, err = run_hooks(false)
+    if not ok then return nil, err end
+  end
   if not timings then
     h:event("fail", m, self.run_id, { sqlstate = serr.sqlstate, statement = k })
     return nil, statement_error(m, path, statements[k], serr, fmt("it is not transactional, " ..

@@ -37,6 +37,16 @@ function sandbox.env(extra)
   env.load = function(chunk, chunkname, _, fenv)
     return load(chunk, chunkname, "t", fenv or env)
   end
+  -- A hook that catches errors must not catch its own time or memory limit.
+  local function rethrow_limits(ok, ...)
+    if not ok then
+      local e = ...
+      if e == "not enough memory" or (type(e) == "table" and e.limit) then error(e, 0) end
+    end
+    return ok, ...
+  end
+  env.pcall = function(f, ...) return rethrow_limits(pcall(f, ...)) end
+  env.xpcall = function(f, handler, ...) return rethrow_limits(xpcall(f, handler, ...)) end
   env._G = env
   for k, v in pairs(extra or {}) do env[k] = v end
   return env

@@ -623,11 +623,23 @@ end
 function Loader:build(e)
   local up_sql = e.up_sql or e.text
   local transaction = transactional(e, up_sql)
+  local companion
+  if e.companion_path and self.load_companion then
+    -- the companion may say `transaction = false`, which changes what the SQL may hold
+    local err
+    companion, err = self.load_companion(e.companion_path)
+    if not companion then
+      self:problem(tostring(err), e.companion_path)
+      return nil
+    end
+    if companion.transaction == false then transaction = false end
+  end
   local stmts = self:statements(e.path, up_sql, e.up_offset or 0, transaction)
   local m = {
     version = e.version, key = e.key, name = e.name, id = e.id, format = e.layout,
     up_path = e.path, up_sql = up_sql, checksum = hash.sha256(up_sql), statements = stmts,
     transaction = transaction, companion_path = e.companion_path, verify_path = e.verify_path,
+    companion = companion,
   }
   if e.kind == "repeatable" then
     m.repeatable, m.version, m.key = true, e.id, nil
@@ -701,7 +713,8 @@ end
 -- @param opts table|nil: `format` ("auto" (default), "native", "flyway", "dbmate",
 --   "diesel", "goose"), `ignore` (array of glob patterns matched against names; default
 --   source.DEFAULT_IGNORE; names starting with "." are always ignored), `max_file_size`
---   (bytes, default source.MAX_FILE_SIZE)
+--   (bytes, default source.MAX_FILE_SIZE), `load_companion` (function(path) -> table | nil, err:
+--   loads a `.lua` companion, whose `transaction = false` applies before validation)
 -- @return set table: { dir, format, migrations (sorted by version.compare), repeatables
 --   (sorted by name), by_key (version key -> migration), warnings (array of strings) }; each
 --   migration { version, key, name, id, format, up_path, up_sql, checksum, statements,
@@ -725,6 +738,7 @@ function source.load(dir, opts)
   local self = setmetatable({
     dir = dir, base = dir:match("^(.-)/*$"), format = format, ignore = ignore,
     max_size = opts.max_file_size or source.MAX_FILE_SIZE, problems = {}, warnings = {},
+    load_companion = opts.load_companion,
     entries = {}, inodes = {}, ups = {}, repeatables = {},
   }, Loader)
   if self.base == "" then self.base = "/" end
