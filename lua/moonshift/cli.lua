@@ -72,6 +72,18 @@ local function build_parser()
   new:flag("--timestamp", "Number by UTC timestamp (when there are no migrations yet).")
   p:command("check", "Exit 0 if up to date, 3 if migrations are pending, 9 if refused.")
     :flag("--json")
+  local verify = p:command("verify", "Re-run the verifications of applied migrations " ..
+    "(read-only); exit 8 if any fails.")
+  verify:argument("versions", "Only these versions."):args("*")
+  verify:flag("--json")
+  local wf = p:command("do", "Run a workflow from migrate.lua: moonshift do NAME [ARGS...].")
+  wf:argument("name")
+  wf:argument("args", "Passed to the workflow (-y sets args.yes)."):args("*")
+  wf:handle_options(false)
+  local script = p:command("script", "Run a Lua file with the moonshift API (ms, args).")
+  script:argument("file")
+  script:argument("args", "Passed to the script as args."):args("*")
+  script:handle_options(false)
   p:command("demo", "Run the sample project on a throwaway database.")
   return p
 end
@@ -182,6 +194,33 @@ local function run_command(args, cfg, ui)
     if not res then return nil, err end
     for _, f in ipairs(res.files) do ui:result(f) end
     return 0
+  elseif c == "verify" then
+    local res, err = commands.verify(cfg, ui, { versions = args.versions })
+    if not res then return nil, err end
+    if args.json then
+      ui:result(to_json(res))
+    else
+      for _, r in ipairs(res.results) do
+        ui:result(r.ok and fmt("ok    %s", r.id) or fmt("FAIL  %s\n      %s", r.id,
+          tostring(r.message):gsub("\n", "\n      ")))
+      end
+      ui:result(fmt("%d verified, %d failed", #res.results - res.failed, res.failed))
+    end
+    return res.failed > 0 and errors.EXIT.verify or 0
+  elseif c == "do" or c == "script" then
+    local wargs = { yes = false }
+    for _, a in ipairs(args.args or {}) do
+      if a == "-y" or a == "--auto-confirm" then wargs.yes = true else wargs[#wargs + 1] = a end
+    end
+    local res, err
+    if c == "do" then
+      res, err = commands.workflow(cfg, ui, { name = args.name, args = wargs })
+    else
+      res, err = commands.script(cfg, ui, { file = args.file, args = wargs })
+    end
+    if not res then return nil, err end
+    if type(res) == "table" then ui:result(to_json(res)) end
+    return 0
   elseif c == "demo" then
     return require("moonshift.demo").run(ui)
   end
@@ -248,6 +287,25 @@ function cli.main(argv)
   if not args.command then
     io.stdout:write(parser:get_help(), "\n")
     return 0
+  end
+  if args.command == "do" or args.command == "script" then
+    -- these pass their arguments through; take our own options out of them
+    local rest, list, i = {}, args.args or {}, 1
+    while i <= #list do
+      local a = list[i]
+      local name, val = a:match("^(%-%-[%w-]+)=(.*)$")
+      if name and VALUE_OPTIONS[name] then
+        args[name:sub(3):gsub("-", "_")] = val
+      elseif VALUE_OPTIONS[a] and list[i + 1] then
+        local long = ({ ["-c"] = "--config", ["-d"] = "--database" })[a] or a
+        args[long:sub(3):gsub("-", "_")] = list[i + 1]
+        i = i + 1
+      else
+        rest[#rest + 1] = a
+      end
+      i = i + 1
+    end
+    args.args = rest
   end
   local cfg, cerr = config.load({
     config = args.config, database = args.database, schema = args.schema, table = args.table,

@@ -536,6 +536,123 @@ function commands.check(cfg, ui)
   return st
 end
 
+--- Re-runs the verify functions and .verify.sql of applied migrations (all, or the
+-- versions given) in one READ ONLY transaction.
+-- @return { results = { { id, version, ok, message } }, failed = n } | nil, err
+function commands.verify(cfg, ui, opts)
+  opts = opts or {}
+  return with_session(cfg, ui, false, function(s)
+    local wanted
+    if opts.versions and #opts.versions > 0 then
+      wanted = {}
+      for _, v in ipairs(opts.versions) do
+        local m, err = plan.find(s.set, v)
+        if not m then return nil, err end
+        wanted[m] = true
+      end
+    end
+    local ok, err = s.conn:exec("BEGIN READ ONLY")
+    if not ok then return nil, errors.wrap("sql", err) end
+    local r = s:runner()
+    local results, failed = json.array(), 0
+    for _, m in ipairs(s.status.applied) do
+      local companion = m.companion or {}
+      if (not wanted or wanted[m]) and (companion.verify or m.verify_sql) then
+        s.conn:exec("SAVEPOINT moonshift_verify")
+        local vok, verr = true, nil
+        if companion.verify then
+          vok, verr = hooks.call(config.display_path(m.companion_path) .. " verify",
+            companion.verify, hooks.ctx({ conn = s.conn, expect = "intrans", migration = m,
+              direction = "up", ui = ui, cfg = cfg }), cfg)
+        end
+        if vok and m.verify_sql then vok, verr = r:_verify_sql(m) end
+        s.conn:exec("ROLLBACK TO SAVEPOINT moonshift_verify")
+        results[#results + 1] = { id = m.id, version = m.version, ok = vok and true or false,
+          message = verr and verr.message or nil }
+        if not vok then failed = failed + 1 end
+      end
+    end
+    s.conn:exec("ROLLBACK")
+    return { results = results, failed = failed, target = s.label }
+  end)
+end
+
+--- The API a workflow or script gets: commands as functions returning results.
+-- Each returns its result, or nil and an error; nothing is printed but progress.
+function commands.api(cfg, ui)
+  local ms = {}
+  function ms.status() return commands.status(cfg, ui) end
+  function ms.check() return commands.check(cfg, ui) end
+  function ms.up(o) return commands.up(cfg, ui, o or {}) end
+  function ms.down(o) return commands.down(cfg, ui, o or {}) end
+  function ms.goto_version(o) return commands.goto_version(cfg, ui, o or {}) end
+  function ms.verify(o)
+    local res, err = commands.verify(cfg, ui, o)
+    if not res then return nil, err end
+    if res.failed > 0 then
+      local first
+      for _, x in ipairs(res.results) do if not x.ok then first = x break end end
+      return nil, errors.new("verify", fmt("%d verification%s failed; first: %s: %s", res.failed,
+        res.failed == 1 and "" or "s", first.id, first.message), { results = res })
+    end
+    return res
+  end
+  function ms.history(o) return commands.history(cfg, ui, o or {}) end
+  function ms.backup(o)
+    if not commands.backup then return nil, errors.new("backup", "backup is not available") end
+    return commands.backup(cfg, ui, o or {})
+  end
+  ms.log = { info = function(m) ui:info(tostring(m)) end,
+    warn = function(m) ui:warn(tostring(m)) end }
+  return ms
+end
+
+-- Runs a workflow function or script chunk with the API; a failure is an error of the
+-- kind the failing command gave, or a hook error (exit 7) with its file and line.
+local function run_user(what, fn, cfg, ui, args)
+  local ms = commands.api(cfg, ui)
+  local results = table.pack(xpcall(fn, function(e)
+    return { err = e, traceback = debug.traceback(tostring(e), 2) }
+  end, ms, args))
+  if not results[1] then
+    return nil, hooks.failure(what, results[2].err, results[2].traceback)
+  end
+  local res, err = results[2], results[3]
+  if res == false or (res == nil and err ~= nil) then
+    if errors.is(err) then return nil, err end
+    return nil, errors.new("hook", fmt("%s failed: %s", what, tostring(err or "returned false")))
+  end
+  return res == nil and true or res
+end
+
+--- `moonshift do NAME [args]`: a workflow from migrate.lua.
+function commands.workflow(cfg, ui, opts)
+  local wf = cfg.workflows and cfg.workflows[opts.name]
+  if type(wf) ~= "function" then
+    local names = {}
+    for k in pairs(cfg.workflows or {}) do names[#names + 1] = tostring(k) end
+    table.sort(names)
+    return nil, errors.new("usage", fmt("no workflow %q in %s%s", opts.name,
+      cfg.path and config.display_path(cfg.path) or "migrate.lua (none found)",
+      #names > 0 and (" (has: " .. table.concat(names, ", ") .. ")") or ""))
+  end
+  return run_user("workflow " .. opts.name, wf, cfg, ui, opts.args)
+end
+
+--- `moonshift script FILE.lua [args]`: a Lua file run with `ms` and `args`.
+function commands.script(cfg, ui, opts)
+  local sandbox = require("moonshift.sandbox")
+  local env = sandbox.env()
+  local src, err = fs.read(opts.file)
+  if not src then return nil, errors.new("usage", "cannot read " .. err) end
+  local chunk, lerr = load(src, "@" .. opts.file, "t", env)
+  if not chunk then return nil, errors.new("usage", lerr) end
+  return run_user(config.display_path(opts.file), function(ms, args)
+    env.ms, env.args = ms, args
+    return chunk(ms, args)
+  end, cfg, ui, opts.args)
+end
+
 local function slug(name)
   local s = name:lower():gsub("[^%w]+", "_"):gsub("^_+", ""):gsub("_+$", "")
   return s

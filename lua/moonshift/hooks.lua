@@ -145,7 +145,10 @@ function hooks.ctx(opts)
     return v
   end
   function ctx.fail(msg)
-    error(errors.new("hook", tostring(msg)), 2)
+    local where = debug.getinfo(2, "Sl")
+    local at = where and where.currentline > 0 and (where.short_src .. ":" .. where.currentline
+      .. ": ") or ""
+    error(errors.new("hook", at .. tostring(msg)), 2)
   end
   --- Runs a program (never a shell), with only the environment given: e.g. curl to a webhook.
   function ctx.spawn(argv, o)
@@ -192,7 +195,7 @@ end
 -- @return table | nil, err (kind usage)
 function hooks.load_companion(path)
   local env = sandbox.env()
-  local t, err = sandbox.dofile(path, env)
+  local t, err = sandbox.dofile(path, env, config.display_path(path))
   if err then return nil, errors.new("usage", "cannot load " .. config.display_path(path) ..
     ": " .. err) end
   if type(t) ~= "table" then
@@ -228,7 +231,7 @@ function hooks.load_global(dir)
   for _, name in ipairs(hooks.GLOBAL) do
     local path = dir .. "/" .. name .. ".lua"
     if fs.exists(path) then
-      local fn, err = sandbox.dofile(path, sandbox.env())
+      local fn, err = sandbox.dofile(path, sandbox.env(), config.display_path(path))
       if err then
         return nil, errors.new("usage", "cannot load " .. config.display_path(path) .. ": " .. err)
       end

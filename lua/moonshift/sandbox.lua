@@ -54,12 +54,12 @@ end
 
 --- Loads and runs a Lua file (text only) in env.
 -- @return the file's first return value | nil, err (a string with file and line)
-function sandbox.dofile(path, env)
+function sandbox.dofile(path, env, chunkname)
   local f, err = io.open(path, "rb")
   if not f then return nil, err end
   local src = f:read("a")
   f:close()
-  local chunk, lerr = load(src, "@" .. path, "t", env)
+  local chunk, lerr = load(src, "@" .. (chunkname or path), "t", env)
   if not chunk then return nil, lerr end
   local ok, result = pcall(chunk)
   if not ok then return nil, tostring(result) end
