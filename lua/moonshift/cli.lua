@@ -97,7 +97,8 @@ local function version_text()
 end
 
 local function print_status(ui, st)
-  ui:result(fmt("%s: %s", st.target, st.current and ("at " .. st.current) or "nothing applied"))
+  ui:result(fmt("%s: %s", st.target, st.current and ("at " .. st.current_id) or
+    "nothing applied"))
   for _, m in ipairs(st.applied) do
     ui:result(fmt("  applied  %-40s %s", m.id, m.applied_at or ""))
   end

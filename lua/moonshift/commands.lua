@@ -170,6 +170,7 @@ function commands.status(cfg, ui)
     local out = { format_version = 1, database = db.describe_target(cfg), target = s.label,
       target_version = last and last.version or nil,
       history_table = s.history.migrations, current = st.current and st.current.version or nil,
+      current_id = st.current and st.current.id or nil,
       applied = json.array(), pending = json.array(), dirty = json.array(),
       drift = json.array(), missing = json.array(), out_of_order = json.array(),
       repeatables = json.array() }
@@ -206,10 +207,12 @@ local function print_dry_run(s, list, direction)
     local path = direction == "up" and m.up_path or m.down_path
     local stmts = direction == "up" and m.statements or m.down_statements
     s.ui:result(fmt("-- [%d/%d] %s %s (%s, %d statements%s)", i, #list,
-      direction == "up" and "apply" or "revert", m.id, path, #stmts,
+      direction == "up" and "apply" or "revert", m.id, config.display_path(path), #stmts,
       m.transaction == false and ", no transaction" or ""))
     for _, stmt in ipairs(stmts) do
-      s.ui:result(stmt.text:gsub("%s+$", "") .. (stmt.kind == "sql" and ";" or ""))
+      local text = stmt.text:gsub("%s+$", "")
+      if stmt.kind == "sql" and text:sub(-1) ~= ";" then text = text .. ";" end
+      s.ui:result(text)
     end
   end
   return { dry_run = true, planned = #list }

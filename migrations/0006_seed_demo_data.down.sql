@@ -1,0 +1,1 @@
+TRUNCATE audit_log, invoices, memberships, users, accounts RESTART IDENTITY;

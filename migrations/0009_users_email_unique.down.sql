@@ -1,0 +1,2 @@
+-- moonshift:no-transaction
+DROP INDEX CONCURRENTLY users_email_normalized_key;
