@@ -23,6 +23,7 @@ local function build_parser()
   local function common(cmd)
     cmd:option("-c --config", "The migrate.lua to use (default: found in . or a parent).")
     cmd:option("--migrations", "The migrations directory (default: migrations).")
+    cmd:option("--log-file", "Write the run log here (default: beside the backups).")
     cmd:option("--log-format", "Progress as text (default) or json (one event per line)")
       :choices({ "text", "json" })
     cmd:option("-d --database", "Connection URI or conninfo (overrides the environment).")
@@ -245,6 +246,7 @@ local VALUE_OPTIONS = {
   ["-c"] = true, ["--config"] = true, ["-d"] = true, ["--database"] = true,
   ["--schema"] = true, ["--table"] = true, ["--lock-wait"] = true, ["--lock-timeout"] = true,
   ["--statement-timeout"] = true, ["--migrations"] = true, ["--log-format"] = true,
+  ["--log-file"] = true,
 }
 
 -- "moonshift -d URL up" means "moonshift up -d URL": the options live on the commands.
@@ -312,7 +314,7 @@ function cli.main(argv)
     config = args.config, database = args.database, schema = args.schema, table = args.table,
     lock_wait = args.lock_wait, lock_timeout = args.lock_timeout,
     statement_timeout = args.statement_timeout, allow_out_of_order = args.out_of_order,
-    migrations = args.migrations, log_format = args.log_format,
+    migrations = args.migrations, log_format = args.log_format, log_file = args.log_file,
   })
   if not cfg then return report(ui, cerr) end
   local res, err, printer = run_command(args, cfg, ui)

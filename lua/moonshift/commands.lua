@@ -15,6 +15,8 @@ local ui_mod = require("moonshift.ui")
 local hooks = require("moonshift.hooks")
 local json = require("moonshift.json")
 local config = require("moonshift.config")
+local runlog = require("moonshift.runlog")
+local host = require("moonshift.host")
 
 local fmt = string.format
 
@@ -113,6 +115,10 @@ function Session:refresh()
 end
 
 function Session:close()
+  if self.log then
+    self.log:close()
+    self.ui.log = nil
+  end
   if self.lock then self.lock:release() end
   if self.lock_conn then self.lock_conn:close() end
   if self.conn then self.conn:close() end
@@ -125,8 +131,36 @@ function Session:runner()
       if event == "retry" then
         self.ui:warn(fmt("%s: lock timeout (SQLSTATE %s); retry %d of %d in %s", f.migration.id,
           f.sqlstate, f.attempt, f.of, ui_mod.duration(f.delay_ms)))
+        self.ui:event("retry", { id = f.migration.id, attempt = f.attempt, of = f.of,
+          sqlstate = f.sqlstate, delay_ms = f.delay_ms, blocker = f.blocker })
+      else
+        self.ui:event(event, f)
       end
     end })
+end
+
+-- Starts the run log (once a change is confirmed): beside the backups unless configured.
+function Session:open_log(direction, list)
+  local cfg = self.cfg
+  local dir = (cfg.log and cfg.log.dir) or (cfg.backup and cfg.backup.dir) or "moonshift-backups"
+  if dir:sub(1, 1) ~= "/" then dir = cfg.root .. "/" .. dir end
+  local info = self.conn:info()
+  local log, err = runlog.open({ dir = dir, path = cfg.log_file, db = info.dbname,
+    from = self.status.current and self.status.current.version or "0", run_id = self.run_id })
+  if not log then return nil, err end
+  self.log, self.ui.log = log, log
+  local plan_files = json.array()
+  for _, m in ipairs(list or {}) do
+    local path = direction == "down" and m.down_path or m.up_path
+    plan_files[#plan_files + 1] = { id = m.id, version = m.version, file = path,
+      sha256 = m.checksum, transaction = m.transaction ~= false }
+  end
+  log:event("run_start", { tool_version = host.version, command = direction,
+    database = db.describe_target(cfg), target = self.label,
+    server_version = self.conn:server_version(), host = fs.hostname(), pid = proc.getpid(),
+    from = self.status.current and self.status.current.version or nil,
+    to = list and list[#list] and list[#list].version or nil, plan = plan_files })
+  return true
 end
 
 -- Asks once on a terminal; without one, only --auto-confirm lets a change through.
@@ -224,6 +258,9 @@ local function execute(s, list, direction, opts)
   local ids = {}
   for i, m in ipairs(list) do ids[i] = m.id end
   s.plan_ids = ids
+  local lok, lerr = s:open_log(direction, list)
+  if not lok then return nil, lerr end
+  s.ui:info("run log: " .. config.display_path(s.log.path))
   local r = s:runner()
   local function global(name, extra)
     local g = s.hooks[name]
@@ -258,8 +295,11 @@ local function execute(s, list, direction, opts)
       migration = m.id, version = m.version, kind = err.kind, message = err.message,
       file = err.file, line = err.line, sqlstate = err.sqlstate, statement = err.statement } })
     if not ok then s.ui:warn(tostring(herr)) end
+    s.ui:event("run_failed", { kind = err.kind, message = err.message, done = #done })
     s.ui:event("migration_failed", { id = m.id, version = m.version, file = err.file,
-      line = err.line, column = err.column, sqlstate = err.sqlstate, message = err.message })
+      line = err.line, column = err.column, sqlstate = err.sqlstate, message = err.message,
+      kind = err.kind, sql = err.statement, detail = err.detail, hint = err.hint,
+      traceback = err.traceback, restore_command = s.restore_command })
     err.done = done
     return nil, err
   end
@@ -281,9 +321,12 @@ local function execute(s, list, direction, opts)
       return failed(m, err)
     end
     local stmts = direction == "up" and m.statements or m.down_statements
-    for k, ms in ipairs(res.timings) do
-      s.ui:event("statement", { id = m.id, line = stmts[k] and stmts[k].line,
-        elapsed_ms = ms })
+    local file = config.display_path(direction == "up" and m.up_path or m.down_path)
+    for k = 1, #stmts do
+      if res.timings[k] then
+        s.ui:event("statement", { id = m.id, file = file, line = stmts[k].line,
+          elapsed_ms = res.timings[k] })
+      end
     end
     if res.skipped then
       s.ui:step(i, #list, m.id, "skipped (another runner did it)")

@@ -152,7 +152,7 @@ function config.load(opts)
   for k, v in pairs(DEFAULTS) do cfg[k] = v end
   for k, v in pairs(file) do cfg[k] = v end
   for _, k in ipairs({ "schema", "table", "format", "lock_wait", "lock_timeout",
-    "statement_timeout", "lock_retries", "migrations", "log_format" }) do
+    "statement_timeout", "lock_retries", "migrations", "log_format", "log_file" }) do
     if opts[k] ~= nil then cfg[k] = opts[k] end
   end
   if opts.allow_out_of_order then cfg.allow_out_of_order = true end

@@ -367,6 +367,8 @@ function Runner:_transactional(m, direction, statements, path)
           dry_run = false })
         ok, err = hooks.call(step.what, step.hook, ctx, self.cfg)
       end
+      self.emit("hook", { id = m.id, hook = step.what or ".verify.sql", ok = ok and true or false,
+        message = err and err.message or nil, traceback = err and err.traceback or nil })
       if ok and self.conn:status() ~= "intrans" then
         ok, err = nil, errors.new("hook", fmt("%s ended moonshift's transaction (status %s)",
           step.what or "verify", self.conn:status()))

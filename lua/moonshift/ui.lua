@@ -20,6 +20,7 @@ end
 
 --- An event as a JSON line on stdout (--log-format json); nothing otherwise.
 function Ui:event(name, fields)
+  if self.log then self.log:event(name, fields) end
   if not self.json then return end
   local json = require("moonshift.json")
   local e = { event = name, time = os.date("!%Y-%m-%dT%H:%M:%SZ") }
