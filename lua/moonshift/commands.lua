@@ -33,7 +33,7 @@ end
 -- The migrations with their companions and verify scripts, in running order.
 local function load_source(cfg)
   local set, err = source.load(cfg.migrations, { format = cfg.format, ignore = cfg.ignore,
-    load_companion = hooks.load_companion })
+    load_companion = hooks.load_companion, lazy = true })
   if not set then return nil, err end
   for _, m in ipairs(set.migrations) do
     if m.verify_path then
@@ -91,8 +91,8 @@ local function open(cfg, ui, mutating)
       end
     end
     -- with lock = "table", each migration's transaction locks the tracking table instead
-    -- Another runner may have changed things while we waited: read everything again.
-    s.set, err = load_source(cfg)
+    -- The files may have changed while we waited for the lock: check, read again if so.
+    if not source.unchanged(s.set) then s.set, err = load_source(cfg) end
     if not s.set then
       s:close()
       return nil, err
@@ -107,10 +107,24 @@ local function open(cfg, ui, mutating)
   return s
 end
 
+-- Splits and checks the statements of migrations about to be used (or shown).
+local function prepare(list, ui)
+  for _, m in ipairs(list) do
+    local ok, err = source.prepare(m)
+    if not ok then return nil, err end
+    for _, w in ipairs(err or {}) do ui:warn(w) end
+  end
+  return true
+end
+
 function Session:refresh()
   local rows, err = self.history:load()
   if not rows then return nil, err end
   self.status = plan.status(self.set, rows)
+  -- applied migrations were checked when they ran, and their checksums still match
+  local ok, perr = prepare(self.status.pending, self.ui)
+  if ok then ok, perr = prepare(self.status.repeatables, self.ui) end
+  if not ok then return nil, perr end
   return true
 end
 
@@ -410,6 +424,8 @@ function commands.down(cfg, ui, opts)
     local list
     list, err = plan.down(s.status, opts.all and math.huge or (opts.count or 1), to)
     if not list then return nil, err end
+    ok, err = prepare(list, ui)
+    if not ok then return nil, err end
     if #list == 0 then
       return { done = {}, current = current_id(s.status), nothing = true, target = s.label }
     end
@@ -434,6 +450,8 @@ function commands.goto_version(cfg, ui, opts)
     if not ok then return nil, err end
     local down, derr = plan.down(s.status, 0, to)
     if not down then return nil, derr end
+    ok, err = prepare(down, ui)
+    if not ok then return nil, err end
     local up = plan.up(s.status, to)
     if #down > 0 and #up > 0 then
       return nil, errors.new("refused", fmt("cannot go to %s: some migrations below it are " ..
@@ -461,6 +479,8 @@ function commands.redo(cfg, ui, opts)
     if not ok then return nil, err end
     local list, derr = plan.down(s.status, 1)
     if not list then return nil, derr end
+    ok, err = prepare(list, ui)
+    if not ok then return nil, err end
     if #list == 0 then
       return nil, errors.new("refused", "nothing is applied, so nothing to redo")
     end

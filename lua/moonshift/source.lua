@@ -196,6 +196,7 @@ function Loader:script(path, st)
     return nil
   end
   self.inodes[id] = path
+  self.read_files[#self.read_files + 1] = { path = path, st = st }
   return self:read(path, st)
 end
 
@@ -620,6 +621,8 @@ local function transactional(e, up_sql)
 end
 
 -- The migration (or repeatable) record of a grouped entry; nil when a script is refused.
+local failure -- defined below, used by lazy preparation
+
 function Loader:build(e)
   local up_sql = e.up_sql or e.text
   local transaction = transactional(e, up_sql)
@@ -634,18 +637,14 @@ function Loader:build(e)
     end
     if companion.transaction == false then transaction = false end
   end
-  local stmts = self:statements(e.path, up_sql, e.up_offset or 0, transaction)
   local m = {
     version = e.version, key = e.key, name = e.name, id = e.id, format = e.layout,
-    up_path = e.path, up_sql = up_sql, checksum = hash.sha256(up_sql), statements = stmts,
+    up_path = e.path, up_sql = up_sql, checksum = hash.sha256(up_sql),
     transaction = transaction, companion_path = e.companion_path, verify_path = e.verify_path,
     companion = companion,
   }
   if e.kind == "repeatable" then
     m.repeatable, m.version, m.key = true, e.id, nil
-  end
-  if stmts and #stmts == 0 then
-    self:warn(fmt("%s has no statements: it is recorded as applied, nothing is sent", e.path))
   end
   local down_sql, down_path = e.down_sql, e.path
   if e.down then down_sql, down_path = e.down.text, e.down.path end
@@ -655,10 +654,34 @@ function Loader:build(e)
       down_tx = false
     end
     m.down_path, m.down_sql, m.down_transaction = down_path, down_sql, down_tx
-    m.down_statements = self:statements(down_path, down_sql, e.down_offset or 0, down_tx)
-    if not m.down_statements then return nil end
   end
-  return stmts and m or nil
+  -- Splitting and checking the statements is most of the work; with `lazy` it waits until
+  -- source.prepare(m), so migrations whose checksum matches what ran cost only a hash.
+  local function split(loader)
+    m.statements = loader:statements(e.path, up_sql, e.up_offset or 0, transaction)
+    if m.statements and #m.statements == 0 then
+      loader:warn(fmt("%s has no statements: it is recorded as applied, nothing is sent",
+        e.path))
+    end
+    if down_sql then
+      m.down_statements = loader:statements(down_path, down_sql, e.down_offset or 0,
+        m.down_transaction)
+    end
+    return m.statements ~= nil and (not down_sql or m.down_statements ~= nil)
+  end
+  if self.lazy then
+    local dir = self.dir
+    m.prepare = function()
+      local loader = setmetatable({ problems = {}, warnings = {} }, Loader)
+      if split(loader) then
+        m.prepare = nil
+        return true, loader.warnings
+      end
+      return nil, failure(dir, loader.problems)
+    end
+    return m
+  end
+  return split(self) and m or nil
 end
 
 -- Sorts by version.compare. When every version is all digits (the usual case) it sorts
@@ -680,7 +703,7 @@ local function sort_migrations(list)
 end
 
 -- The error for the problems found: one message, or a numbered list of all of them.
-local function failure(dir, problems)
+function failure(dir, problems)
   local files, seen = {}, {}
   for _, p in ipairs(problems) do
     for _, f in ipairs(p.files) do
@@ -708,13 +731,41 @@ local function failure(dir, problems)
   return errors.new("usage", message, fields)
 end
 
+local function same_stat(a, b)
+  return a and b and a.size == b.size and a.mtime == b.mtime and a.mtime_nsec == b.mtime_nsec
+    and a.ino == b.ino and a.dev == b.dev
+end
+
+--- Whether the files a set was read from are still the same (names, sizes, times,
+-- inodes): a cheap re-check under the run lock instead of reading everything again.
+-- @return boolean
+function source.unchanged(set)
+  local names = fs.list(set.dir)
+  if not names or not set.names or #names ~= #set.names then return false end
+  for i, n in ipairs(names) do
+    if set.names[i] ~= n then return false end
+  end
+  for _, f in ipairs(set.files or {}) do
+    if not same_stat(fs.stat(f.path), f.st) then return false end
+  end
+  return true
+end
+
+--- Splits and checks the statements of a migration loaded with `lazy` (idempotent).
+-- @return true, warnings | nil, err (kind usage)
+function source.prepare(m)
+  if not m.prepare then return true, {} end
+  return m.prepare()
+end
+
 --- Reads and validates a migrations directory.
 -- @param dir string: the migrations directory (a symlink to one is followed)
 -- @param opts table|nil: `format` ("auto" (default), "native", "flyway", "dbmate",
 --   "diesel", "goose"), `ignore` (array of glob patterns matched against names; default
 --   source.DEFAULT_IGNORE; names starting with "." are always ignored), `max_file_size`
 --   (bytes, default source.MAX_FILE_SIZE), `load_companion` (function(path) -> table | nil, err:
---   loads a `.lua` companion, whose `transaction = false` applies before validation)
+--   loads a `.lua` companion, whose `transaction = false` applies before validation),
+--   `lazy` (statements are split and checked only by source.prepare(m))
 -- @return set table: { dir, format, migrations (sorted by version.compare), repeatables
 --   (sorted by name), by_key (version key -> migration), warnings (array of strings) }; each
 --   migration { version, key, name, id, format, up_path, up_sql, checksum, statements,
@@ -738,8 +789,8 @@ function source.load(dir, opts)
   local self = setmetatable({
     dir = dir, base = dir:match("^(.-)/*$"), format = format, ignore = ignore,
     max_size = opts.max_file_size or source.MAX_FILE_SIZE, problems = {}, warnings = {},
-    load_companion = opts.load_companion,
-    entries = {}, inodes = {}, ups = {}, repeatables = {},
+    load_companion = opts.load_companion, lazy = opts.lazy,
+    entries = {}, inodes = {}, ups = {}, repeatables = {}, read_files = {},
   }, Loader)
   if self.base == "" then self.base = "/" end
 
@@ -767,7 +818,7 @@ function source.load(dir, opts)
   self:group()
 
   local set = { dir = dir, format = layout, migrations = {}, repeatables = {}, by_key = {},
-    warnings = self.warnings }
+    warnings = self.warnings, files = self.read_files, names = fs.list(dir) }
   for _, e in ipairs(self.ups) do
     local m = self:build(e)
     if m then
