@@ -15,6 +15,7 @@
 #define RESULT_META "moonshift.pg.result"
 #define ERROR_META "moonshift.pg.error"
 #define MEM_META "moonshift.pg.mem"
+#define OPTIONS_META "moonshift.pg.options"
 
 /* Type OIDs from the server's pg_type.h, which libpq-dev does not ship; they never change. */
 enum {
@@ -60,6 +61,11 @@ struct result_box {
 struct mem {
     char *p;
     int from_libpq;
+};
+
+/* PQconninfoParse's array, freed by __gc if building the Lua table raises. */
+struct options_box {
+    PQconninfoOption *opts;
 };
 
 /* ---- helpers: boxes ---- */
@@ -607,6 +613,44 @@ static int pg_lconnect(lua_State *L) {
     return 1;
 }
 
+/* pg.conninfo_parse(s) -> { keyword = value } (only what s sets) | nil, err. Takes URIs and
+ * key=value strings. libpq's message may quote the input, password included, so it is
+ * not passed on. */
+static int pg_lconninfo_parse(lua_State *L) {
+    const char *s = luaL_checkstring(L, 1);
+    struct options_box *box = lua_newuserdatauv(L, sizeof *box, 0);
+    box->opts = NULL;
+    luaL_setmetatable(L, OPTIONS_META); // [s, box]
+    char *errmsg = NULL;
+    box->opts = PQconninfoParse(s, &errmsg);
+    if (!box->opts) {
+        int oom = errmsg == NULL; /* libpq reports a parse error, or nothing when out of memory */
+        PQfreemem(errmsg);
+        if (oom)
+            return luaL_error(L, "not enough memory");
+        lua_pushnil(L);
+        push_message_error(L, "invalid connection string");
+        return 2;
+    }
+    lua_newtable(L); // [s, box, t]
+    for (const PQconninfoOption *o = box->opts; o->keyword; o++) {
+        if (o->val) { /* an explicit empty value counts: it overrides the environment */
+            lua_pushstring(L, o->val);
+            lua_setfield(L, -2, o->keyword);
+        }
+    }
+    PQconninfoFree(box->opts);
+    box->opts = NULL;
+    return 1;
+}
+
+static int options_gc(lua_State *L) {
+    struct options_box *box = luaL_checkudata(L, 1, OPTIONS_META);
+    PQconninfoFree(box->opts);
+    box->opts = NULL;
+    return 0;
+}
+
 static int pg_llib_version(lua_State *L) {
     lua_pushinteger(L, PQlibVersion());
     return 1;
@@ -888,6 +932,7 @@ static int conn_escape_literal(lua_State *L) {
 static const luaL_Reg funcs[] = {
     {"connect", pg_lconnect},
     {"lib_version", pg_llib_version},
+    {"conninfo_parse", pg_lconninfo_parse},
     {NULL, NULL},
 };
 
@@ -940,6 +985,11 @@ static void create_meta(lua_State *L) {
 
     luaL_newmetatable(L, MEM_META);
     lua_pushcfunction(L, mem_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, OPTIONS_META);
+    lua_pushcfunction(L, options_gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
 
