@@ -3,11 +3,13 @@
 #include <lua-cjson.h>
 #include <lua.h>
 #include <lualib.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "embedded.h"
 #include "modules.h"
@@ -59,10 +61,48 @@ static int host_memory_used(lua_State *L) {
     return 1;
 }
 
+/* Ctrl-C and SIGTERM: the first cancels the running statement (the runner then rolls
+ * back, releases the lock and writes the log); a second one exits at once, and the
+ * server rolls back when the connection drops. */
+static volatile sig_atomic_t signal_count = 0;
+static volatile sig_atomic_t last_signal = 0;
+
+static void on_signal(int sig) {
+    last_signal = sig;
+    if (++signal_count >= 2)
+        _exit(128 + sig);
+    pg_cancel_from_signal();
+}
+
+/* host.catch_signals(): install the handlers (the CLI calls it; scripts do not). */
+static int host_catch_signals(lua_State *L) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0; /* no SA_RESTART: a sleeping lock wait wakes up */
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    (void)L;
+    return 0;
+}
+
+/* host.interrupted() -> "INT" | "TERM" | nil, and the exit code for it (130, 143) */
+static int host_interrupted(lua_State *L) {
+    int sig = last_signal;
+    if (!sig)
+        return 0;
+    lua_pushstring(L, sig == SIGINT ? "INT" : sig == SIGTERM ? "TERM" : "?");
+    lua_pushinteger(L, 128 + sig);
+    return 2;
+}
+
 static int luaopen_moonshift_host(lua_State *L) {
     static const luaL_Reg funcs[] = {
         {"memory_limit", host_memory_limit},
         {"memory_used", host_memory_used},
+        {"catch_signals", host_catch_signals},
+        {"interrupted", host_interrupted},
         {NULL, NULL},
     };
     luaL_newlib(L, funcs);

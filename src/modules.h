@@ -10,4 +10,8 @@ int luaopen_moonshift_fs(lua_State *L);
 int luaopen_moonshift_sql(lua_State *L);
 int luaopen_moonshift_redact(lua_State *L);
 
+/* Async-signal-safe: cancels the statement of the connection marked with
+ * conn:cancel_on_signal(true), if any (PQcancel is signal-safe). */
+void pg_cancel_from_signal(void);
+
 #endif

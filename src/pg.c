@@ -4,6 +4,8 @@
 #include <libpq-fe.h>
 #include <lua.h>
 #include <math.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +58,16 @@ struct conn {
 struct result_box {
     PGresult *res;
 };
+
+/* The cancel handle a SIGINT/SIGTERM uses: the connection running migrations. */
+static PGcancel *volatile signal_cancel = NULL;
+
+void pg_cancel_from_signal(void) {
+    PGcancel *cancel = signal_cancel;
+    char errbuf[256];
+    if (cancel)
+        PQcancel(cancel, errbuf, sizeof errbuf); /* async-signal-safe */
+}
 
 /* A C string Lua has not copied yet; malloc'd (redact_secrets) or from libpq (PQescape*). */
 struct mem {
@@ -669,6 +681,16 @@ static struct conn *check_conn(lua_State *L) {
 static int conn_close(lua_State *L) {
     struct conn *c = luaL_checkudata(L, 1, CONN_META);
     if (c->cancel) {
+        if (signal_cancel == c->cancel) {
+            /* no signal handler may use it while it is freed */
+            sigset_t block, old;
+            sigemptyset(&block);
+            sigaddset(&block, SIGINT);
+            sigaddset(&block, SIGTERM);
+            sigprocmask(SIG_BLOCK, &block, &old);
+            signal_cancel = NULL;
+            sigprocmask(SIG_SETMASK, &old, NULL);
+        }
         PQfreeCancel(c->cancel);
         c->cancel = NULL;
     }
@@ -812,6 +834,28 @@ static int conn_socket(lua_State *L) {
     return 1;
 }
 
+/* conn:cancel_on_signal(on): SIGINT/SIGTERM cancel this connection's statement. */
+static int conn_cancel_on_signal(lua_State *L) {
+    struct conn *c = check_conn(L);
+    signal_cancel = lua_toboolean(L, 2) ? c->cancel : NULL;
+    return 0;
+}
+
+/* conn:wait_readable(ms) -> true when the server sent something, false on timeout or a
+ * signal (so a caller can show progress or react to Ctrl-C while a statement runs). */
+static int conn_wait_readable(lua_State *L) {
+    struct conn *c = check_conn(L);
+    lua_Integer ms = luaL_optinteger(L, 2, -1);
+    struct pollfd pfd = {PQsocket(c->pg), POLLIN, 0};
+    if (pfd.fd < 0) {
+        lua_pushboolean(L, 1); /* let the caller's next libpq call report the broken socket */
+        return 1;
+    }
+    int n = poll(&pfd, 1, ms < 0 ? -1 : (ms > 3600000 ? 3600000 : (int)ms));
+    lua_pushboolean(L, n > 0);
+    return 1;
+}
+
 /* conn:cancel() -> true | nil, msg. PQcancel opens its own connection, so it works while
  * a query runs on this one (and is what a signal handler could call). */
 static int conn_cancel(lua_State *L) {
@@ -949,6 +993,8 @@ static const luaL_Reg methods[] = {
     {"busy", conn_busy},
     {"socket", conn_socket},
     {"cancel", conn_cancel},
+    {"cancel_on_signal", conn_cancel_on_signal},
+    {"wait_readable", conn_wait_readable},
     {"notices", conn_notices},
     {"status", conn_status},
     {"ok", conn_ok},

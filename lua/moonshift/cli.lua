@@ -238,7 +238,7 @@ local function report(ui, err)
   if err.done and #err.done > 0 then
     ui:info(fmt("applied before the failure (still committed): %s", plural(#err.done, "migration")))
   end
-  return errors.EXIT[err.kind] or 1
+  return err.exit_code or errors.EXIT[err.kind] or 1
 end
 
 -- Options that take a value, for moving options given before the command after it.
@@ -274,6 +274,7 @@ end
 -- @return integer
 function cli.main(argv)
   math.randomseed(os.time(), require("moonshift.proc").getpid())
+  host.catch_signals()
   local parser = build_parser()
   local ok, args = parser:pparse(options_after_command(argv))
   local json_events = ok and args.log_format == "json"

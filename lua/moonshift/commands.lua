@@ -71,6 +71,7 @@ local function open(cfg, ui, mutating)
   s.lock_key = s.history.migrations
   s.label = db.label(conn)
   if mutating then
+    conn:cancel_on_signal(true) -- Ctrl-C cancels the running statement; the runner rolls back
     local ok, werr = db.check_writable(conn)
     if not ok then
       s:close()
@@ -266,6 +267,44 @@ local function print_dry_run(s, list, direction)
   return { dry_run = true, planned = #list }
 end
 
+-- While a migration runs: a live line with its elapsed time and, for CREATE INDEX and
+-- CLUSTER / VACUUM FULL, the phase and blocks done; and who blocks it, for the lock
+-- timeout message. Read on the lock connection, which is otherwise idle.
+local PROGRESS_SQL = [[
+  SELECT (SELECT p.phase || COALESCE(' ' || p.blocks_done || '/' ||
+                                     NULLIF(p.blocks_total, 0) || ' blocks', '')
+          FROM pg_catalog.pg_stat_progress_create_index p WHERE p.pid = $1) AS index_phase,
+         (SELECT p.phase || COALESCE(' ' || p.heap_blks_scanned || '/' ||
+                                     NULLIF(p.heap_blks_total, 0) || ' blocks', '')
+          FROM pg_catalog.pg_stat_progress_cluster p WHERE p.pid = $1) AS cluster_phase,
+         (SELECT pg_catalog.string_agg(pg_catalog.format('pid %s (application_name %s, %s, ' ||
+                   'since %s)', a.pid, COALESCE(NULLIF(a.application_name, ''), '?'), a.state,
+                   pg_catalog.to_char(COALESCE(a.xact_start, a.query_start) AT TIME ZONE 'UTC',
+                                      'YYYY-MM-DD HH24:MI:SS"Z"')), '; ')
+          FROM pg_catalog.pg_stat_activity a
+          WHERE a.pid = ANY (pg_catalog.pg_blocking_pids($1))) AS blockers]]
+
+local function ticker(s, i, n, m)
+  local started, probed = fs.clock_ms(), 0
+  local pid = s.conn:backend_pid()
+  local phase = ""
+  return function()
+    local now = fs.clock_ms()
+    if s.lock_conn and now - probed >= 1000 then
+      probed = now
+      local rows = s.lock_conn:query(PROGRESS_SQL, pid)
+      local row = rows and rows[1]
+      if row then
+        local p = row.index_phase ~= pg.null and row.index_phase or
+          (row.cluster_phase ~= pg.null and row.cluster_phase or nil)
+        phase = p and ("  " .. p) or ""
+        if row.blockers ~= pg.null then s.last_blocker = row.blockers end
+      end
+    end
+    s.ui:live(fmt("[%d/%d] %s  running  %s%s", i, n, m.id, ui_mod.duration(now - started), phase))
+  end
+end
+
 -- Runs a list of migrations in one direction, one transaction each (or all in one).
 local function execute(s, list, direction, opts)
   local done, started = {}, fs.clock_ms()
@@ -299,6 +338,16 @@ local function execute(s, list, direction, opts)
     r.single = true
   end
   local function failed(m, err)
+    local sig = host.interrupted()
+    if sig and err.kind ~= "interrupted" then
+      err = errors.new("interrupted", fmt("interrupted (SIG%s) during %s; %s", sig, m.id,
+        m.transaction == false and "it is not transactional and is left dirty; see " ..
+        "`moonshift status`" or "rolled back, nothing of it was applied"))
+    end
+    if err.kind == "interrupted" then err.exit_code = select(2, host.interrupted()) end
+    if err.sqlstate == "55P03" and s.last_blocker then
+      err.message = err.message .. "\n  blocked by " .. s.last_blocker
+    end
     if r.single then
       s.conn:exec("ROLLBACK")
       err.message = err.message .. "\n  --single-transaction: the whole run was rolled back"
@@ -329,6 +378,12 @@ local function execute(s, list, direction, opts)
     end
     s.ui:event("migration_start", { id = m.id, version = m.version, direction = direction,
       file = direction == "up" and m.up_path or m.down_path, checksum = m.checksum })
+    if host.interrupted() then
+      return failed(m, errors.new("interrupted", fmt("interrupted before %s; nothing of it " ..
+        "was applied", m.id)))
+    end
+    s.last_blocker = nil
+    r.on_tick = ticker(s, i, #list, m)
     local res, err = r:run(m, direction)
     if not res then
       s.ui:step(i, #list, m.id, "FAILED")

@@ -170,6 +170,11 @@ function hooks.call(what, fn, ctx, cfg)
   local deadline = fs.clock_ms() + limit_ms
   local co = coroutine.create(function() return fn(ctx) end)
   debug.sethook(co, function()
+    local sig, code = host.interrupted()
+    if sig then
+      error(errors.new("interrupted", "interrupted (SIG" .. sig .. ") in a hook",
+        { limit = true, exit_code = code }), 0)
+    end
     if fs.clock_ms() > deadline then
       local where = debug.getinfo(2, "Sl")
       error(errors.new("hook", fmt("%s:%d: hook exceeded its time limit of %s (hook_timeout)",

@@ -3,6 +3,7 @@ local proc = require("moonshift.proc")
 local fs = require("moonshift.fs")
 local pg = require("moonshift.pg")
 local errors = require("moonshift.errors")
+local host = require("moonshift.host")
 
 local fmt = string.format
 
@@ -57,6 +58,11 @@ function lock.acquire(conn, key, wait_ms, on_wait)
       return setmetatable({ conn = conn, key = key, waited_ms = fs.clock_ms() - started }, Lock)
     end
     local waited = fs.clock_ms() - started
+    local sig, code = host.interrupted()
+    if sig then
+      return nil, errors.new("interrupted", "interrupted (SIG" .. sig .. ") while waiting " ..
+        "for the run lock; nothing was changed", { exit_code = code })
+    end
     if waited >= (wait_ms or 0) then
       return nil, errors.new("lock", fmt("another moonshift run holds the lock on %s (%s); " ..
         "gave up after %.1f s (--lock-wait)", key, describe(holder(conn, key)), waited / 1000))

@@ -113,6 +113,20 @@ local function statement_error(m, path, stmt, err, state_text)
     })
 end
 
+-- Waits for the server's next result without blocking Lua: every 250 ms the tick shows
+-- progress and looks for a blocking session, and a signal's cancel is already on its way.
+function Runner:_await()
+  local conn = self.conn
+  if not conn.wait_readable then return end
+  while conn:busy() do
+    if conn:wait_readable(250) then
+      conn:consume_input()
+    elseif self.on_tick then
+      self.on_tick()
+    end
+  end
+end
+
 -- Sends items[i..j] ({ text, params }) as one pipeline and reads every result, timing
 -- each by its arrival. Returns true | nil, index of the first failure, its error.
 function Runner:_pipeline(items, i, j, timings)
@@ -135,6 +149,7 @@ function Runner:_pipeline(items, i, j, timings)
   local started = fs.clock_ms()
   local failed_at, failure
   for k = i, j do
+    self:_await()
     local res, rerr = conn:get_result()
     if res == nil and not failed_at and not (rerr and rerr.aborted) then
       failed_at, failure = k, rerr
@@ -172,7 +187,19 @@ function Runner:run_items(items, one_by_one)
       i = i + 1
     elseif one_by_one then
       local started = fs.clock_ms()
-      local ok, err = self.conn:exec(item.text)
+      local ok, err
+      if self.conn.wait_readable then
+        -- asynchronously, so progress and blockers show while CREATE INDEX CONCURRENTLY runs
+        ok, err = self.conn:send_query(item.text)
+        if ok then
+          self:_await()
+          ok, err = self.conn:get_result()
+          local rest = self.conn:get_result()
+          while rest ~= false and rest ~= nil do rest = self.conn:get_result() end
+        end
+      else
+        ok, err = self.conn:exec(item.text)
+      end
       if not ok then return nil, i, err end
       timings[i] = fs.clock_ms() - started
       i = i + 1

@@ -15,6 +15,8 @@ function ui.new(opts)
   return setmetatable({
     quiet = opts.quiet, json = opts.json, out = opts.out or io.stdout, err = opts.err or io.stderr,
     interactive = fs.isatty("stdin") and fs.isatty("stderr"),
+    -- a live progress line only on a terminal, and not with NO_COLOR (plain lines then)
+    live_ok = not opts.quiet and fs.isatty("stderr") and (os.getenv("NO_COLOR") or "") == "",
   }, Ui)
 end
 
@@ -29,9 +31,25 @@ function Ui:event(name, fields)
   self.out:flush()
 end
 
+--- Rewrites the live line (terminal only): the running migration and its elapsed time.
+function Ui:live(text)
+  if not self.live_ok then return end
+  self.err:write("\r\27[K", text)
+  self.err:flush()
+  self.live_shown = true
+end
+
+function Ui:clear_live()
+  if self.live_shown then
+    self.err:write("\r\27[K")
+    self.live_shown = false
+  end
+end
+
 --- A progress line: "[2/3] 0002_add_index  ok  12 ms".
 function Ui:step(i, n, id, status, ms)
   if self.quiet then return end
+  self:clear_live()
   local timing = ms and fmt("  %s", ui.duration(ms)) or ""
   self.err:write(fmt("[%d/%d] %s  %s%s\n", i, n, id, status, timing))
   self.err:flush()
@@ -40,17 +58,20 @@ end
 --- A note for the operator (stderr).
 function Ui:info(msg)
   if self.quiet then return end
+  self:clear_live()
   self.err:write(msg, "\n")
   self.err:flush()
 end
 
 function Ui:warn(msg)
+  self:clear_live()
   self.err:write("warning: ", msg, "\n")
   self.err:flush()
 end
 
 --- An error message (stderr), never suppressed.
 function Ui:error(msg)
+  self:clear_live()
   self.err:write("moonshift: ", msg, "\n")
   self.err:flush()
 end

@@ -1,0 +1,78 @@
+-- Ctrl-C and SIGTERM during a migration, a blocked migration, and progress on a terminal.
+local fs = require("moonshift.fs")
+local proc = require("moonshift.proc")
+local pg = require("moonshift.pg")
+local helpers = require("spec.helpers")
+
+local value = helpers.value
+
+local function spawn(args, dir)
+  local argv = { helpers.bin() }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return assert(proc.spawn(argv, { cwd = dir, env = helpers.env() }))
+end
+
+local function wait_for_query(uri, pattern)
+  for _ = 1, 300 do
+    local n = value(uri, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' " ..
+      "AND pid <> pg_backend_pid() AND query LIKE $1", pattern)
+    if n > 0 then return true end
+    proc.sleep(50)
+  end
+  error("no backend ran " .. pattern)
+end
+
+describe("interrupts and blocked migrations #e2e", function()
+  local c, dir, uri
+
+  lazy_setup(function() c = helpers.cluster() end)
+  lazy_teardown(function() if c then c:stop() end end)
+  before_each(function()
+    dir = helpers.tmpdir()
+    uri = helpers.fresh_db(c)
+    helpers.write_files(dir, {
+      ["migrations/0001_a.up.sql"] = "CREATE TABLE a (id int);\n",
+      ["migrations/0002_sleep.up.sql"] = "CREATE TABLE b (id int);\nSELECT pg_sleep(60);\n",
+      ["migrations/0003_c.up.sql"] = "CREATE TABLE c (id int);\n",
+    })
+  end)
+  after_each(function() helpers.rmdir(dir) end)
+
+  for _, sig in ipairs({ { "INT", 130 }, { "TERM", 143 } }) do
+    it("SIG" .. sig[1] .. " during pg_sleep exits " .. sig[2] .. " within 2 s, rolled back", function()
+      local a = spawn({ "up", "-y", "-d", uri }, dir)
+      wait_for_query(uri, "%pg_sleep%")
+      local t0 = fs.clock_ms()
+      assert(a:kill(sig[1]))
+      local res = a:wait(10000)
+      local elapsed = fs.clock_ms() - t0
+      assert.are.equal(sig[2], res.code, res.stderr)
+      assert.is_true(elapsed < 2000, "took " .. elapsed .. " ms")
+      assert.matches("interrupted %(SIG" .. sig[1] .. "%) during 0002_sleep; rolled back", res.stderr)
+      assert.are.equal(1, value(uri, "SELECT count(*) FROM moonshift_migrations"))
+      assert.is_nil(value(uri, "SELECT to_regclass('b')::text"))
+      assert.are.equal(0, value(uri, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"))
+      helpers.write_files(dir, { ["migrations/0002_sleep.up.sql"] = "CREATE TABLE b (id int);\n" })
+      local again = helpers.run({ "up", "-y", "-d", uri }, { cwd = dir })
+      assert.are.equal(0, again.code, again.stderr)
+      assert.are.equal(3, value(uri, "SELECT count(*) FROM moonshift_migrations"))
+    end)
+  end
+
+  it("retries a migration blocked by an ACCESS EXCLUSIVE lock, then names the blocker", function()
+    assert.are.equal(0, helpers.run({ "up", "-y", "-d", uri, "--to", "1" }, { cwd = dir }).code)
+    helpers.write_files(dir, { ["migrations/0002_sleep.up.sql"] = "ALTER TABLE a ADD COLUMN x int;\n" })
+    local blocker = assert(pg.connect(uri .. "&application_name=blocker"))
+    assert(blocker:exec("BEGIN"))
+    assert(blocker:exec("LOCK TABLE a IN ACCESS EXCLUSIVE MODE"))
+    helpers.write_files(dir, { ["migrate.lua"] = "return { lock_retries = 2 }\n" })
+    local res = helpers.run({ "up", "-y", "-d", uri, "--lock-timeout", "1500ms" }, { cwd = dir })
+    blocker:close()
+    assert.are.equal(6, res.code)
+    assert.matches("lock timeout %(SQLSTATE 55P03%); retry 1 of 2", res.stderr)
+    assert.matches("retry 2 of 2", res.stderr)
+    assert.matches("ERROR 55P03", res.stderr)
+    assert.matches("blocked by pid %d+ %(application_name blocker, idle in transaction", res.stderr)
+    assert.are.equal(1, value(uri, "SELECT count(*) FROM moonshift_migrations"))
+  end)
+end)
