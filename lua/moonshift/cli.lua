@@ -51,6 +51,7 @@ local function build_parser()
   up:flag("--out-of-order --allow-out-of-order",
     "Apply pending migrations older than the newest applied one.")
   up:flag("--single-transaction", "Run the whole plan in one transaction.")
+  up:flag("--backup-first", "pg_dump the database before anything changes.")
   local down = mutating(p:command("down", "Revert applied migrations (default: the newest)."))
   down:argument("count", "How many to revert."):args("?"):convert(math.tointeger)
   down:option("--to", "Revert down to (not including) this version.")
@@ -85,6 +86,8 @@ local function build_parser()
   script:argument("file")
   script:argument("args", "Passed to the script as args."):args("*")
   script:handle_options(false)
+  p:command("backup", "pg_dump the database now (custom format, checked with pg_restore --list).")
+  p:command("backups", "List the backups: source version, size, age."):flag("--json")
   p:command("demo", "Run the sample project on a throwaway database.")
   return p
 end
@@ -155,7 +158,7 @@ local function run_command(args, cfg, ui)
   elseif c == "up" then
     return with_printer(commands.up(cfg, ui, { to = args.to, count = args.count,
       dry_run = args.dry_run, auto_confirm = args.auto_confirm,
-      single_transaction = args.single_transaction }))
+      single_transaction = args.single_transaction, backup_first = args.backup_first }))
   elseif c == "down" then
     return with_printer(commands.down(cfg, ui, { count = args.count, to = args.to,
       all = args.all, dry_run = args.dry_run, auto_confirm = args.auto_confirm }))
@@ -195,6 +198,24 @@ local function run_command(args, cfg, ui)
     local res, err = commands.new(cfg, ui, { name = args.name, timestamp = args.timestamp })
     if not res then return nil, err end
     for _, f in ipairs(res.files) do ui:result(f) end
+    return 0
+  elseif c == "backup" then
+    local res, err = commands.backup(cfg, ui)
+    if not res then return nil, err end
+    ui:result(res.path)
+    ui:info("restore with: " .. res.restore_command)
+    return 0
+  elseif c == "backups" then
+    local res = commands.backups(cfg)
+    if args.json then
+      ui:result(to_json(res.backups))
+    else
+      for _, b in ipairs(res.backups) do
+        ui:result(fmt("%-60s v%-8s %10d bytes  %s ago", b.name, b.version, b.size,
+          ui_mod.duration(b.age_s * 1000)))
+      end
+      if #res.backups == 0 then ui:result("no backups in " .. res.dir) end
+    end
     return 0
   elseif c == "verify" then
     local res, err = commands.verify(cfg, ui, { versions = args.versions })

@@ -17,6 +17,7 @@ local json = require("moonshift.json")
 local config = require("moonshift.config")
 local runlog = require("moonshift.runlog")
 local host = require("moonshift.host")
+local backup = require("moonshift.backup")
 
 local fmt = string.format
 
@@ -164,6 +165,7 @@ function Session:open_log(direction, list)
     from = self.status.current and self.status.current.version or "0", run_id = self.run_id })
   if not log then return nil, err end
   self.log, self.ui.log = log, log
+  self.ui:info("run log: " .. config.display_path(log.path))
   local plan_files = json.array()
   for _, m in ipairs(list or {}) do
     local path = direction == "down" and m.down_path or m.up_path
@@ -179,11 +181,11 @@ function Session:open_log(direction, list)
 end
 
 -- Asks once on a terminal; without one, only --auto-confirm lets a change through.
--- The tracking tables are created only once the change is confirmed.
+-- The tracking tables are created only once the change is confirmed (and backed up).
 function Session:confirm(opts, question)
   if opts.dry_run then return true end
   if opts.auto_confirm or (self.ui.interactive and self.ui:confirm(question)) then
-    return self.history:ensure()
+    return true
   end
   if self.ui.interactive then
     return nil, errors.new("usage", "not confirmed; nothing was changed")
@@ -311,9 +313,12 @@ local function execute(s, list, direction, opts)
   local ids = {}
   for i, m in ipairs(list) do ids[i] = m.id end
   s.plan_ids = ids
-  local lok, lerr = s:open_log(direction, list)
-  if not lok then return nil, lerr end
-  s.ui:info("run log: " .. config.display_path(s.log.path))
+  local eok, eerr = s.history:ensure()
+  if not eok then return nil, eerr end
+  if not s.log then
+    local lok, lerr = s:open_log(direction, list)
+    if not lok then return nil, lerr end
+  end
   local r = s:runner()
   local function global(name, extra)
     local g = s.hooks[name]
@@ -347,6 +352,10 @@ local function execute(s, list, direction, opts)
     if err.kind == "interrupted" then err.exit_code = select(2, host.interrupted()) end
     if err.sqlstate == "55P03" and s.last_blocker then
       err.message = err.message .. "\n  blocked by " .. s.last_blocker
+    end
+    if s.restore_command then
+      err.message = err.message .. "\n  to return to the state before this run:\n    " ..
+        s.restore_command
     end
     if r.single then
       s.conn:exec("ROLLBACK")
@@ -437,9 +446,49 @@ local function target_version(s, v)
   return plan.find(s.set, v)
 end
 
+local function backup_dir(cfg)
+  local dir = (cfg.backup and cfg.backup.dir) or "moonshift-backups"
+  if dir:sub(1, 1) ~= "/" then dir = cfg.root .. "/" .. dir end
+  return dir
+end
+
+-- Checks, before connecting or locking, what a backup needs: pg_dump, the directory.
+local function backup_preflight(cfg)
+  local pre, err = backup.preflight({ conninfo = cfg.database, dir = backup_dir(cfg),
+    pg_dump = cfg.backup and cfg.backup.pg_dump })
+  if not pre then return nil, err end
+  return true
+end
+
+-- Dumps the database (under the lock, before anything changes); nil, err (kind backup).
+function Session:backup()
+  local cfg = self.cfg
+  local res, err = backup.run({ conninfo = cfg.database, dir = backup_dir(cfg),
+    db_name = self.conn:info().dbname, pg_dump = cfg.backup and cfg.backup.pg_dump,
+    version = self.status.current and self.status.current.version or "0",
+    server_version_num = self.conn:server_version() })
+  if not res then
+    self.ui:event("backup_failed", { message = err.message })
+    return nil, errors.wrap("backup", err, "nothing was migrated")
+  end
+  self.restore_command = res.restore_command
+  self.ui:info(fmt("backup: %s (%s, %s)", config.display_path(res.path),
+    res.size >= 1048576 and fmt("%.1f MB", res.size / 1048576) or fmt("%d kB", res.size // 1024),
+    ui_mod.duration(res.elapsed_ms)))
+  self.ui:event("backup", { path = res.path, size = res.size, elapsed_ms = res.elapsed_ms,
+    restore_command = res.restore_command })
+  return res
+end
+
 --- Applies pending migrations (up to opts.to).
 -- @return { done = {...}, current = version } | nil, err
 function commands.up(cfg, ui, opts)
+  local want_backup = not opts.dry_run and (opts.backup_first or
+    (cfg.backup and cfg.backup.before_run))
+  if want_backup then
+    local ok, err = backup_preflight(cfg)
+    if not ok then return nil, err end
+  end
   return with_session(cfg, ui, not opts.dry_run, function(s)
     local ok, err = plan.check_runnable(s.status, cfg)
     if not ok then return nil, err end
@@ -459,8 +508,20 @@ function commands.up(cfg, ui, opts)
     ok, err = s:confirm(opts, fmt("Apply %d migration%s to %s?", #list, #list == 1 and "" or "s",
       s.label))
     if not ok then return nil, err end
+    if want_backup then
+      ok, err = s:open_log("up", list)
+      if not ok then return nil, err end
+      local b, berr = s:backup()
+      if not b then return nil, berr end
+    end
     local res, rerr = execute(s, list, "up", opts)
     if not res then return nil, rerr end
+    if want_backup and cfg.backup and cfg.backup.keep then
+      for _, path in ipairs(backup.prune(backup_dir(cfg), cfg.backup.keep,
+        s.conn:info().dbname) or {}) do
+        ui:info("pruned old backup " .. config.display_path(path))
+      end
+    end
     res.current, res.target = current_id(s.status), s.label
     return res
   end)
@@ -564,6 +625,8 @@ function commands.stamp(cfg, ui, opts)
     ok, err = s:confirm(opts, fmt("Record %s as the current version of %s without running " ..
       "anything?", to.id, s.label))
     if not ok then return nil, err end
+    ok, err = s.history:ensure()
+    if not ok then return nil, err end
     local h, changed = s.history, {}
     local function step(res, e)
       if not res then error(e, 0) end
@@ -604,6 +667,8 @@ function commands.force(cfg, ui, opts)
     local ok
     ok, err = s:confirm(opts, fmt("Mark %s as %s on %s without running anything?", m.id,
       opts.not_applied and "not applied" or "applied", s.label))
+    if not ok then return nil, err end
+    ok, err = s.history:ensure()
     if not ok then return nil, err end
     local h = s.history
     local steps = { function() return s.conn:exec("BEGIN") end }
@@ -655,6 +720,21 @@ function commands.check(cfg, ui)
   end
   st.verdict = problems > 0 and "refused" or (#st.pending > 0 and "pending" or "ok")
   return st
+end
+
+--- `moonshift backup`: a pg_dump of the database now, checked with pg_restore --list.
+-- @return { path, size, elapsed_ms, restore_command } | nil, err (kind backup)
+function commands.backup(cfg, ui)
+  local ok, err = backup_preflight(cfg)
+  if not ok then return nil, err end
+  return with_session(cfg, ui, false, function(s)
+    return s:backup()
+  end)
+end
+
+--- `moonshift backups`: the backups in the backup directory, oldest first.
+function commands.backups(cfg)
+  return { dir = backup_dir(cfg), backups = json.array(backup.list(backup_dir(cfg)) or {}) }
 end
 
 --- Re-runs the verify functions and .verify.sql of applied migrations (all, or the
@@ -719,10 +799,7 @@ function commands.api(cfg, ui)
     return res
   end
   function ms.history(o) return commands.history(cfg, ui, o or {}) end
-  function ms.backup(o)
-    if not commands.backup then return nil, errors.new("backup", "backup is not available") end
-    return commands.backup(cfg, ui, o or {})
-  end
+  function ms.backup(o) return commands.backup(cfg, ui, o or {}) end
   ms.log = { info = function(m) ui:info(tostring(m)) end,
     warn = function(m) ui:warn(tostring(m)) end }
   return ms

@@ -76,3 +76,34 @@ describe("interrupts and blocked migrations #e2e", function()
     assert.are.equal(1, value(uri, "SELECT count(*) FROM moonshift_migrations"))
   end)
 end)
+
+describe("progress on a terminal #e2e", function()
+  local c, dir, uri
+
+  lazy_setup(function() c = helpers.cluster() end)
+  lazy_teardown(function() if c then c:stop() end end)
+
+  it("shows a live line with the elapsed time under a pseudo-terminal, plain lines without", function()
+    if not fs.exists("/usr/bin/script") then
+      pending("script(1) from bsdutils is not installed")
+      return
+    end
+    dir = helpers.tmpdir()
+    uri = helpers.fresh_db(c)
+    helpers.write_files(dir, {
+      ["migrations/0001_slow.up.sql"] = "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g;\n" ..
+        "SELECT pg_sleep(2.5);\n",
+    })
+    local cmd = string.format("%s up -y -d '%s'", helpers.bin(), uri)
+    local env = helpers.env()
+    env.NO_COLOR = nil
+    local res = assert(proc.run({ "script", "-qfec", cmd, "/dev/null" }, { cwd = dir, env = env,
+      timeout = 60000 }))
+    assert.are.equal(0, res.code, res.stdout)
+    assert.matches("%[1/1%] 0001_slow  running  %d", res.stdout)
+    assert.matches("\r\27%[K%[1/1%] 0001_slow  ok", res.stdout)
+    local plain = helpers.run({ "down", "-y", "-d", uri }, { cwd = dir })
+    assert.is_nil(plain.stderr:find("running", 1, true))
+    helpers.rmdir(dir)
+  end)
+end)
