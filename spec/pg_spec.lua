@@ -375,6 +375,14 @@ describe("moonshift.pg", function()
       local now, bound = clock()
       local start = now()
       assert(conn:send_query("select pg_sleep(30)"))
+      -- a cancel that arrives before the query starts is lost: wait until it runs
+      local watcher <close> = assert(pg.connect(server.uri))
+      for _ = 1, 200 do
+        local rows = assert(watcher:query("select count(*) as n from pg_stat_activity " ..
+          "where pid = $1 and state = 'active'", conn:backend_pid()))
+        if rows[1].n > 0 then break end
+        require("moonshift.proc").sleep(10)
+      end
       assert.is_true(conn:cancel())
       local rows, err = conn:get_result()
       assert.is_nil(rows)
