@@ -80,7 +80,7 @@ end
 -- @return boolean
 function Lock:held()
   local rows = self.conn:query([[
-    SELECT count(*) AS n FROM pg_catalog.pg_locks
+    SELECT pg_catalog.count(*) AS n FROM pg_catalog.pg_locks
     WHERE locktype = 'advisory' AND granted AND pid = pg_catalog.pg_backend_pid()
       AND classid::bigint = $1 AND objsubid = 2]], CLASS)
   return rows ~= nil and rows[1].n > 0

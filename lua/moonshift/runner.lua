@@ -296,7 +296,10 @@ function Runner:_steps(m, direction, statements, begun)
     local g = global[name]
     if g then hook(name, g.fn, config.display_path(g.path)) end
   end
-  local head = { self:_timeouts_item(m, true) }
+  -- Each migration starts from a clean session: one that ran `SET search_path` or
+  -- `SET ROLE` without LOCAL must not change what the next one does.
+  local head = { { text = "RESET ALL" }, { text = "SET client_encoding = 'UTF8'" },
+    self:_timeouts_item(m, true) }
   if not begun then table.insert(head, 1, { text = "BEGIN" }) end
   items(head)
   global_hook("before_each")
@@ -441,6 +444,8 @@ function Runner:_autocommit(m, direction, statements, path)
     { transaction = false }) end
   if ok then ok, err = h:sync_compat(m.version, true) end
   if ok then ok, err = self:_exec("COMMIT") else self.conn:exec("ROLLBACK") end
+  if not ok then return nil, err end
+  ok, err = self:_exec("RESET ALL; SET client_encoding = 'UTF8'")
   if not ok then return nil, err end
   local t = self:_timeouts_item(m, false)
   ok, err = self:_exec(t.text, table.unpack(t.params, 1, t.params.n))

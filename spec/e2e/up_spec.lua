@@ -208,3 +208,25 @@ describe("moonshift up #e2e", function()
     end
   end)
 end)
+
+describe("session state between migrations #e2e", function()
+  local c, dir, uri
+  lazy_setup(function() c = helpers.cluster() end)
+  lazy_teardown(function() if c then c:stop() end end)
+
+  it("a migration's SET search_path does not leak into the next one or the history", function()
+    dir = helpers.tmpdir()
+    uri = helpers.fresh_db(c)
+    helpers.write_files(dir, {
+      ["migrations/0001_other.up.sql"] = "CREATE SCHEMA other;\nSET search_path = other;\n" ..
+        "CREATE TABLE moonshift_migrations (x int);\n",
+      ["migrations/0002_t.up.sql"] = "CREATE TABLE t (id int);\n",
+    })
+    local res = helpers.run({ "up", "-y", "-d", uri }, { cwd = dir })
+    helpers.rmdir(dir)
+    assert.are.equal(0, res.code, res.stderr)
+    assert.are.equal("t", value(uri, "SELECT to_regclass('public.t')::text"))
+    assert.are.equal(2, value(uri, "SELECT count(*) FROM public.moonshift_migrations"))
+    assert.are.equal(0, value(uri, "SELECT count(*) FROM other.moonshift_migrations"))
+  end)
+end)
