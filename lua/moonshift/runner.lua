@@ -24,6 +24,14 @@ local TX_CONTROL = {
   "^rollback", "^abort",
 }
 
+--- Whether a pg error means the connection is gone: libpq lost it, or the server is
+-- ending the session (57P01 terminated by an administrator, 57P02 crash, 08xxx).
+function runner.connection_error(err)
+  local state = err and err.sqlstate or ""
+  return err ~= nil and (err.kind == "connection_lost" or state:match("^57P0[123]") ~= nil or
+    state:match("^08") ~= nil)
+end
+
 --- A runner over one connection.
 -- @param opts table: conn, history, cfg, ui, run_id, emit (function(event, fields)), dry_run
 function runner.new(opts)
@@ -371,7 +379,7 @@ function Runner:_transactional(m, direction, statements, path)
       local timings, at, err = self:run_items(batch, false)
       if not timings then
         local failed = at_step[at]
-        if err.kind == "connection_lost" then
+        if runner.connection_error(err) then
           return abort(errors.new("connect", fmt("lost the connection during %s: %s. The " ..
             "server rolls back an unfinished transaction, so %s is not applied; check " ..
             "`moonshift status` once the server is reachable", m.id, tostring(err.message),

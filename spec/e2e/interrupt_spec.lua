@@ -59,6 +59,22 @@ describe("interrupts and blocked migrations #e2e", function()
     end)
   end
 
+  it("a backend terminated mid-migration exits 4, reports it not applied, and the next run proceeds", function()
+    local a = spawn({ "up", "-y", "-d", uri }, dir)
+    wait_for_query(uri, "%pg_sleep%")
+    helpers.query(uri, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity " ..
+      "WHERE query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()")
+    local res = a:wait(20000)
+    assert.are.equal(4, res.code, res.stderr)
+    assert.matches("0002_sleep is not applied", res.stderr)
+    assert.matches("terminating connection due to administrator command", res.stderr)
+    assert.are.equal(1, value(uri, "SELECT count(*) FROM moonshift_migrations"))
+    assert.is_nil(value(uri, "SELECT to_regclass('b')::text"))
+    helpers.write_files(dir, { ["migrations/0002_sleep.up.sql"] = "CREATE TABLE b (id int);\n" })
+    local again = helpers.run({ "up", "-y", "-d", uri }, { cwd = dir })
+    assert.are.equal(0, again.code, again.stderr)
+  end)
+
   it("retries a migration blocked by an ACCESS EXCLUSIVE lock, then names the blocker", function()
     assert.are.equal(0, helpers.run({ "up", "-y", "-d", uri, "--to", "1" }, { cwd = dir }).code)
     helpers.write_files(dir, { ["migrations/0002_sleep.up.sql"] = "ALTER TABLE a ADD COLUMN x int;\n" })
