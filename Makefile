@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build deps test test-asan fuzz demo bench install clean
+.PHONY: all build deps test test-asan test-matrix fuzz demo bench install clean
 
 all: build
 
@@ -22,6 +22,9 @@ test-asan: deps
 	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMOONSHIFT_SANITIZE=ON >/dev/null
 	@cmake --build build-asan -j $(JOBS)
 	@cd build-asan && ctest --output-on-failure
+
+test-matrix: build
+	@scripts/test-matrix.sh
 
 fuzz:
 	@scripts/deps.sh clang-14 libclang-rt-14-dev

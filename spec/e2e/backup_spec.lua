@@ -9,7 +9,13 @@ local value = helpers.value
 describe("backups and the run log #e2e", function()
   local c, dir, uri
 
-  lazy_setup(function() c = helpers.cluster() end)
+  -- Debian's pg_dump 15 cannot dump a newer server (the version matrix runs 18)
+  local server_newer
+
+  lazy_setup(function()
+    c = helpers.cluster()
+    server_newer = tonumber(helpers.value(c.uri, "SHOW server_version_num")) >= 160000
+  end)
   lazy_teardown(function() if c then c:stop() end end)
   before_each(function()
     dir = helpers.tmpdir()
@@ -33,6 +39,13 @@ describe("backups and the run log #e2e", function()
 
   it("backs up first, and the printed restore command returns the database to before the run", function()
     assert.are.equal(0, helpers.run({ "up", "-y", "--to", "2", "-d", uri }, { cwd = dir }).code)
+    if server_newer then
+      local res = helpers.run({ "up", "-y", "--backup-first", "-d", uri }, { cwd = dir })
+      assert.are.equal(10, res.code)
+      assert.matches("pg_dump 15%.%d+ at %S+ is older than the server %(1[6-9]", res.stderr)
+      assert.are.equal(2, value(uri, "SELECT count(*) FROM moonshift_migrations"))
+      return
+    end
     local dbname = uri:match("^postgresql:///([^?]+)")
     local before = dump_schema(dbname)
     local res = helpers.run({ "up", "-y", "--backup-first", "-d", uri }, { cwd = dir })
@@ -69,7 +82,7 @@ describe("backups and the run log #e2e", function()
   it("gives pg_dump the password only through its environment", function()
     local fake = dir .. "/fake_pg_dump"
     helpers.write_files(dir, { ["fake_pg_dump"] = "#!/bin/sh\n" ..
-      "if [ \"$1\" = --version ]; then echo 'pg_dump (PostgreSQL) 15.99'; exit 0; fi\n" ..
+      "if [ \"$1\" = --version ]; then echo 'pg_dump (PostgreSQL) 99.0'; exit 0; fi\n" ..
       "printf '%s\\n' \"$@\" > " .. dir .. "/argv\nenv > " .. dir .. "/environ\nexit 1\n",
       ["pg_restore"] = "#!/bin/sh\nexit 1\n",
       ["migrate.lua"] = "return { backup = { pg_dump = '" .. fake .. "' } }\n" })
@@ -87,7 +100,7 @@ describe("backups and the run log #e2e", function()
   it("writes a run log whose failure records have every field", function()
     assert.are.equal(0, helpers.run({ "up", "-y", "--to", "1", "-d", uri }, { cwd = dir }).code)
     local secret = uri:gsub("^postgresql://", "postgresql://postgres:canarySECRET@")
-    local res = helpers.run({ "up", "-y", "--backup-first", "-d", secret,
+    local res = helpers.run({ "up", "-y", server_newer and "-q" or "--backup-first", "-d", secret,
       "--log-file", dir .. "/run.log" }, { cwd = dir })
     assert.are.equal(6, res.code)
     assert.are.equal(tonumber("600", 8), fs.stat(dir .. "/run.log").mode)
@@ -106,7 +119,7 @@ describe("backups and the run log #e2e", function()
     assert.are.equal("0003", start.to)
     assert.are.equal(64, #start.plan[1].sha256)
     assert.matches("0002_b%.up%.sql$", start.plan[1].file)
-    assert.is_truthy(by.backup.path)
+    if not server_newer then assert.is_truthy(by.backup.path) end
     assert.is_truthy(by.statement.elapsed_ms)
     local failed = by.migration_failed
     assert.are.equal("0003_bad", failed.id)
@@ -114,7 +127,7 @@ describe("backups and the run log #e2e", function()
     assert.are.equal(3, failed.line)
     assert.matches("0003_bad%.up%.sql", failed.file)
     assert.matches("SELECT nosuch", failed.sql)
-    assert.matches("pg_restore", failed.restore_command)
+    if not server_newer then assert.matches("pg_restore", failed.restore_command) end
     assert.is_truthy(by.run_failed)
   end)
 
