@@ -84,6 +84,29 @@ function helpers.value(uri, sql, ...)
   return v
 end
 
+--- The user schema as text (columns, constraints, indexes, views), for comparing before
+-- and after when no pg_dump matches the server; moonshift's own tables left out.
+function helpers.schema_fingerprint(uri)
+  local parts = {}
+  local queries = {
+    [[SELECT table_name || '.' || column_name || ' ' || data_type || ' ' || is_nullable ||
+             ' ' || COALESCE(column_default, '') AS x
+      FROM information_schema.columns WHERE table_schema = 'public'
+        AND table_name NOT LIKE 'moonshift%' ORDER BY 1]],
+    [[SELECT conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid) AS x
+      FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+        AND conrelid::regclass::text NOT LIKE 'moonshift%' ORDER BY 1]],
+    [[SELECT indexdef AS x FROM pg_indexes WHERE schemaname = 'public'
+        AND tablename NOT LIKE 'moonshift%' ORDER BY 1]],
+    [[SELECT table_name || ' ' || view_definition AS x FROM information_schema.views
+      WHERE table_schema = 'public' ORDER BY 1]],
+  }
+  for _, q in ipairs(queries) do
+    for _, row in ipairs(helpers.query(uri, q)) do parts[#parts + 1] = row.x end
+  end
+  return table.concat(parts, "\n")
+end
+
 --- A fresh temp directory (remove it with helpers.rmdir).
 function helpers.tmpdir()
   return assert(fs.mkdtemp("/tmp/moonshift-spec-"))
