@@ -1,10 +1,166 @@
-/* moonshift.sql (placeholder until the binding lands). */
+/* moonshift.sql: cuts a migration into the statements psql would send (see splitter.h). */
 #include <lauxlib.h>
 #include <lua.h>
 
-int luaopen_moonshift_sql(lua_State *L);
+#include "modules.h"
+#include "splitter.h"
+
+#define RESULT_META "moonshift.sql.result"
+#define ERROR_META "moonshift.sql.error"
+
+/* The splitter's arrays live in a userdata while the Lua tables are built, so a memory
+ * error raised by Lua frees them from __gc instead of leaking them. */
+struct result {
+    struct split_result r;
+    int live;
+};
+
+static void release(struct result *res) {
+    if (res->live) {
+        split_free(&res->r);
+        res->live = 0;
+    }
+}
+
+static int result_gc(lua_State *L) {
+    release(luaL_checkudata(L, 1, RESULT_META));
+    return 0;
+}
+
+static int error_tostring(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "line");
+    lua_getfield(L, 1, "message"); // [err, line, message]
+    const char *message = luaL_tolstring(L, 3, NULL);
+    const char *line = luaL_tolstring(L, 2, NULL);
+    lua_pushfstring(L, "line %s: %s", line, message);
+    return 1;
+}
+
+/* Field names and kind strings sit on the stack from index 3 on, so each field is a
+ * pushvalue and a rawset instead of a C-string lookup. */
+enum {
+    K_TEXT = 3,
+    K_LINE,
+    K_COLUMN,
+    K_END_LINE,
+    K_KIND,
+    K_COPY_DATA,
+    K_META,
+    V_SQL,
+    V_COPY,
+    V_META
+};
+static const char *const stack_strings[] = {"text",      "line", "column", "end_line", "kind",
+                                            "copy_data", "meta", "sql",    "copy",     "meta"};
+
+static void set_integer(lua_State *L, int key, size_t v) {
+    lua_pushvalue(L, key);
+    lua_pushinteger(L, (lua_Integer)v);
+    lua_rawset(L, -3);
+}
+
+static void push_statement(lua_State *L, const char *text, const struct split_result *r,
+                           const struct split_stmt *st) {
+    lua_createtable(L, 0, 6); // [.., stmt]
+    lua_pushvalue(L, K_TEXT);
+    if (st->drop_count == 0) {
+        lua_pushlstring(L, text + st->start, st->len);
+    } else {
+        luaL_Buffer b;
+        char *out = luaL_buffinitsize(L, &b, st->len);
+        luaL_pushresultsize(&b, split_text(text, r, st, out));
+    }
+    lua_rawset(L, -3);
+    set_integer(L, K_LINE, st->line);
+    set_integer(L, K_COLUMN, st->column);
+    set_integer(L, K_END_LINE, st->end_line);
+    lua_pushvalue(L, K_KIND);
+    lua_pushvalue(L, st->kind == SPLIT_COPY ? V_COPY : st->kind == SPLIT_META ? V_META : V_SQL);
+    lua_rawset(L, -3);
+    if (st->kind == SPLIT_COPY) {
+        lua_pushvalue(L, K_COPY_DATA);
+        lua_pushlstring(L, text + st->data_start, st->data_len);
+        lua_rawset(L, -3);
+    } else if (st->kind == SPLIT_META) {
+        lua_pushvalue(L, K_META);
+        lua_pushlstring(L, text + st->start, st->word_len);
+        lua_rawset(L, -3);
+    }
+}
+
+/* Builds the statement list from the result at index 2 (text at 1), under lua_pcall. */
+static int build_list(lua_State *L) {
+    const char *text = lua_tostring(L, 1);
+    struct result *res = lua_touserdata(L, 2);
+    luaL_checkstack(L, (int)(sizeof stack_strings / sizeof *stack_strings) + 8, NULL);
+    for (size_t i = 0; i < sizeof stack_strings / sizeof *stack_strings; i++)
+        lua_pushstring(L, stack_strings[i]); // [text, res, keys and kinds...]
+    lua_createtable(L, res->r.count > 0x7fffffff ? 0x7fffffff : (int)res->r.count, 0);
+    for (size_t i = 0; i < res->r.count; i++) { // [text, res, strings..., list]
+        push_statement(L, text, &res->r, &res->r.stmts[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 1;
+}
+
+/* sql.split(text) -> { {text, line, column, end_line, kind, copy_data?, meta?}, ... }
+ *                  | nil, {message, line, column} */
+static int sql_split(lua_State *L) {
+    size_t len;
+    const char *text = luaL_checklstring(L, 1, &len);
+    struct result *res = lua_newuserdatauv(L, sizeof *res, 0); // [text, res]
+    res->live = 0;
+    luaL_setmetatable(L, RESULT_META);
+    int rc = split_sql(text, len, &res->r);
+    res->live = 1;
+    if (rc == SPLIT_ENOMEM)
+        return luaL_error(L, "not enough memory to split %I bytes of SQL", (lua_Integer)len);
+    if (rc == SPLIT_EINPUT) {
+        const struct split_error *e = &res->r.error;
+        lua_pushnil(L);
+        lua_createtable(L, 0, 3);
+        lua_pushstring(L, e->message);
+        lua_setfield(L, -2, "message");
+        lua_pushinteger(L, (lua_Integer)e->line);
+        lua_setfield(L, -2, "line");
+        lua_pushinteger(L, (lua_Integer)e->column);
+        lua_setfield(L, -2, "column");
+        luaL_setmetatable(L, ERROR_META);
+        release(res);
+        return 2;
+    }
+    /* Nothing built here is garbage, so the collector would only walk the growing list
+     * again and again: pause it, and restart it whatever happens. */
+    int collecting = lua_gc(L, LUA_GCISRUNNING);
+    if (collecting)
+        lua_gc(L, LUA_GCSTOP);
+    lua_pushcfunction(L, build_list);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    int status = lua_pcall(L, 2, 1, 0); // [text, res, list or error]
+    if (collecting)
+        lua_gc(L, LUA_GCRESTART);
+    release(res);
+    if (status != LUA_OK)
+        return lua_error(L);
+    return 1;
+}
+
+static void create_meta(lua_State *L) {
+    static const luaL_Reg result_meta[] = {{"__gc", result_gc}, {NULL, NULL}};
+    static const luaL_Reg error_meta[] = {{"__tostring", error_tostring}, {NULL, NULL}};
+    luaL_newmetatable(L, RESULT_META);
+    luaL_setfuncs(L, result_meta, 0);
+    lua_pop(L, 1);
+    luaL_newmetatable(L, ERROR_META);
+    luaL_setfuncs(L, error_meta, 0);
+    lua_pop(L, 1);
+}
 
 int luaopen_moonshift_sql(lua_State *L) {
-    lua_newtable(L);
+    static const luaL_Reg funcs[] = {{"split", sql_split}, {NULL, NULL}};
+    create_meta(L);
+    luaL_newlib(L, funcs);
     return 1;
 }
