@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build deps test test-asan test-matrix fuzz demo bench install clean
+.PHONY: all build deps test test-asan test-matrix test-soak fuzz demo bench install clean
 
 all: build
 
@@ -22,6 +22,11 @@ test-asan: deps
 	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMOONSHIFT_SANITIZE=ON >/dev/null
 	@cmake --build build-asan -j $(JOBS)
 	@cd build-asan && ctest --output-on-failure
+
+SOAK_RUNS ?= 100
+test-soak: build
+	@MOONSHIFT_SOAK_RUNS=$(SOAK_RUNS) MOONSHIFT_BIN=$(BUILD)/moonshift MOONSHIFT_LUA_DIR= \
+		$(BUILD)/moonshift --run-lua spec/busted.lua --tags=soak --exclude-tags=none spec/soak
 
 test-matrix: build
 	@scripts/test-matrix.sh
