@@ -71,19 +71,44 @@ function runner.check_statements(statements, path)
   return true
 end
 
--- Line and column in the file of a 1-based character position inside a statement.
-local function locate(stmt, position)
+-- Byte offset in `source` of line `line`, column `col` (both 1-based, columns in bytes).
+local function offset_of(source, line, col)
+  local pos = 1
+  for _ = 2, line do
+    local nl = source:find("\n", pos, true)
+    if not nl then return nil end
+    pos = nl + 1
+  end
+  return pos + col - 1
+end
+
+-- Line and column in the file of a 1-based character position inside a statement. psql
+-- (and so the splitter) drops blank lines inside a statement, so the statement's text is
+-- walked against the file's, skipping what was dropped.
+local function locate(stmt, position, source)
   if not position or position < 1 then return stmt.line, stmt.column end
   local text = stmt.text
-  local byte = utf8.offset(text, position) or math.min(position, #text + 1)
-  local prefix = text:sub(1, byte - 1)
-  local line, last_nl = stmt.line, nil
-  for nl in prefix:gmatch("()\n") do
-    line = line + 1
-    last_nl = nl
+  local target = utf8.offset(text, position) or math.min(position, #text + 1)
+  local i = source and offset_of(source, stmt.line, stmt.column)
+  local first_line = text:match("^[^\n]*")
+  if not i or source:sub(i, i + #first_line - 1) ~= first_line then
+    source, i = text, 1 -- a section of a larger file (dbmate, goose): count in the text
   end
-  local tail = last_nl and prefix:sub(last_nl + 1) or prefix
-  local col = (utf8.len(tail) or #tail) + (last_nl and 1 or stmt.column)
+  local line, col, j = stmt.line, stmt.column, 1
+  while j < target and i <= #source do
+    local c = source:sub(i, i)
+    if c == text:sub(j, j) then
+      j = j + 1
+    elseif c ~= "\n" and c ~= "\r" and c ~= " " and c ~= "\t" then
+      break -- not a dropped blank line: stop rather than guess
+    end
+    if c == "\n" then
+      line, col = line + 1, 1
+    elseif c:byte() < 0x80 or c:byte() >= 0xC0 then
+      col = col + 1 -- count characters, not UTF-8 continuation bytes
+    end
+    i = i + 1
+  end
   return line, col
 end
 
@@ -101,8 +126,9 @@ end
 
 --- The error of a failed statement: file:line:col, SQLSTATE, message, detail, hint.
 local function statement_error(m, path, stmt, err, state_text)
+  local source = path == m.up_path and m.up_sql or m.down_sql
   path = config.display_path(path)
-  local line, col = locate(stmt, err.position)
+  local line, col = locate(stmt, err.position, source)
   local parts = {
     fmt("%s failed; %s", m.id, state_text),
     fmt("  at %s:%d:%d", path, line, col),

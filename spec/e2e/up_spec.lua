@@ -146,6 +146,11 @@ describe("moonshift up #e2e", function()
     assert.are.equal(6, res.code)
     assert.matches("0003_posts%.up%.sql:3:3", res.stderr)
     assert.matches("ERROR 42703", res.stderr)
+    -- psql drops blank lines inside a statement; the position still maps to the file
+    helpers.write_files(dir, { ["migrations/0003_posts.up.sql"] =
+      "CREATE TABLE posts (id int PRIMARY KEY);\nSELECT 1,\n\n\n   nosuchcol FROM posts;\n" })
+    res = ms({ "up", "-y" })
+    assert.matches("0003_posts%.up%.sql:5:4", res.stderr)
   end)
 
   it("a dry run prints the SQL and changes nothing", function()
