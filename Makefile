@@ -36,7 +36,7 @@ fuzz:
 	@CC=clang-14 cmake -S . -B build-fuzz -DMOONSHIFT_FUZZ=ON >/dev/null
 	@cmake --build build-fuzz --target fuzz_splitter -j $(JOBS)
 	@mkdir -p build-fuzz/corpus
-	@cp tests/fuzz_seeds/* build-fuzz/corpus/ 2>/dev/null || true
+	@cp tests/fuzz_seeds/* spec/fixtures/split/* build-fuzz/corpus/ 2>/dev/null || true
 	build-fuzz/fuzz_splitter -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus
 
 demo: build

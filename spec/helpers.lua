@@ -56,6 +56,24 @@ function helpers.run(args, opts)
   return res
 end
 
+--- Starts moonshift in the background (for signals and kills); returns the process handle.
+function helpers.spawn(args, dir)
+  local argv = { helpers.bin() }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return assert(proc.spawn(argv, { cwd = dir, env = helpers.env() }))
+end
+
+--- Waits until a backend other than ours runs an active query LIKE pattern.
+function helpers.wait_for_query(uri, pattern)
+  for _ = 1, 300 do
+    local n = helpers.value(uri, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' " ..
+      "AND pid <> pg_backend_pid() AND query LIKE $1", pattern)
+    if n > 0 then return true end
+    proc.sleep(50)
+  end
+  error("no backend ran " .. pattern)
+end
+
 --- Starts a throwaway cluster (stop it in lazy_teardown).
 function helpers.cluster(opts)
   return assert(cluster.start(opts))

@@ -155,6 +155,25 @@ function Session:runner()
     end })
 end
 
+-- History writes without a migration (stamp, force), in one transaction: fn(must) calls
+-- must(ok, err) on each write; the first failure rolls everything back.
+function Session:bookkeeping(what, fn)
+  local ok, err = self.history:ensure()
+  if not ok then return nil, err end
+  local function must(res, e)
+    if not res then error(e, 0) end
+    return res
+  end
+  local pok, perr = pcall(function()
+    must(self.conn:exec("BEGIN"))
+    fn(must)
+    must(self.conn:exec("COMMIT"))
+  end)
+  if pok then return true end
+  self.conn:exec("ROLLBACK")
+  return nil, errors.wrap("sql", perr, what .. " failed and was rolled back")
+end
+
 -- Starts the run log (once a change is confirmed): beside the backups unless configured.
 function Session:open_log(direction, list)
   local cfg = self.cfg
@@ -625,35 +644,25 @@ function commands.stamp(cfg, ui, opts)
     ok, err = s:confirm(opts, fmt("Record %s as the current version of %s without running " ..
       "anything?", to.id, s.label))
     if not ok then return nil, err end
-    ok, err = s.history:ensure()
-    if not ok then return nil, err end
     local h, changed = s.history, {}
-    local function step(res, e)
-      if not res then error(e, 0) end
-    end
-    local pok, perr = pcall(function()
-      step(s.conn:exec("BEGIN"))
+    ok, err = s:bookkeeping("stamp", function(must)
       for _, m in ipairs(s.set.migrations) do
         local row = s.status.rows[m]
         if version.compare(m.version, to.version) <= 0 then
           if not row or row.state ~= "applied" or row.checksum ~= m.checksum then
-            step(h:record(m, "applied", nil, s.run_id))
-            step(h:event("stamp", m, s.run_id))
+            must(h:record(m, "applied", nil, s.run_id))
+            must(h:event("stamp", m, s.run_id))
             changed[#changed + 1] = m.id
           end
         elseif row then
-          step(h:remove(m.version))
-          step(h:event("unstamp", m, s.run_id))
+          must(h:remove(m.version))
+          must(h:event("unstamp", m, s.run_id))
           changed[#changed + 1] = m.id
         end
       end
-      step(h:sync_compat(to.version, false))
-      step(s.conn:exec("COMMIT"))
+      must(h:sync_compat(to.version, false))
     end)
-    if not pok then
-      s.conn:exec("ROLLBACK")
-      return nil, errors.wrap("sql", perr, "stamp failed and was rolled back")
-    end
+    if not ok then return nil, err end
     return { stamped = to.id, changed = changed, target = s.label }
   end)
 end
@@ -668,29 +677,17 @@ function commands.force(cfg, ui, opts)
     ok, err = s:confirm(opts, fmt("Mark %s as %s on %s without running anything?", m.id,
       opts.not_applied and "not applied" or "applied", s.label))
     if not ok then return nil, err end
-    ok, err = s.history:ensure()
-    if not ok then return nil, err end
     local h = s.history
-    local steps = { function() return s.conn:exec("BEGIN") end }
-    if opts.not_applied then
-      steps[#steps + 1] = function() return h:remove(m.version) end
-    else
-      steps[#steps + 1] = function() return h:record(m, "applied", nil, s.run_id) end
-    end
-    steps[#steps + 1] = function()
-      return h:event("force", m, s.run_id, { applied = not opts.not_applied })
-    end
-    steps[#steps + 1] = function()
-      return h:sync_compat(not opts.not_applied and m.version or nil, false)
-    end
-    steps[#steps + 1] = function() return s.conn:exec("COMMIT") end
-    for _, f in ipairs(steps) do
-      local res, serr = f()
-      if not res then
-        s.conn:exec("ROLLBACK")
-        return nil, errors.wrap("sql", serr, "force failed and was rolled back")
+    ok, err = s:bookkeeping("force", function(must)
+      if opts.not_applied then
+        must(h:remove(m.version))
+      else
+        must(h:record(m, "applied", nil, s.run_id))
       end
-    end
+      must(h:event("force", m, s.run_id, { applied = not opts.not_applied }))
+      must(h:sync_compat(not opts.not_applied and m.version or nil, false))
+    end)
+    if not ok then return nil, err end
     return { forced = m.id, applied = not opts.not_applied, target = s.label }
   end)
 end

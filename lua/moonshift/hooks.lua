@@ -37,7 +37,8 @@ local SECRET_ENV = {
   PGSERVICEFILE = true,
 }
 
-local function head_of(sql)
+--- A statement's first words, lowercased, after its leading whitespace and comments.
+function hooks.statement_head(sql)
   local s = sql
   while true do
     local before = s
@@ -82,7 +83,7 @@ function hooks.db(conn, expect)
   local db = {}
   local function run(sql, ...)
     if type(sql) ~= "string" then error("SQL must be a string", 3) end
-    local head = head_of(sql)
+    local head = hooks.statement_head(sql)
     for _, rule in ipairs(DENIED) do
       if head:find(rule[1]) then
         error(errors.new("hook", rule[2] .. " is not allowed in a hook: moonshift runs the " ..

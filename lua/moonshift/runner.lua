@@ -41,24 +41,12 @@ function runner.new(opts)
   return self
 end
 
-local function strip_comments(text)
-  local s = text
-  while true do
-    local before = s
-    s = s:gsub("^%s+", ""):gsub("^%-%-[^\n]*\n?", "")
-    if s:sub(1, 2) == "/*" then
-      local close = s:find("*/", 3, true)
-      s = close and s:sub(close + 2) or ""
-    end
-    if s == before then return s end
-  end
-end
 
 --- Refuses statements that would break the one-transaction guarantee.
 -- @return true | nil, err (kind usage)
 function runner.check_statements(statements, path)
   for _, stmt in ipairs(statements) do
-    local head = strip_comments(stmt.text):lower()
+    local head = hooks.statement_head(stmt.text)
     for _, pattern in ipairs(TX_CONTROL) do
       if head:find(pattern) then
         return nil, errors.new("usage", fmt("%s:%d: %s: moonshift runs each migration in its " ..

@@ -6,21 +6,7 @@ local helpers = require("spec.helpers")
 
 local value = helpers.value
 
-local function spawn(args, dir)
-  local argv = { helpers.bin() }
-  for _, a in ipairs(args) do argv[#argv + 1] = a end
-  return assert(proc.spawn(argv, { cwd = dir, env = helpers.env() }))
-end
-
-local function wait_for_query(uri, pattern)
-  for _ = 1, 300 do
-    local n = value(uri, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' " ..
-      "AND pid <> pg_backend_pid() AND query LIKE $1", pattern)
-    if n > 0 then return true end
-    proc.sleep(50)
-  end
-  error("no backend ran " .. pattern)
-end
+local spawn, wait_for_query = helpers.spawn, helpers.wait_for_query
 
 describe("interrupts and blocked migrations #e2e", function()
   local c, dir, uri

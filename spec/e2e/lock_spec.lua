@@ -4,22 +4,7 @@ local helpers = require("spec.helpers")
 
 local value = helpers.value
 
-local function spawn(args, dir)
-  local argv = { helpers.bin() }
-  for _, a in ipairs(args) do argv[#argv + 1] = a end
-  return assert(proc.spawn(argv, { cwd = dir, env = helpers.env() }))
-end
-
--- Waits until a backend other than ours runs a query matching pattern.
-local function wait_for_query(uri, pattern)
-  for _ = 1, 300 do
-    local n = value(uri, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' " ..
-      "AND pid <> pg_backend_pid() AND query LIKE $1", pattern)
-    if n > 0 then return true end
-    proc.sleep(50)
-  end
-  error("no backend ran " .. pattern)
-end
+local spawn, wait_for_query = helpers.spawn, helpers.wait_for_query
 
 describe("run lock and kills #e2e", function()
   local c, dir, uri
