@@ -11,8 +11,9 @@ local db_counter = 0
 --- Path of the moonshift binary under test.
 function helpers.bin()
   local bin = os.getenv("MOONSHIFT_BIN")
-  if bin and bin ~= "" then return bin end
-  return "build/moonshift"
+  if not bin or bin == "" then bin = "build/moonshift" end
+  if bin:sub(1, 1) ~= "/" then bin = helpers.root() .. "/" .. bin end -- children run elsewhere
+  return bin
 end
 
 --- Absolute path of the repository root (specs run from it).
