@@ -436,11 +436,12 @@ local function execute(s, list, direction, opts)
     -- The lock lives on its own connection, which no migration can touch; what can go
     -- wrong is that connection dropping, so look at most once a second (and at the end).
     local now = fs.clock_ms()
-    if s.lock and (i == #list or now - (s.lock_checked or 0) >= 1000) and not s.lock:held() then
+    local check = s.lock and (i == #list or now - (s.lock_checked or 0) >= 1000)
+    if check then s.lock_checked = now end
+    if check and not s.lock:held() then
       return failed(m, errors.new("refused", fmt("the run lock was lost after %s (its " ..
         "connection dropped); stopped before the next migration. Re-run to continue", m.id)))
     end
-    if s.lock then s.lock_checked = now end
   end
   if direction == "up" and not opts.to then
     for _, rep in ipairs(s.status.repeatables) do
