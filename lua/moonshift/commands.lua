@@ -326,6 +326,12 @@ local function ticker(s, i, n, m)
   end
 end
 
+-- The statement_timeout moonshift sets for a migration, if any.
+local function cfg_timeout(cfg, m)
+  local ms = (m.companion or {}).statement_timeout_ms or cfg.statement_timeout_ms
+  return ms and ui_mod.duration(ms) or nil
+end
+
 -- Runs a list of migrations in one direction, one transaction each (or all in one).
 local function execute(s, list, direction, opts)
   local done, started = {}, fs.clock_ms()
@@ -369,6 +375,17 @@ local function execute(s, list, direction, opts)
         "`moonshift status`" or "rolled back, nothing of it was applied"))
     end
     if err.kind == "interrupted" then err.exit_code = select(2, host.interrupted()) end
+    if err.sqlstate == "57014" then
+      -- a statement timeout: say which setting and where it came from
+      local rows = s.conn:query("SELECT setting, source FROM pg_catalog.pg_settings " ..
+        "WHERE name = 'statement_timeout'")
+      local row = rows and rows[1]
+      local mine = cfg_timeout(s.cfg, m)
+      err.message = err.message .. fmt("\n  statement_timeout was %s (%s); change it with " ..
+        "--statement-timeout or statement_timeout in migrate.lua or the migration's .lua",
+        mine or (row and (row.setting .. "ms") or "?"),
+        mine and "set by moonshift" or ("from the server's " .. (row and row.source or "?")))
+    end
     if err.sqlstate == "55P03" and s.last_blocker then
       err.message = err.message .. "\n  blocked by " .. s.last_blocker
     end

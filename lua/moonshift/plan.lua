@@ -84,9 +84,14 @@ function plan.check_runnable(st, cfg)
       d.row.applied_at, tostring(d.row.run_id), d.migration.version, d.migration.version))
   end
   if st.drift[1] then
+    local d = st.drift[1]
     return nil, errors.new("refused", "applied migrations changed on disk since they ran: " ..
-      names(st.drift, function(d) return d.migration.id end) ..
-      ". Restore the files (git) or record a new migration instead of editing an applied one")
+      names(st.drift, function(x) return x.migration.id end) ..
+      fmt(".\n  %s (%s) ran at %s (run %s) with sha256 %s; the file now has %s.\n  " ..
+      "Restore the files (git), or put the change in a new migration; if the edit is " ..
+      "harmless, `moonshift stamp` records the files as they are", d.migration.id,
+      config.display_path(d.migration.up_path), tostring(d.row.applied_at),
+      tostring(d.row.run_id), d.row.checksum:sub(1, 12), d.migration.checksum:sub(1, 12)))
   end
   if st.missing[1] then
     return nil, errors.new("refused", "applied migrations have no file: " ..

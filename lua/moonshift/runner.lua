@@ -1,5 +1,6 @@
 -- Applies and reverts migrations: one transaction each, statements pipelined and timed.
 local fs = require("moonshift.fs")
+local pg = require("moonshift.pg")
 local proc = require("moonshift.proc")
 local errors = require("moonshift.errors")
 local config = require("moonshift.config")
@@ -253,9 +254,13 @@ function Runner:_timeouts_item(m, is_local)
   local companion = m.companion or {}
   local lt = companion.lock_timeout_ms or self.cfg.lock_timeout_ms
   local st = companion.statement_timeout_ms or self.cfg.statement_timeout_ms
-  return { text = "SELECT pg_catalog.set_config('lock_timeout', $1, $3), " ..
-    "pg_catalog.set_config('statement_timeout', $2, $3)",
-    params = table.pack(tostring(lt or 0) .. "ms", tostring(st or 0) .. "ms", is_local) }
+  -- Unset means the server's own setting (role, database, config) stays in force.
+  return { text = "SELECT pg_catalog.set_config('lock_timeout', " ..
+    "COALESCE($1, pg_catalog.current_setting('lock_timeout')), $3), " ..
+    "pg_catalog.set_config('statement_timeout', " ..
+    "COALESCE($2, pg_catalog.current_setting('statement_timeout')), $3)",
+    params = table.pack(lt and (tostring(lt) .. "ms") or pg.null,
+      st and (tostring(st) .. "ms") or pg.null, is_local) }
 end
 
 -- The bookkeeping of a finished migration, as pipeline items.
