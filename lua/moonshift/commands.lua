@@ -403,11 +403,11 @@ local function execute(s, list, direction, opts)
       migration = m.id, version = m.version, kind = err.kind, message = err.message,
       file = err.file, line = err.line, sqlstate = err.sqlstate, statement = err.statement } })
     if not ok then s.ui:warn(tostring(herr)) end
-    s.ui:event("run_failed", { kind = err.kind, message = err.message, done = #done })
     s.ui:event("migration_failed", { id = m.id, version = m.version, file = err.file,
       line = err.line, column = err.column, sqlstate = err.sqlstate, message = err.message,
       kind = err.kind, sql = err.statement, detail = err.detail, hint = err.hint,
       traceback = err.traceback, restore_command = s.restore_command })
+    s.ui:event("run_failed", { kind = err.kind, message = err.message, done = #done })
     err.done = done
     return nil, err
   end

@@ -10,9 +10,54 @@ local fmt = string.format
 
 local db = {}
 
+--- What every moonshift session sets (again after RESET ALL): migration files are UTF-8,
+-- and the server checks every second that we are still there, so a killed runner's
+-- statement ends within a second instead of running on holding its locks (PostgreSQL 14+).
+db.SESSION_SETUP = "SET client_encoding = 'UTF8'; SELECT pg_catalog.set_config(" ..
+  "'client_connection_check_interval', '1000', false) WHERE pg_catalog.current_setting(" ..
+  "'server_version_num')::int >= 140000"
+
 --- The application_name every connection carries, so a DBA can tell who holds what.
 function db.application_name()
   return fmt("moonshift/%s/%s/%d", host.version, fs.hostname(), proc.getpid()):sub(1, 63)
+end
+
+-- Every spelling of the password in a connection string, for scrubbing messages: libpq
+-- quotes a malformed URI's pieces ("invalid percent-encoded token: \"s3cret%\"").
+local function password_candidates(conninfo)
+  local out = {}
+  local userinfo = conninfo:match("^%a[%w+.-]*://([^/?#]*)@")
+  local pw = userinfo and userinfo:match("^[^:]*:(.*)$")
+  if pw and pw ~= "" then out[#out + 1] = pw end
+  for v in conninfo:gmatch("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*=%s*'([^']*)'") do
+    out[#out + 1] = v
+  end
+  for v in conninfo:gmatch("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*=%s*([^%s&']+)") do
+    out[#out + 1] = v
+  end
+  local more = {}
+  for _, v in ipairs(out) do
+    more[#more + 1] = v:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+    for i = #v - 1, 4, -1 do more[#more + 1] = v:sub(1, i) end -- a token cut at a bad escape
+  end
+  for _, v in ipairs(more) do out[#out + 1] = v end
+  table.sort(out, function(a, b) return #a > #b end)
+  return out
+end
+
+--- A message with any password from conninfo removed (beyond redact.secrets' patterns).
+function db.scrub(msg, conninfo)
+  msg = redact.secrets(msg)
+  for _, pw in ipairs(password_candidates(conninfo or "")) do
+    if #pw >= 4 then
+      local s, e = msg:find(pw, 1, true)
+      while s do
+        msg = msg:sub(1, s - 1) .. "***" .. msg:sub(e + 1)
+        s, e = msg:find(pw, s + 3, true)
+      end
+    end
+  end
+  return msg
 end
 
 --- Connects to the configured database.
@@ -20,13 +65,13 @@ end
 function db.connect(cfg)
   local conn, err = pg.connect(cfg.database, { application_name = db.application_name() })
   if not conn then
-    local msg = redact.secrets(tostring(err.message or err)):gsub("%s+$", "")
+    local msg = db.scrub(tostring(err.message or err), cfg.database):gsub("%s+$", "")
     return nil, errors.new("connect", fmt("cannot connect to %s: %s",
       db.describe_target(cfg), msg), { cause = err })
   end
   -- Migration files are UTF-8 whatever the server's encoding; our SQL is schema-qualified.
   local _, serr = conn:exec("SET application_name = " ..
-    conn:escape_literal(db.application_name()) .. "; SET client_encoding = 'UTF8'")
+    conn:escape_literal(db.application_name()) .. "; " .. db.SESSION_SETUP)
   if serr then return nil, errors.new("connect", "cannot configure session: " .. tostring(serr)) end
   return conn
 end

@@ -326,6 +326,8 @@ function Runner:_steps(m, direction, statements, begun)
   -- Each migration starts from a clean session: one that ran `SET search_path` or
   -- `SET ROLE` without LOCAL must not change what the next one does.
   local head = { { text = "RESET ALL" }, { text = "SET client_encoding = 'UTF8'" },
+    { text = "SELECT pg_catalog.set_config('client_connection_check_interval', '1000', false) " ..
+      "WHERE pg_catalog.current_setting('server_version_num')::int >= 140000" },
     self:_timeouts_item(m, true) }
   if not begun then table.insert(head, 1, { text = "BEGIN" }) end
   items(head)
@@ -445,9 +447,16 @@ function Runner:_transactional(m, direction, statements, path)
   if not self.single then
     local ok, cerr = self.conn:exec("COMMIT")
     if not ok then
-      return nil, errors.wrap(cerr.kind == "connection_lost" and "connect" or "sql", cerr,
-        "COMMIT of " .. m.id .. " failed; check `moonshift status` to see whether it applied"),
-        cerr
+      if runner.connection_error(cerr) then
+        return nil, errors.new("connect", fmt("lost the connection while COMMIT of %s was in " ..
+          "flight: %s. Whether it committed is unknown; `moonshift status` shows it", m.id,
+          tostring(cerr.message))), cerr
+      end
+      return nil, errors.new("sql", fmt("%s failed at COMMIT (a deferred constraint or " ..
+        "trigger); rolled back, nothing of it was applied\n  ERROR %s: %s%s", m.id,
+        tostring(cerr.sqlstate), tostring(cerr.message),
+        cerr.detail and ("\n  DETAIL: " .. cerr.detail) or ""), { sqlstate = cerr.sqlstate,
+        version = m.version, file = config.display_path(path) }), cerr
     end
   end
   return { duration_ms = fs.clock_ms() - started, timings = step_ms }
@@ -472,7 +481,7 @@ function Runner:_autocommit(m, direction, statements, path)
   if ok then ok, err = h:sync_compat(m.version, true) end
   if ok then ok, err = self:_exec("COMMIT") else self.conn:exec("ROLLBACK") end
   if not ok then return nil, err end
-  ok, err = self:_exec("RESET ALL; SET client_encoding = 'UTF8'")
+  ok, err = self:_exec("RESET ALL; " .. require("moonshift.db").SESSION_SETUP)
   if not ok then return nil, err end
   local t = self:_timeouts_item(m, false)
   ok, err = self:_exec(t.text, table.unpack(t.params, 1, t.params.n))
