@@ -3,12 +3,15 @@ local errors = require("moonshift.errors")
 local fs = require("moonshift.fs")
 local pg = require("moonshift.pg")
 local proc = require("moonshift.proc")
+local host = require("moonshift.host")
 local redact = require("moonshift.redact")
 
 local fmt = string.format
 local floor = math.floor
 
 local backup = {}
+
+local run_interruptible -- below
 
 local PG_ROOT = "/usr/lib/postgresql"
 local DEFAULT_DIR = "moonshift-backups"
@@ -362,6 +365,27 @@ function backup.preflight(opts)
   return { tools = tools, dir = dir, env = child_env, rest = rest }
 end
 
+-- Runs pg_dump in its own process group, stopping it (the whole group) on Ctrl-C or
+-- SIGTERM, or when the timeout runs out.
+-- @return result | nil, "interrupted" | nil, message
+function run_interruptible(argv, env, timeout_ms)
+  local p, err = proc.spawn(argv, { env = env, group = true })
+  if not p then return nil, err end
+  local deadline = timeout_ms and fs.clock_ms() + timeout_ms
+  while true do
+    local res = p:wait(200)
+    if res then return res end
+    local timed_out = deadline and fs.clock_ms() > deadline
+    if host.interrupted() or timed_out then
+      p:kill("KILL")
+      res = p:wait(5000) or {}
+      if not timed_out then return nil, "interrupted" end
+      res.timed_out = true
+      return res
+    end
+  end
+end
+
 --- Dumps the database with pg_dump --format=custom into a new 0600 file, checked with
 -- pg_restore --list, then renamed into place: <dir>/<db>-v<version>-<UTC time>.dump.
 -- The connection, password included, reaches pg_dump only through its environment.
@@ -414,7 +438,13 @@ function backup.run(opts)
   end
   if next(on_argv) then argv[#argv + 1] = "--dbname=" .. conninfo_string(on_argv) end
 
-  local res, err = proc.run(argv, { env = pre.env, timeout = opts.timeout_ms, group = true })
+  local res, err = run_interruptible(argv, pre.env, opts.timeout_ms)
+  if err == "interrupted" then
+    local sig, code = host.interrupted()
+    fs.remove(partial)
+    return nil, errors.new("interrupted", fmt("interrupted (SIG%s) during the backup; pg_dump " ..
+      "was stopped, its partial file removed, nothing migrated", sig), { exit_code = code })
+  end
   if not res then return give_up("cannot run " .. tools.pg_dump .. ": " .. tostring(err)) end
   if res.timed_out then
     return give_up(fmt("pg_dump did not finish within %d ms and was killed", opts.timeout_ms),

@@ -183,8 +183,35 @@ describe("reliability catalogue #e2e", function()
       "without a final status' reconciliation message")
   end)
 
-  it("B5 an interrupt during pg_dump", function()
-    pending("not yet: the pg_dump child is not yet killed and its partial file removed on SIGINT")
+  it("B5 SIGINT during pg_dump stops it, removes its partial file and migrates nothing", function()
+    five()
+    files({ ["bin/pg_dump"] = "#!/bin/sh\n" ..
+      "[ \"$1\" = --version ] && echo 'pg_dump (PostgreSQL) 99.0' && exit 0\n" ..
+      "for a in \"$@\"; do case $a in --file=*) echo partial > \"${a#--file=}\";; esac; done\n" ..
+      "exec sleep 60\n",
+      ["bin/pg_restore"] = "#!/bin/sh\nexit 0\n",
+      ["migrate.lua"] = "return { backup = { pg_dump = '" .. dir .. "/bin/pg_dump' } }\n" })
+    fs.chmod(dir .. "/bin/pg_dump", tonumber("755", 8))
+    fs.chmod(dir .. "/bin/pg_restore", tonumber("755", 8))
+    local a = spawn({ "up", "-y", "--backup-first", "-d", uri }, dir)
+    for _ = 1, 100 do
+      local names = fs.list(dir .. "/moonshift-backups") or {}
+      local found = false
+      for _, n in ipairs(names) do if n:find("%.partial$") then found = true end end
+      if found then break end
+      proc.sleep(50)
+    end
+    local t0 = fs.clock_ms()
+    a:kill("INT")
+    local res = a:wait(10000)
+    assert.are.equal(130, res.code, res.stderr)
+    assert.is_true(fs.clock_ms() - t0 < 2000)
+    assert.matches("interrupted %(SIGINT%) during the backup", res.stderr)
+    for _, n in ipairs(fs.list(dir .. "/moonshift-backups") or {}) do
+      assert.is_nil(n:find("%.partial$") or n:find("%.dump$"), n)
+    end
+    assert.are.equal(0, value(uri, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"))
+    check({ effects = {} })
   end)
 
   -- C. Server and network faults
