@@ -58,10 +58,10 @@ function helpers.run(args, opts)
 end
 
 --- Starts moonshift in the background (for signals and kills); returns the process handle.
-function helpers.spawn(args, dir)
+function helpers.spawn(args, dir, env)
   local argv = { helpers.bin() }
   for _, a in ipairs(args) do argv[#argv + 1] = a end
-  return assert(proc.spawn(argv, { cwd = dir, env = helpers.env() }))
+  return assert(proc.spawn(argv, { cwd = dir, env = helpers.env(env) }))
 end
 
 --- Waits until a backend other than ours runs an active query LIKE pattern.

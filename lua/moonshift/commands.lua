@@ -179,6 +179,17 @@ function Session:open_log(direction, list)
   local cfg = self.cfg
   local dir = (cfg.log and cfg.log.dir) or (cfg.backup and cfg.backup.dir) or "moonshift-backups"
   if dir:sub(1, 1) ~= "/" then dir = cfg.root .. "/" .. dir end
+  -- The database is the truth; a log cut short by a kill is reconciled against it.
+  local prev = not cfg.log_file and runlog.last_unfinished(dir)
+  if prev and prev.run_id then
+    local rows = self.conn:query(fmt("SELECT name, action, pg_catalog.to_char(at AT TIME " ..
+      "ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS at FROM %s WHERE run_id = $1 " ..
+      "ORDER BY id DESC LIMIT 1", self.history.events), prev.run_id)
+    local last = rows and rows[1]
+    self.ui:warn(fmt("previous run %s ended without a final status (%s); the database shows %s",
+      prev.run_id, config.display_path(prev.path), last and fmt("%s %s at %s", last.name,
+      last.action == "apply" and "applied" or last.action, last.at) or "nothing it changed"))
+  end
   local info = self.conn:info()
   local log, err = runlog.open({ dir = dir, path = cfg.log_file, db = info.dbname,
     from = self.status.current and self.status.current.version or "0", run_id = self.run_id })

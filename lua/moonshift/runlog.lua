@@ -45,6 +45,30 @@ function runlog.open(opts)
   return setmetatable({ file = file, path = path, run_id = opts.run_id }, Log)
 end
 
+--- The newest log in dir if its run ended without a final event (killed, or lost power).
+-- @return { path, run_id } | nil
+function runlog.last_unfinished(dir)
+  local newest, newest_mtime
+  for _, name in ipairs(fs.list(dir) or {}) do
+    if name:match("%.log$") then
+      local st = fs.stat(dir .. "/" .. name)
+      if st and (not newest_mtime or st.mtime > newest_mtime or
+          (st.mtime == newest_mtime and name > newest)) then
+        newest, newest_mtime = name, st.mtime
+      end
+    end
+  end
+  if not newest then return nil end
+  local text = fs.read(dir .. "/" .. newest) or ""
+  local first = text:match("^([^\n]+)")
+  local last = text:match("([^\n]+)\n?$")
+  if not last then return nil end
+  local ok, e = pcall(json.decode, last)
+  if ok and (e.event == "run_done" or e.event == "run_failed") then return nil end
+  local fok, f = pcall(json.decode, first or "")
+  return { path = dir .. "/" .. newest, run_id = fok and f.run_id or nil }
+end
+
 --- Appends an event: { time, run_id, event, ...fields }.
 function Log:event(name, fields)
   if not self.file then return end

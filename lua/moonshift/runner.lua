@@ -33,6 +33,13 @@ function runner.connection_error(err)
     state:match("^08") ~= nil)
 end
 
+--- Test-only: MOONSHIFT_TEST_PAUSE=<point>:<version> stops here for a minute, so a spec
+-- can kill the runner at an exact moment (e.g. after COMMIT, before the log line).
+function runner.test_pause(point, m)
+  local want = os.getenv("MOONSHIFT_TEST_PAUSE")
+  if want and want == point .. ":" .. tostring(m.version) then proc.sleep(60000) end
+end
+
 --- A runner over one connection.
 -- @param opts table: conn, history, cfg, ui, run_id, emit (function(event, fields)), dry_run
 function runner.new(opts)
@@ -446,6 +453,7 @@ function Runner:_transactional(m, direction, statements, path)
   end
   if not self.single then
     local ok, cerr = self.conn:exec("COMMIT")
+    runner.test_pause("after_commit", m)
     if not ok then
       if runner.connection_error(cerr) then
         return nil, errors.new("connect", fmt("lost the connection while COMMIT of %s was in " ..

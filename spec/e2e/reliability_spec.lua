@@ -178,9 +178,24 @@ describe("reliability catalogue #e2e", function()
     check({ effects = {} })
   end)
 
-  it("B4 SIGKILL after COMMIT but before the log line", function()
-    pending("not yet: needs a test-only pause point after COMMIT and the 'previous run ended " ..
-      "without a final status' reconciliation message")
+  it("B4 SIGKILL after COMMIT but before the log line: the next run reconciles", function()
+    five()
+    local a = spawn({ "up", "-y", "-d", uri }, dir, { MOONSHIFT_TEST_PAUSE = "after_commit:0002" })
+    for _ = 1, 200 do
+      if value(uri, "SELECT count(*) FROM pg_tables WHERE tablename = 'moonshift_migrations'") == 1
+          and value(uri, "SELECT count(*) FROM moonshift_migrations WHERE version = '0002'") == 1 then
+        break
+      end
+      proc.sleep(50)
+    end
+    a:kill("KILL")
+    a:wait(10000)
+    check({ killed = true })
+    local res = ms("up", "-y")
+    assert.are.equal(0, res.code, res.stderr)
+    assert.matches("previous run %S+ ended without a final status %(moonshift%-backups/[^)]+%.log%); " ..
+      "the database shows 0002_b applied at %S+Z", res.stderr)
+    check({ log_dir = dir .. "/moonshift-backups" })
   end)
 
   it("B5 SIGINT during pg_dump stops it, removes its partial file and migrates nothing", function()
