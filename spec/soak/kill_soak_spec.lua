@@ -28,7 +28,7 @@ describe("kill soak #soak", function()
       else
         files["migrations/" .. v .. "_t.up.sql"] = "CREATE TABLE t" .. i .. " (id int, v text);\n" ..
           "INSERT INTO t" .. i .. " SELECT g, md5(g::text) FROM generate_series(1, 20000) g;\n" ..
-          "SELECT pg_sleep(0.02);\n"
+          "SELECT pg_sleep(0.05);\n"
         files["migrations/" .. v .. "_t.down.sql"] = "DROP TABLE t" .. i .. ";\n"
         effects[v] = "SELECT to_regclass('t" .. i .. "') IS NOT NULL"
       end
@@ -59,7 +59,7 @@ describe("kill soak #soak", function()
     for round = 1, RUNS do
       local argv = { helpers.bin(), "up", "-y", "-q", "-d", uri }
       local p = assert(proc.spawn(argv, { cwd = dir, env = helpers.env() }))
-      proc.sleep(math.random(0, 700))
+      proc.sleep(math.random(0, 350))
       if p:running() then
         p:kill("KILL")
         killed_mid = killed_mid + 1
