@@ -61,8 +61,16 @@ function runlog.last_unfinished(dir)
   if not newest then return nil end
   local text = fs.read(dir .. "/" .. newest) or ""
   local first = text:match("^([^\n]+)")
-  local last = text:match("([^\n]+)\n?$")
-  if not last then return nil end
+  -- the last line, found by plain searches: a pattern scan from every position would be
+  -- quadratic in a log whose plan line is megabytes long
+  local body, start, at = text:gsub("\n+$", ""), 1, 0
+  while true do
+    at = body:find("\n", at + 1, true)
+    if not at then break end
+    start = at + 1
+  end
+  local last = body:sub(start)
+  if last == "" then return nil end
   local ok, e = pcall(json.decode, last)
   if ok and (e.event == "run_done" or e.event == "run_failed") then return nil end
   local fok, f = pcall(json.decode, first or "")
