@@ -1,7 +1,6 @@
 -- The invariant checker run after fault scenarios: what must hold whatever went wrong.
 local fs = require("moonshift.fs")
 local proc = require("moonshift.proc")
-local cjson = require("cjson")
 local helpers = require("spec.helpers")
 
 local invariants = {}
@@ -70,16 +69,9 @@ function invariants.check(uri, opts)
   if opts.log_dir then
     check_private(opts.log_dir)
     if not opts.killed then
-      local names = fs.list(opts.log_dir) or {}
-      local last_log
-      for _, n in ipairs(names) do if n:match("%.log$") then last_log = n end end
-      if last_log then
-        local text = fs.read(opts.log_dir .. "/" .. last_log)
-        local last = text:match("([^\n]+)\n$")
-        local e = last and cjson.decode(last)
-        if not e or (e.event ~= "run_done" and e.event ~= "run_failed") then
-          problems[#problems + 1] = last_log .. " does not end with run_done or run_failed"
-        end
+      local cut = require("moonshift.runlog").last_unfinished(opts.log_dir)
+      if cut then
+        problems[#problems + 1] = cut.path .. " does not end with run_done or run_failed"
       end
     end
   end
