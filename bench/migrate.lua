@@ -9,6 +9,7 @@ local fs = require("moonshift.fs")
 local proc = require("moonshift.proc")
 
 local bin = arg[1] or "build/moonshift"
+if bin:sub(1, 1) ~= "/" then bin = fs.realpath(".") .. "/" .. bin end
 local runs = arg[2] or "10"
 local out_dir = arg[3] or "bench/results"
 
@@ -51,24 +52,28 @@ local ok, err = pcall(function()
   local uri = c:uri_for("bench")
   local reset = string.format("%s -X -q -d postgres -c 'DROP DATABASE IF EXISTS bench' " ..
     "-c 'CREATE DATABASE bench'", psql)
-  local env_prefix = string.format("PGHOST=%s PGPORT=%d PGUSER=postgres ", c.socket_dir, c.port)
+  -- every command runs in the scratch dir: no migrate.lua, hooks or logs of this repository
+  local env_prefix = string.format("cd %s && PGHOST=%s PGPORT=%d PGUSER=postgres ", work,
+    c.socket_dir, c.port)
   run({ "hyperfine", "--runs", runs, "--export-markdown", out_dir .. "/apply-1000.md",
     "--prepare", env_prefix .. reset,
     "-n", "psql one session (BEGIN; \\i; COMMIT per file)",
     env_prefix .. psql .. " -X -q -v ON_ERROR_STOP=1 -d bench -f " .. work .. "/one_session.sql",
     "-n", "psql -1 -f per file (shell loop)", env_prefix .. "sh " .. work .. "/loop.sh",
     "-n", "moonshift up",
-    bin .. " up -y -q --migrations " .. work .. "/m1000 -d " .. sh_quote(uri) })
+    env_prefix .. bin .. " up -y -q --migrations " .. work .. "/m1000 -d " .. sh_quote(uri) })
 
   generate(work .. "/m10000", 10000)
   run({ "sh", "-c", env_prefix .. reset })
-  run({ bin, "up", "-y", "-q", "--migrations", work .. "/m10000", "-d", uri })
+  run({ "sh", "-c", env_prefix .. bin .. " up -y -q --migrations " .. work .. "/m10000 -d " ..
+    sh_quote(uri) })
   run({ "hyperfine", "--runs", runs, "--warmup", "2", "--export-markdown",
     out_dir .. "/status-10000.md",
     "-n", "moonshift status (10,000 applied)",
-    bin .. " status -q --migrations " .. work .. "/m10000 -d " .. sh_quote(uri) .. " >/dev/null",
+    env_prefix .. bin .. " status -q --migrations " .. work .. "/m10000 -d " .. sh_quote(uri) ..
+      " >/dev/null",
     "-n", "moonshift up, nothing to do (10,000 applied)",
-    bin .. " up -y -q --migrations " .. work .. "/m10000 -d " .. sh_quote(uri),
+    env_prefix .. bin .. " up -y -q --migrations " .. work .. "/m10000 -d " .. sh_quote(uri),
     "-n", "psql: select the history table (baseline)",
     env_prefix .. psql .. " -X -q -d bench -c 'SELECT * FROM moonshift_migrations' >/dev/null" })
 end)
