@@ -1,0 +1,65 @@
+-- The remaining commands and options end to end: backup, -c, --migrations, new --timestamp, demo.
+local fs = require("moonshift.fs")
+local helpers = require("spec.helpers")
+
+local value = helpers.value
+
+describe("backup, -c, --migrations, new --timestamp and demo #e2e", function()
+  local c, dir, uri
+
+  lazy_setup(function() c = helpers.cluster() end)
+  lazy_teardown(function() if c then c:stop() end end)
+  before_each(function()
+    dir = helpers.tmpdir()
+    uri = helpers.fresh_db(c)
+  end)
+  after_each(function() helpers.rmdir(dir) end)
+
+  it("backup dumps the database now and prints the file and how to restore it", function()
+    helpers.write_files(dir, { ["migrations/0001_a.up.sql"] = "CREATE TABLE a (id int);\n" })
+    assert.are.equal(0, helpers.run({ "up", "-y", "-d", uri }, { cwd = dir }).code)
+    local res = helpers.run({ "backup", "-d", uri }, { cwd = dir })
+    if tonumber(value(uri, "SHOW server_version_num")) >= 160000 then
+      assert.are.equal(10, res.code) -- Debian's pg_dump 15 cannot dump a newer server
+      assert.matches("older than the server", res.stderr)
+      return
+    end
+    assert.are.equal(0, res.code, res.stderr)
+    local path = res.stdout:match("(%S+%.dump)")
+    assert.is_truthy(path)
+    assert.are.equal(tonumber("600", 8), fs.stat(path).mode)
+    assert.matches("restore with: %S*pg_restore", res.stderr)
+  end)
+
+  it("takes the config from -c and the directory from --migrations", function()
+    helpers.write_files(dir, {
+      ["conf/project.lua"] = "return { migrations = '../db', table = 'schema_history' }\n",
+      ["db/0001_a.up.sql"] = "CREATE TABLE a (id int);\n",
+      ["other/0001_b.up.sql"] = "CREATE TABLE b (id int);\n",
+    })
+    local res = helpers.run({ "up", "-y", "-c", "conf/project.lua", "-d", uri }, { cwd = dir })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.are.equal(1, value(uri, "SELECT count(*) FROM schema_history"))
+    res = helpers.run({ "status", "--migrations", "other", "-d", uri, "--table", "h2" }, { cwd = dir })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.matches("pending  0001_b", res.stdout)
+    local missing = helpers.run({ "status", "-c", "nope.lua", "-d", uri }, { cwd = dir })
+    assert.are.equal(2, missing.code)
+    assert.matches("config file not found: nope%.lua", missing.stderr)
+  end)
+
+  it("new --timestamp numbers the first migration by UTC time", function()
+    local res = helpers.run({ "new", "--timestamp", "init" }, { cwd = dir })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.matches("migrations/%d%d%d%d%d%d%d%d%d%d%d%d%d%d_init%.up%.sql", res.stdout)
+  end)
+
+  it("demo runs the sample project on a throwaway server and cleans up", function()
+    local res = helpers.run({ "demo" }, { cwd = helpers.root(), timeout = 300000 })
+    assert.are.equal(0, res.code, res.stderr .. res.stdout)
+    assert.matches("moonshift do deploy %-y", res.stdout)
+    assert.matches('"applied":10', res.stdout)
+    assert.matches("6 verified, 0 failed", res.stdout)
+    assert.matches("throwaway server is stopped", res.stdout)
+  end)
+end)
