@@ -29,6 +29,7 @@ function helpers.env(extra)
     LANG = "C.UTF-8",
     TZ = "UTC",
     NO_COLOR = "1",
+    MOONSHIFT_CACHE_DIR = "", -- no checksum cache in HOME; specs that want one set a dir
   }
   for _, name in ipairs({ "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "MOONSHIFT_PG_BIN",
     "MOONSHIFT_LUA_DIR" }) do

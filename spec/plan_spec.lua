@@ -3,7 +3,7 @@ local plan = require("moonshift.plan")
 
 local function m(v, checksum, extra)
   local x = { version = v, key = tostring(tonumber(v)), id = v .. "_m", checksum = checksum or "c" .. v,
-    down_sql = "x", format = "native", up_path = "/x/" .. v .. "_m.up.sql" }
+    down_path = "/x/" .. v .. "_m.down.sql", format = "native", up_path = "/x/" .. v .. "_m.up.sql" }
   for k, val in pairs(extra or {}) do x[k] = val end
   return x
 end
@@ -55,8 +55,8 @@ describe("plan", function()
   end)
 
   it("plans up to a version and down by count or target, refusing a missing down", function()
-    local s = set_of({ m("1"), m("2"), m("3", nil, { down_sql = false }) })
-    s.migrations[3].down_sql = nil
+    local s = set_of({ m("1"), m("2"), m("3", nil, { down_path = false }) })
+    s.migrations[3].down_path = nil
     local st = plan.status(s, hist({}))
     assert.are.equal(2, #plan.up(st, s.migrations[2]))
     st = plan.status(s, hist({ { version = "1", checksum = "c1" }, { version = "2", checksum = "c2" },
@@ -66,7 +66,7 @@ describe("plan", function()
     assert.matches("3_m has no down script", err.message)
     list = plan.down(st, 5, s.migrations[1])
     assert.is_nil(list)
-    s.migrations[3].down_sql = "x"
+    s.migrations[3].down_path = "/x/3_m.down.sql"
     list = assert(plan.down(st, 5, s.migrations[1]))
     assert.are.same({ "3", "2" }, { list[1].version, list[2].version })
   end)

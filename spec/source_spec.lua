@@ -352,6 +352,78 @@ describe("moonshift.source", function()
     end)
   end)
 
+  describe("the checksum cache", function()
+    local cache, racy
+
+    before_each(function()
+      cache = tmp .. "/cache/moonshift/m.cache"
+      racy, source.RACY_SECONDS = source.RACY_SECONDS, -1 -- files written just now count as old
+    end)
+
+    after_each(function() source.RACY_SECONDS = racy end)
+
+    -- Replaces the cached checksum of a file, as if the cache knew other content.
+    local function forge(name, checksum)
+      local data = assert(fs.read(cache))
+      local forged, n = data:gsub("(/" .. name:gsub("%p", "%%%0") .. "\t[^\t]*\t%a+\t)%x+",
+        "%1" .. checksum)
+      assert.equal(1, n)
+      assert(fs.write_atomic(cache, forged, tonumber("600", 8)))
+    end
+
+    it("is written private, and later loads take facts from it instead of the files", function()
+      assert(load({ ["1_a.up.sql"] = "create table a (id int);\n",
+        ["1_a.down.sql"] = "-- moonshift:no-transaction\ndrop table a;\n" },
+        { cache = cache, lazy = true }))
+      assert.equal(tonumber("600", 8), fs.stat(cache).mode)
+      assert.equal(tonumber("700", 8), fs.stat(tmp .. "/cache/moonshift").mode)
+      forge("1_a.up.sql", string.rep("0", 64))
+      local a = assert(source.load(dir, { cache = cache, lazy = true })).migrations[1]
+      assert.equal(string.rep("0", 64), a.checksum)
+      assert.is_nil(a.up_sql) -- not read
+      assert.is_true(a.transaction)
+      assert.is_false(a.down_transaction)
+      assert.equal(dir .. "/1_a.down.sql", a.down_path)
+      -- preparing reads the file and refuses it, since it no longer matches what was loaded
+      local ok, err = source.prepare(a)
+      assert.is_nil(ok)
+      assert.matches("1_a.up.sql changed while moonshift was reading it", err.message)
+    end)
+
+    it("keeps the sections and directives of a dbmate file", function()
+      local text = "-- migrate:up transaction:false\nselect 1;\n-- migrate:down\nselect 2;\n"
+      local first = assert(load({ ["2_b.sql"] = text }, { cache = cache, lazy = true }))
+      local b = assert(source.load(dir, { cache = cache, lazy = true })).migrations[1]
+      assert.is_nil(b.up_sql)
+      assert.equal(first.migrations[1].checksum, b.checksum)
+      assert.is_false(b.transaction)
+      assert.equal(dir .. "/2_b.sql", b.down_path)
+      assert.is_false(b.down_transaction)
+      assert(source.prepare(b))
+      assert.equal("select 1;\n", b.up_sql)
+      assert.equal("select 2;\n", b.down_sql)
+      assert.equal(4, b.down_statements[1].line)
+    end)
+
+    it("is not trusted for a file whose stat changed, nor when others can write it", function()
+      assert(load({ ["1_a.up.sql"] = "select 1;\n" }, { cache = cache }))
+      forge("1_a.up.sql", string.rep("0", 64))
+      write_file(dir .. "/1_a.up.sql", "select 2;\n") -- same size, new ctime
+      local set = assert(source.load(dir, { cache = cache }))
+      assert.equal(hash.sha256("select 2;\n"), set.migrations[1].checksum)
+      forge("1_a.up.sql", string.rep("0", 64))
+      assert(fs.chmod(cache, tonumber("622", 8)))
+      set = assert(source.load(dir, { cache = cache }))
+      assert.equal(hash.sha256("select 2;\n"), set.migrations[1].checksum)
+    end)
+
+    it("leaves out files changed just before the load (racy timestamps)", function()
+      source.RACY_SECONDS = 3600
+      assert(load({ ["1_a.up.sql"] = "select 1;\n" }, { cache = cache }))
+      assert.is_nil((fs.read(cache) or ""):find("1_a.up.sql", 1, true))
+    end)
+  end)
+
   describe("empty scripts", function()
     it("are allowed with no statements and a warning", function()
       local set = assert(load({

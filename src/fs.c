@@ -131,7 +131,8 @@ static int dir_gc(lua_State *L) {
     return 0;
 }
 
-/* fs.stat(path [, follow]) -> { type, size, mode, mtime, uid, gid, ino, dev } */
+/* fs.stat(path [, follow]) -> { type, size, mode, mtime, mtime_nsec, ctime, ctime_nsec, uid,
+ * gid, ino, dev } */
 static int fs_stat(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     int follow = lua_isnoneornil(L, 2) || lua_toboolean(L, 2);
@@ -142,7 +143,7 @@ static int fs_stat(lua_State *L) {
                        : S_ISDIR(st.st_mode) ? "directory"
                        : S_ISLNK(st.st_mode) ? "link"
                                              : "other";
-    lua_createtable(L, 0, 9);
+    lua_createtable(L, 0, 11);
     lua_pushstring(L, type);
     lua_setfield(L, -2, "type");
     lua_pushinteger(L, (lua_Integer)st.st_size);
@@ -153,6 +154,10 @@ static int fs_stat(lua_State *L) {
     lua_setfield(L, -2, "mtime");
     lua_pushinteger(L, (lua_Integer)st.st_mtim.tv_nsec);
     lua_setfield(L, -2, "mtime_nsec");
+    lua_pushinteger(L, (lua_Integer)st.st_ctim.tv_sec);
+    lua_setfield(L, -2, "ctime");
+    lua_pushinteger(L, (lua_Integer)st.st_ctim.tv_nsec);
+    lua_setfield(L, -2, "ctime_nsec");
     lua_pushinteger(L, (lua_Integer)st.st_uid);
     lua_setfield(L, -2, "uid");
     lua_pushinteger(L, (lua_Integer)st.st_gid);

@@ -3,6 +3,7 @@
 #include <lua-cjson.h>
 #include <lua.h>
 #include <lualib.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -228,6 +229,10 @@ static void harden(void) {
 
 int main(int argc, char **argv) {
     harden();
+    /* A run is short and allocates many small objects: keep freed memory instead of giving it
+     * back to the kernel and faulting it in again (a quarter of `status` time otherwise). */
+    mallopt(M_TOP_PAD, 16 << 20);
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
     lua_State *L = lua_newstate(capped_alloc, &alloc_state);
     if (L == NULL) {
         fputs("moonshift: cannot create Lua state: not enough memory\n", stderr);

@@ -932,10 +932,13 @@ static int conn_parameter(lua_State *L) {
 /* conn:info() -> {user=, dbname=, host=, port=}; the password is deliberately absent. */
 static int conn_info(lua_State *L) {
     struct conn *c = check_conn(L);
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 6);
     set_string(L, "user", PQuser(c->pg));
     set_string(L, "dbname", PQdb(c->pg));
     set_string(L, "host", PQhost(c->pg));
+    set_string(L, "hostaddr", PQhostaddr(c->pg));
+    lua_pushboolean(L, PQsslInUse(c->pg));
+    lua_setfield(L, -2, "ssl");
     const char *port = PQport(c->pg);
     if (port && *port) {
         char *end;

@@ -32,6 +32,7 @@ local function build_parser()
     cmd:option("--lock-wait", "How long to wait for another run's lock (e.g. 30s).")
     cmd:option("--lock-timeout", "lock_timeout for each migration (e.g. 5s).")
     cmd:option("--statement-timeout", "statement_timeout for each migration.")
+    cmd:flag("--require-tls", "Refuse a connection that crosses a network unencrypted.")
     cmd:flag("-q --quiet", "Only errors and results.")
     return cmd
   end
@@ -337,6 +338,7 @@ function cli.main(argv)
     lock_wait = args.lock_wait, lock_timeout = args.lock_timeout,
     statement_timeout = args.statement_timeout, allow_out_of_order = args.out_of_order,
     migrations = args.migrations, log_format = args.log_format, log_file = args.log_file,
+    require_tls = args.require_tls,
   })
   if not cfg then return report(ui, cerr) end
   local res, err, printer = run_command(args, cfg, ui)

@@ -51,8 +51,29 @@ function Cluster:_run(argv, timeout_ms)
   return res
 end
 
+-- A self-signed certificate for CN=localhost (no IP address in it) made by the openssl tool.
+function Cluster:_certificate()
+  local crt, key = self.dir .. "/server.crt", self.dir .. "/server.key"
+  local res, err = proc.run({ "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", crt, "-days", "2",
+    "-subj", "/CN=localhost" }, { timeout = 60000 })
+  if not res or res.code ~= 0 then
+    return nil, "openssl req failed: " .. tostring(res and res.stderr or err)
+  end
+  if self.uid then
+    fs.chown(crt, self.uid, self.gid)
+    fs.chown(key, self.uid, self.gid)
+  end
+  fs.chmod(key, tonumber("600", 8))
+  self.certificate = crt
+  return { ssl = "on", ssl_cert_file = crt, ssl_key_file = key }
+end
+
 --- Starts a throwaway server.
--- @param opts table|nil: bin_dir, settings (name -> value for postgresql.conf), port
+-- @param opts table|nil: bin_dir, settings (name -> value for postgresql.conf), port,
+--   listen (addresses for TCP, e.g. "127.0.0.1"; default unix socket only), hba (lines that
+--   replace the TCP entries of pg_hba.conf), tls (a self-signed certificate for CN=localhost; the cluster's
+--   `certificate` field is its path)
 -- @return Cluster (fields uri, dir, data, log_file, socket_dir, port, bin_dir) | nil, err
 function cluster.start(opts)
   opts = opts or {}
@@ -82,18 +103,39 @@ function cluster.start(opts)
     self:stop()
     return nil, rerr
   end
+  local settings = {}
+  for k, v in pairs(opts.settings or {}) do settings[k] = v end
+  if opts.tls then
+    local tls, terr = self:_certificate()
+    if not tls then
+      self:stop()
+      return nil, terr
+    end
+    for k, v in pairs(tls) do settings[k] = v end
+  end
+  if opts.hba then
+    local hba = self.data .. "/pg_hba.conf"
+    local lines = {}
+    for line in (fs.read(hba) or ""):gmatch("[^\n]+") do
+      if line:match("^local") then lines[#lines + 1] = line end
+    end
+    for _, line in ipairs(opts.hba) do lines[#lines + 1] = line end
+    local f = assert(io.open(hba, "w"))
+    f:write(table.concat(lines, "\n"), "\n")
+    f:close()
+  end
   local conf = {
-    "listen_addresses = ''",
+    "listen_addresses = " .. quote_setting(opts.listen or ""),
     "unix_socket_directories = " .. quote_setting(dir),
     "port = " .. self.port,
     "fsync = off", "synchronous_commit = off", "full_page_writes = off",
     "max_connections = 50", "shared_buffers = '32MB'",
   }
   local names = {}
-  for name in pairs(opts.settings or {}) do names[#names + 1] = name end
+  for name in pairs(settings) do names[#names + 1] = name end
   table.sort(names)
   for _, name in ipairs(names) do
-    conf[#conf + 1] = name .. " = " .. quote_setting(opts.settings[name])
+    conf[#conf + 1] = name .. " = " .. quote_setting(settings[name])
   end
   local f = assert(io.open(self.data .. "/postgresql.conf", "a"))
   f:write("\n# moonshift throwaway cluster\n", table.concat(conf, "\n"), "\n")

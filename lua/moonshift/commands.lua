@@ -33,8 +33,10 @@ end
 
 -- The migrations with their companions and verify scripts, in running order.
 local function load_source(cfg)
+  local cache = cfg.cache_dir and fmt("%s/%s.cache", cfg.cache_dir,
+    hash.sha256(fs.realpath(cfg.migrations) or cfg.migrations):sub(1, 32))
   local set, err = source.load(cfg.migrations, { format = cfg.format, ignore = cfg.ignore,
-    load_companion = hooks.load_companion, lazy = true })
+    load_companion = hooks.load_companion, lazy = true, cache = cache })
   if not set then return nil, err end
   for _, m in ipairs(set.migrations) do
     if m.verify_path then
@@ -55,7 +57,7 @@ local function open(cfg, ui, mutating)
   local set, err = load_source(cfg)
   if not set then return nil, err end
   for _, w in ipairs(set.warnings or {}) do ui:warn(w) end
-  local conn, cerr = db.connect(cfg)
+  local conn, cerr = db.connect(cfg, function(msg) ui:warn(msg) end)
   if not conn then return nil, cerr end
   local s = setmetatable({ cfg = cfg, ui = ui, conn = conn, set = set }, Session)
   s.hooks, err = hooks.load_global(cfg.hooks)

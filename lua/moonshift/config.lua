@@ -18,6 +18,7 @@ local DEFAULTS = {
   lock_timeout = "5s",
   lock_retries = 3,
   allow_out_of_order = false,
+  require_tls = false,
 }
 
 -- Every key migrate.lua may set, with the Lua types it accepts: a typo is an error.
@@ -26,6 +27,7 @@ local KEYS = {
   schema = "string", table = "string", events_table = "string", lock = "string",
   lock_wait = "string|number", lock_timeout = "string|number",
   statement_timeout = "string|number", lock_retries = "number", allow_out_of_order = "boolean",
+  require_tls = "boolean",
   compat = "string", backup = "table", log = "table", order = "function", workflows = "table",
   env_file = "string", ignore = "table", hook_timeout = "string|number",
   hook_memory = "string|number", single_transaction = "boolean",
@@ -156,6 +158,7 @@ function config.load(opts)
     if opts[k] ~= nil then cfg[k] = opts[k] end
   end
   if opts.allow_out_of_order then cfg.allow_out_of_order = true end
+  if opts.require_tls then cfg.require_tls = true end
 
   if opts.database then
     cfg.database, cfg.database_source = opts.database, "--database"
@@ -170,6 +173,14 @@ function config.load(opts)
   end
 
   cfg.migrations = absolute(root, cfg.migrations)
+  -- the checksum cache (see source.lua): MOONSHIFT_CACHE_DIR, set empty to turn it off
+  local cache_dir = os.getenv("MOONSHIFT_CACHE_DIR")
+  if cache_dir == nil then
+    local xdg, home = os.getenv("XDG_CACHE_HOME"), os.getenv("HOME")
+    cache_dir = (xdg and xdg:sub(1, 1) == "/" and xdg .. "/moonshift") or
+      (home and home:sub(1, 1) == "/" and home .. "/.cache/moonshift") or ""
+  end
+  cfg.cache_dir = cache_dir ~= "" and cache_dir or nil
   cfg.hooks = absolute(root, cfg.hooks)
   for _, k in ipairs({ "lock_wait", "lock_timeout", "statement_timeout" }) do
     local ms, err = config.duration_ms(cfg[k])

@@ -60,9 +60,18 @@ function db.scrub(msg, conninfo)
   return msg
 end
 
---- Connects to the configured database.
+-- Whether a connection leaves the machine: TCP to an address other than loopback.
+local function crosses_network(info)
+  local host = info.host or ""
+  if host == "" or host:sub(1, 1) == "/" or host:sub(1, 1) == "@" then return false end
+  local addr = info.hostaddr or host
+  return not (host == "localhost" or addr:match("^127%.") or addr == "::1")
+end
+
+--- Connects to the configured database. A connection that crosses a network without TLS
+-- is refused with `require_tls`, and otherwise reported through `warn` (when given).
 -- @return conn | nil, err (kind connect)
-function db.connect(cfg)
+function db.connect(cfg, warn)
   local conn, err = pg.connect(cfg.database, { application_name = db.application_name() })
   if not conn then
     local msg = db.scrub(tostring(err.message or err), cfg.database):gsub("%s+$", "")
@@ -73,6 +82,16 @@ function db.connect(cfg)
   local _, serr = conn:exec("SET application_name = " ..
     conn:escape_literal(db.application_name()) .. "; " .. db.SESSION_SETUP)
   if serr then return nil, errors.new("connect", "cannot configure session: " .. tostring(serr)) end
+  local info = conn:info()
+  if not info.ssl and crosses_network(info) then
+    local what = fmt("the connection to %s:%s is NOT encrypted", info.host, tostring(info.port))
+    if cfg.require_tls then
+      conn:close()
+      return nil, errors.new("connect", what .. " and TLS is required (require_tls); " ..
+        "connect with sslmode=require or verify-full")
+    end
+    if warn then warn(what .. " (sslmode=require or verify-full would refuse this)") end
+  end
   return conn
 end
 

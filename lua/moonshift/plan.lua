@@ -226,7 +226,7 @@ function plan.down(st, count, to)
     out[#out + 1] = m
   end
   for _, m in ipairs(out) do
-    if not m.down_sql then
+    if not m.down_path then
       local expected = m.format == "native" and
         (" (" .. config.display_path(m.up_path):gsub("%.up%.sql$", ".down.sql") .. ")") or ""
       return nil, errors.new("refused", fmt("%s has no down script%s, so it cannot be " ..

@@ -20,6 +20,7 @@
 -- * An empty or comment-only up script is allowed: it is recorded as applied, nothing is
 --   sent (the set carries a warning).
 local fs = require("moonshift.fs")
+local proc = require("moonshift.proc")
 local hash = require("moonshift.hash")
 local sql = require("moonshift.sql")
 local version = require("moonshift.version")
@@ -186,18 +187,18 @@ function Loader:read(path, st)
   return raw
 end
 
--- Reads a file that is part of a migration and checks that it is not reached twice.
-function Loader:script(path, st)
+-- Checks that a file that is part of a migration is not reached twice; true when it is not.
+function Loader:claim(path, st)
   local id = st.dev .. ":" .. st.ino
   local first = self.inodes[id]
   if first then
     self:problem(fmt("%s and %s are the same file (%s); a file may hold one migration",
       first, path, fs.realpath(path) or path), first, path)
-    return nil
+    return false
   end
   self.inodes[id] = path
   self.read_files[#self.read_files + 1] = { path = path, st = st }
-  return self:read(path, st)
+  return true
 end
 
 -- True for a Flyway version: digit runs separated by single dots or underscores.
@@ -277,28 +278,29 @@ local function lone_layout(text)
   return "native"
 end
 
--- Splits a dbmate or goose file into its up and down sections (e.up, e.down, offsets and
--- options); false and a problem when the sections are not one up followed by one down.
-function Loader:sections(e, text)
-  local marks = marker_lines(text, e.layout == "dbmate" and dbmate_marker or goose_marker)
-  local label = e.layout == "dbmate" and "-- migrate:" or "-- +goose "
+-- Splits a dbmate or goose file into its up and down sections: { up, up_offset, up_options,
+-- down, down_offset, down_options }; nil and a problem when the sections are not one up
+-- followed by one down.
+function Loader:sections(e, layout, text)
+  local marks = marker_lines(text, layout == "dbmate" and dbmate_marker or goose_marker)
+  local label = layout == "dbmate" and "-- migrate:" or "-- +goose "
   local up, down
   for _, m in ipairs(marks) do
     if (m.value == "up" and up) or (m.value == "down" and down) then
       self:problem(fmt("%s:%d: a second `%s%s` section", e.path, m.line, label, m.value),
         e.path)
-      return false
+      return nil
     end
     if m.value == "up" then up = m else down = m end
   end
   if not up then
     self:problem(fmt("%s: no `%sup` line starts a section", e.path, label), e.path)
-    return false
+    return nil
   end
   if down and down.line < up.line then
     self:problem(fmt("%s:%d: the `%sdown` section comes before `%sup`", e.path, down.line,
       label, label), e.path)
-    return false
+    return nil
   end
   local lineno = 0
   for line in text:sub(1, up.first - 1):gmatch("([^\n]*)\n") do
@@ -306,18 +308,15 @@ function Loader:sections(e, text)
     if not line:match("^%s*$") and not line:match("^%s*%-%-") then
       self:problem(fmt("%s:%d: text before `%sup` belongs to no section", e.path, lineno,
         label), e.path)
-      return false
+      return nil
     end
   end
-  e.up_sql = text:sub(up.after, down and down.first - 1 or #text)
-  e.up_offset = up.line
-  e.up_options = up.rest
+  local sec = { up = text:sub(up.after, down and down.first - 1 or #text), up_offset = up.line,
+    up_options = up.rest }
   if down then
-    e.down_sql = text:sub(down.after)
-    e.down_offset = down.line
-    e.down_options = down.rest
+    sec.down, sec.down_offset, sec.down_options = text:sub(down.after), down.line, down.rest
   end
-  return true
+  return sec
 end
 
 -- True when lowercased text has `-- moonshift:no-transaction` as a line of its own.
@@ -339,6 +338,126 @@ end
 local function has_goose_directive(low)
   return low:find("^[ \t]*%-%-[ \t]*%+goose[ \t]+no[ \t]+transaction") ~= nil or
     low:find("\n[ \t]*%-%-[ \t]*%+goose[ \t]+no[ \t]+transaction") ~= nil
+end
+
+-- What loading needs of a script's text, small enough to keep in the checksum cache: the
+-- layout (of a lone file), the checksum of the up part, the directives that decide whether
+-- it runs in a transaction, and where a down section starts. Also returns the up and down
+-- texts.
+function Loader:facts(e, text)
+  local f = { layout = e.layout or "native", checksum = "", up_offset = 0, down_offset = 0 }
+  local up, down = text, nil
+  if e.lone then
+    f.layout = lone_layout(text)
+    if f.layout ~= "native" then
+      local sec = self:sections(e, f.layout, text)
+      if not sec then return nil end
+      up, down, f.up_offset, f.down_offset = sec.up, sec.down, sec.up_offset, sec.down_offset
+      f.has_down = down ~= nil
+      if f.layout == "dbmate" then
+        f.up_tx_off = sec.up_options:find("transaction:%s*false") ~= nil
+        f.down_tx_off = (sec.down_options or ""):find("transaction:%s*false") ~= nil
+      end
+    end
+  end
+  local low = up:lower()
+  f.checksum = hash.sha256(up)
+  f.directive = has_directive(low)
+  -- goose writes it anywhere in the file, also above `-- +goose Up`
+  f.goose = has_goose_directive(f.layout == "goose" and text:lower() or low)
+  f.down_directive = down ~= nil and has_directive(down:lower())
+  return f, up, down
+end
+
+-- The checksum cache: a file's facts keyed by its stat, so that a file unchanged since the
+-- last run is not read again. Stat keys include ctime, which no tool can set back, and only
+-- files last changed well before the run began are cached: a file written in the same
+-- timestamp tick as it was read could otherwise keep its key with new content (git's
+-- "racy clean" problem). Two seconds covers the coarsest timestamps (FAT, some network
+-- file systems).
+local CACHE_HEADER = "moonshift checksum cache 1\n"
+source.RACY_SECONDS = 2
+local FLAGS = { "has_down", "up_tx_off", "down_tx_off", "directive", "goose", "down_directive" }
+
+local function stat_key(st)
+  return fmt("%d:%d.%d:%d.%d:%d:%d", st.size, st.mtime, st.mtime_nsec, st.ctime or 0,
+    st.ctime_nsec or 0, st.ino, st.dev)
+end
+
+local function encode_facts(f)
+  local flags = {}
+  for i, name in ipairs(FLAGS) do flags[i] = f[name] and "1" or "0" end
+  return fmt("%s\t%s\t%s\t%d\t%d", f.layout, f.checksum, table.concat(flags), f.up_offset,
+    f.down_offset)
+end
+
+local function decode_facts(s)
+  local layout, checksum, flags, up_offset, down_offset =
+    s:match("^(%a+)\t(%x+)\t([01]+)\t(%d+)\t(%d+)$")
+  if not layout or #flags ~= #FLAGS then return nil end
+  local a, b, c, d, e, g = flags:byte(1, 6) -- FLAGS, in order
+  return { layout = layout, checksum = checksum, up_offset = tonumber(up_offset),
+    down_offset = tonumber(down_offset), has_down = a == 49, up_tx_off = b == 49,
+    down_tx_off = c == 49, directive = d == 49, goose = e == 49, down_directive = g == 49 }
+end
+
+-- The cache file's entries (path -> "key\tfacts"); empty when it is missing, foreign or
+-- not private to this user.
+local function read_cache(path)
+  local entries = {}
+  local st = fs.stat(path)
+  if not st or st.type ~= "file" or st.uid ~= proc.getuid() or st.mode & 18 ~= 0 then
+    return entries, nil
+  end
+  local data = fs.read(path)
+  if not data or data:sub(1, #CACHE_HEADER) ~= CACHE_HEADER then return entries, nil end
+  for p, rest in data:gmatch("([^\t\n]+)\t([^\n]*)\n", #CACHE_HEADER + 1) do
+    entries[p] = rest
+  end
+  return entries, data
+end
+
+-- The facts of a script file: from the cache when its stat key matches, else from its text
+-- (then also kept on the entry as e.up_sql and e.down_sql). nil (and a problem) when refused.
+function Loader:load_script(e)
+  if not self:claim(e.path, e.st) then return nil end
+  local key = stat_key(e.st)
+  local cache = self.cache
+  if cache then
+    local hit = cache.entries[e.path]
+    if hit and hit:sub(1, #key + 1) == key .. "\t" then
+      local f = decode_facts(hit:sub(#key + 2))
+      if f then
+        cache.keep[#cache.keep + 1] = e.path .. "\t" .. hit
+        cache.hits = cache.hits + 1
+        return f
+      end
+    end
+  end
+  local text = self:read(e.path, e.st)
+  if not text then return nil end
+  local f, up, down = self:facts(e, text)
+  if not f then return nil end
+  e.up_sql, e.down_sql = up, down
+  if cache and math.max(e.st.mtime, e.st.ctime or math.huge) < self.started - source.RACY_SECONDS
+      and not e.path:find("[\t\n]") then
+    cache.keep[#cache.keep + 1] = e.path .. "\t" .. key .. "\t" .. encode_facts(f)
+  end
+  return f
+end
+
+-- Writes the cache when what it should hold differs from what it holds; a cache that cannot
+-- be written is no error (the next run reads the files again).
+local function write_cache(cache)
+  local size = 0
+  for _ in pairs(cache.entries) do size = size + 1 end
+  if cache.hits == #cache.keep and cache.hits == size then return end
+  table.sort(cache.keep)
+  local data = CACHE_HEADER .. table.concat(cache.keep, "\n") .. (#cache.keep > 0 and "\n" or "")
+  if data == cache.data then return end
+  local dir = cache.path:match("^(.*)/[^/]*$")
+  if dir and dir ~= "" then fs.mkdir_p(dir, tonumber("700", 8)) end
+  fs.write_atomic(cache.path, data, tonumber("600", 8))
 end
 
 -- The position after a statement's leading whitespace and comments (-- lines, nested /* */).
@@ -505,18 +624,16 @@ function Loader:scan_diesel(name, path)
   self.entries[#self.entries + 1] = e
 end
 
--- Reads the scripts of every entry; decides the layout of lone files from their text.
+-- Reads the scripts of every entry (or their facts from the cache); decides the layout of
+-- lone files from their text.
 function Loader:read_entries()
   for _, e in ipairs(self.entries) do
     if e.kind == "up" or e.kind == "down" or e.kind == "repeatable" then
-      e.text = self:script(e.path, e.st)
-      if e.text and e.lone then
-        e.layout = lone_layout(e.text)
-        if e.layout ~= "native" and not self:sections(e, e.text) then e.text = nil end
-      end
-      if e.text and e.down then
-        e.down.text = self:script(e.down.path, e.down.st)
-        if not e.down.text then e.text = nil end
+      e.facts = self:load_script(e)
+      if e.facts and e.lone then e.layout = e.facts.layout end
+      if e.facts and e.down then
+        e.down.facts = self:load_script(e.down)
+        if not e.down.facts then e.facts = nil end
       end
     elseif e.kind == "conf" then
       e.text = self:read(e.path, e.st)
@@ -555,7 +672,7 @@ end
 function Loader:group()
   local by_key, by_id = {}, {}
   for _, e in ipairs(self.entries) do
-    if e.kind == "up" and e.text then
+    if e.kind == "up" and e.facts then
       e.key = version.key(e.version)
       local other = by_key[e.key]
       if other then
@@ -566,19 +683,19 @@ function Loader:group()
         by_id[e.id] = e
         self.ups[#self.ups + 1] = e
       end
-    elseif e.kind == "repeatable" and e.text then
+    elseif e.kind == "repeatable" and e.facts then
       by_id[e.id] = e
       self.repeatables[#self.repeatables + 1] = e
     end
   end
   for _, e in ipairs(self.entries) do
-    if e.kind == "down" and e.text then
+    if e.kind == "down" and e.facts then
       local up = by_key[version.key(e.version)]
       if not up or (e.layout == "native" and up.id ~= e.id) then
         self:problem(fmt("%s is %s without an up script (%s)", e.path,
           e.layout == "flyway" and "an undo script" or "a down script", e.layout == "flyway" and
           fmt("V%s__*.sql", e.version) or e.id .. ".up.sql"), e.path)
-      elseif up.down or up.down_sql then
+      elseif up.down or up.facts.has_down then
         self:problem(fmt("%s has more than one down script: %s and %s", up.path,
           up.down and up.down.path or up.path, e.path), up.path, e.path)
       else
@@ -604,15 +721,9 @@ function Loader:group()
 end
 
 -- Whether a migration runs in a transaction, from every directive its layout knows.
-local function transactional(e, up_sql)
-  local low = up_sql:lower()
-  if has_directive(low) then return false end
-  if e.no_transaction then return false end
-  if e.layout == "dbmate" and (e.up_options or ""):find("transaction:%s*false") then
-    return false
-  end
-  -- goose writes it anywhere in the file, also above `-- +goose Up`
-  if has_goose_directive(e.layout == "goose" and e.text:lower() or low) then return false end
+local function transactional(e)
+  local f = e.facts
+  if f.directive or f.up_tx_off or f.goose or e.no_transaction then return false end
   if e.conf and e.conf.text and e.conf.text:lower():find(
       "%f[%w]executeintransaction%s*=%s*false") then
     return false
@@ -623,9 +734,31 @@ end
 -- The migration (or repeatable) record of a grouped entry; nil when a script is refused.
 local failure -- defined below, used by lazy preparation
 
+-- Reads the texts of an entry whose facts came from the cache; refuses it when the file no
+-- longer has those facts (it changed after it was listed).
+function Loader:texts(e)
+  if e.up_sql then return true end
+  local st, msg = fs.stat(e.path)
+  if not st then
+    self:problem(fmt("cannot read %s", msg), e.path)
+    return false
+  end
+  local text = self:read(e.path, st)
+  if not text then return false end
+  local f, up, down = self:facts(e, text)
+  if not f then return false end
+  if encode_facts(f) ~= encode_facts(e.facts) then
+    self:problem(fmt("%s changed while moonshift was reading it; run the command again",
+      e.path), e.path)
+    return false
+  end
+  e.up_sql, e.down_sql = up, down
+  return true
+end
+
 function Loader:build(e)
-  local up_sql = e.up_sql or e.text
-  local transaction = transactional(e, up_sql)
+  local f = e.facts
+  local transaction = transactional(e)
   local companion
   if e.companion_path and self.load_companion then
     -- the companion may say `transaction = false`, which changes what the SQL may hold
@@ -639,40 +772,44 @@ function Loader:build(e)
   end
   local m = {
     version = e.version, key = e.key, name = e.name, id = e.id, format = e.layout,
-    up_path = e.path, up_sql = up_sql, checksum = hash.sha256(up_sql),
+    up_path = e.path, up_sql = e.up_sql, checksum = f.checksum,
     transaction = transaction, companion_path = e.companion_path, verify_path = e.verify_path,
     companion = companion,
   }
   if e.kind == "repeatable" then
     m.repeatable, m.version, m.key = true, e.id, nil
   end
-  local down_sql, down_path = e.down_sql, e.path
-  if e.down then down_sql, down_path = e.down.text, e.down.path end
-  if down_sql then
-    local down_tx = transaction and not has_directive(down_sql:lower())
-    if e.layout == "dbmate" and (e.down_options or ""):find("transaction:%s*false") then
-      down_tx = false
-    end
-    m.down_path, m.down_sql, m.down_transaction = down_path, down_sql, down_tx
+  local down = e.down -- a down script in a file of its own
+  local down_directive
+  if down then
+    m.down_path, m.down_sql, down_directive = down.path, down.up_sql, down.facts.directive
+  elseif f.has_down then
+    m.down_path, m.down_sql, down_directive = e.path, e.down_sql, f.down_directive
+  end
+  if m.down_path then
+    m.down_transaction = transaction and not down_directive and not f.down_tx_off
   end
   -- Splitting and checking the statements is most of the work; with `lazy` it waits until
-  -- source.prepare(m), so migrations whose checksum matches what ran cost only a hash.
+  -- source.prepare(m), so migrations whose checksum matches what ran cost only a stat.
   local function split(loader)
-    m.statements = loader:statements(e.path, up_sql, e.up_offset or 0, transaction)
+    if not loader:texts(e) or (down and not loader:texts(down)) then return false end
+    m.up_sql = e.up_sql
+    m.statements = loader:statements(e.path, m.up_sql, f.up_offset, transaction)
     if m.statements and #m.statements == 0 then
       loader:warn(fmt("%s has no statements: it is recorded as applied, nothing is sent",
         e.path))
     end
-    if down_sql then
-      m.down_statements = loader:statements(down_path, down_sql, e.down_offset or 0,
+    if m.down_path then
+      m.down_sql = down and down.up_sql or e.down_sql
+      m.down_statements = loader:statements(m.down_path, m.down_sql, f.down_offset,
         m.down_transaction)
     end
-    return m.statements ~= nil and (not down_sql or m.down_statements ~= nil)
+    return m.statements ~= nil and (not m.down_path or m.down_statements ~= nil)
   end
   if self.lazy then
-    local dir = self.dir
+    local dir, max_size = self.dir, self.max_size
     m.prepare = function()
-      local loader = setmetatable({ problems = {}, warnings = {} }, Loader)
+      local loader = setmetatable({ problems = {}, warnings = {}, max_size = max_size }, Loader)
       if split(loader) then
         m.prepare = nil
         return true, loader.warnings
@@ -732,8 +869,7 @@ function failure(dir, problems)
 end
 
 local function same_stat(a, b)
-  return a and b and a.size == b.size and a.mtime == b.mtime and a.mtime_nsec == b.mtime_nsec
-    and a.ino == b.ino and a.dev == b.dev
+  return a and b and stat_key(a) == stat_key(b)
 end
 
 --- Whether the files a set was read from are still the same (names, sizes, times,
@@ -765,7 +901,9 @@ end
 --   source.DEFAULT_IGNORE; names starting with "." are always ignored), `max_file_size`
 --   (bytes, default source.MAX_FILE_SIZE), `load_companion` (function(path) -> table | nil, err:
 --   loads a `.lua` companion, whose `transaction = false` applies before validation),
---   `lazy` (statements are split and checked only by source.prepare(m))
+--   `lazy` (statements are split and checked only by source.prepare(m)), `cache` (path of
+--   a checksum cache file: files whose stat matches are not read until source.prepare, so
+--   up_sql and down_sql may be nil before it; the file is rewritten when it is stale)
 -- @return set table: { dir, format, migrations (sorted by version.compare), repeatables
 --   (sorted by name), by_key (version key -> migration), warnings (array of strings) }; each
 --   migration { version, key, name, id, format, up_path, up_sql, checksum, statements,
@@ -789,9 +927,13 @@ function source.load(dir, opts)
   local self = setmetatable({
     dir = dir, base = dir:match("^(.-)/*$"), format = format, ignore = ignore,
     max_size = opts.max_file_size or source.MAX_FILE_SIZE, problems = {}, warnings = {},
-    load_companion = opts.load_companion, lazy = opts.lazy,
+    load_companion = opts.load_companion, lazy = opts.lazy, started = fs.now(),
     entries = {}, inodes = {}, ups = {}, repeatables = {}, read_files = {},
   }, Loader)
+  if opts.cache then
+    local entries, data = read_cache(opts.cache)
+    self.cache = { path = opts.cache, entries = entries, data = data, keep = {}, hits = 0 }
+  end
   if self.base == "" then self.base = "/" end
 
   local st, _, code = fs.stat(dir)
@@ -831,6 +973,7 @@ function source.load(dir, opts)
     if r then set.repeatables[#set.repeatables + 1] = r end
   end
   if #self.problems > 0 then return nil, failure(dir, self.problems) end
+  if self.cache then write_cache(self.cache) end
   sort_migrations(set.migrations)
   table.sort(set.repeatables, function(a, b) return a.name < b.name end)
   return set

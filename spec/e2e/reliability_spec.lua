@@ -1,5 +1,6 @@
 -- The fault and bad-input catalogue of RELIABILITY.md, one `it` per entry (A1 ... H9),
 -- each followed by the invariant checker. Entries that cannot run here say why.
+local cluster = require("moonshift.cluster")
 local fs = require("moonshift.fs")
 local proc = require("moonshift.proc")
 local pg = require("moonshift.pg")
@@ -710,8 +711,73 @@ describe("reliability catalogue #e2e", function()
     assert.matches('role "nobody_here" does not exist', res.stderr)
   end)
 
-  it("H9 TLS", function()
-    pending("not yet: needs a server with ssl = on and a self-signed certificate listening on " ..
-      "TCP; the throwaway cluster listens on a unix socket only")
+  -- A server on TCP for the TLS scenarios, stopped when the test ends.
+  local function tcp_cluster(opts)
+    opts.port = 20000 + (proc.getpid() * 7 + math.random(0, 999)) % 10000
+    local t = assert(cluster.start(opts))
+    finally(function() t:stop() end)
+    return t, opts.port
+  end
+  local function ms_at(conninfo, ...)
+    local argv = { ... }
+    argv[#argv + 1] = "--database=" .. conninfo
+    return helpers.run(argv, { cwd = dir })
+  end
+
+  it("H9 TLS: a hostssl server refuses sslmode=disable, verify-full checks CA and host", function()
+    five()
+    local t, port = tcp_cluster({ listen = "127.0.0.1", tls = true,
+      hba = { "hostssl all all 127.0.0.1/32 trust" } })
+    local base = string.format("port=%d user=postgres dbname=postgres", port)
+    -- (a) no encryption: libpq's message is kept, exit 4, nothing created
+    local res = ms_at("host=127.0.0.1 sslmode=disable " .. base, "up", "-y")
+    assert.are.equal(4, res.code)
+    assert.matches("no pg_hba.conf entry for host \"127.0.0.1\".-no encryption", res.stderr)
+    -- (b) a certificate from another CA, then the right CA with the wrong host name
+    local other = dir .. "/other.crt"
+    assert.are.equal(0, proc.run({ "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+      "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", dir .. "/other.key", "-out", other,
+      "-days", "1", "-subj", "/CN=localhost" }).code)
+    res = ms_at("host=localhost sslmode=verify-full sslrootcert=" .. other .. " " .. base,
+      "up", "-y")
+    assert.are.equal(4, res.code)
+    assert.matches("certificate verify failed", res.stderr)
+    res = ms_at("host=127.0.0.1 sslmode=verify-full sslrootcert=" .. t.certificate .. " " ..
+      base, "up", "-y")
+    assert.are.equal(4, res.code)
+    assert.matches('server certificate for "localhost" does not match host name "127.0.0.1"',
+      res.stderr)
+    assert.is_nil(value(t.uri, "SELECT to_regclass('moonshift_migrations')::text"))
+    -- the right CA and host: applied, encrypted, no warning
+    res = ms_at("host=localhost sslmode=verify-full sslrootcert=" .. t.certificate .. " " ..
+      base, "up", "-y", "--require-tls")
+    assert.are.equal(0, res.code, res.stderr)
+    assert.is_nil(res.stderr:find("NOT encrypted", 1, true))
+    assert.are.equal(5, value(t.uri, "SELECT count(*) FROM moonshift_migrations"))
+    invariants.check(t.uri, { effects = EFFECTS })
+  end)
+
+  it("H9c TLS: in the clear across a network, a warning; refused with --require-tls", function()
+    local addr
+    local res = proc.run({ "hostname", "-I" })
+    for a in (res and res.stdout or ""):gmatch("%S+") do
+      if a:match("^%d+%.%d+%.%d+%.%d+$") and not a:match("^127%.") then
+        addr = addr or a
+      end
+    end
+    if not addr then return pending("this machine has no non-loopback IPv4 address") end
+    five()
+    local t, port = tcp_cluster({ listen = addr, hba = { "host all all " .. addr .. "/32 trust" } })
+    local conninfo = string.format("host=%s port=%d user=postgres dbname=postgres", addr, port)
+    local refused = ms_at(conninfo, "up", "-y", "--require-tls")
+    assert.are.equal(4, refused.code)
+    assert.matches("the connection to " .. addr:gsub("%.", "%%.") .. ":" .. port ..
+      " is NOT encrypted and TLS is required", refused.stderr)
+    assert.is_nil(value(t.uri, "SELECT to_regclass('moonshift_migrations')::text"))
+    local ok = ms_at(conninfo, "up", "-y")
+    assert.are.equal(0, ok.code, ok.stderr)
+    assert.matches("is NOT encrypted", ok.stderr)
+    assert.are.equal(5, value(t.uri, "SELECT count(*) FROM moonshift_migrations"))
+    invariants.check(t.uri, { effects = EFFECTS })
   end)
 end)

@@ -1,5 +1,7 @@
 -- status, check, history, stamp and force end to end.
 local cjson = require("cjson")
+local fs = require("moonshift.fs")
+local proc = require("moonshift.proc")
 local helpers = require("spec.helpers")
 
 local value = helpers.value
@@ -69,6 +71,30 @@ describe("status, check, history, stamp, force #e2e", function()
     local st = ms({ "stamp", "0003", "-y" })
     assert.are.equal(0, st.code, st.stderr)
     assert.are.equal(0, ms({ "check" }).code)
+  end)
+
+  it("the checksum cache never hides a file edited after it was cached", function()
+    local cache = dir .. "/cache"
+    local function cached(args)
+      local argv = { table.unpack(args) }
+      argv[#argv + 1] = "--database=" .. uri
+      return helpers.run(argv, { cwd = dir, env = { MOONSHIFT_CACHE_DIR = cache } })
+    end
+    proc.sleep(2100) -- files changed in the last 2 s are not cached (racy timestamps)
+    assert.are.equal(0, cached({ "up", "-y" }).code)
+    local names = assert(fs.list(cache))
+    assert.are.equal(1, #names)
+    assert.matches("0002_b.up.sql", fs.read(cache .. "/" .. names[1]))
+    assert.are.equal(0, cached({ "check" }).code)
+    -- same size, same mtime: only the ctime tells
+    local path = dir .. "/migrations/0002_b.up.sql"
+    local mtime = fs.stat(path).mtime
+    helpers.write_files(dir, { ["migrations/0002_b.up.sql"] = "CREATE TABLE b (id int8);\n" })
+    assert(os.execute(string.format("touch -m -d @%d %s", mtime, path)))
+    local res = cached({ "status" })
+    assert.are.equal(0, res.code)
+    assert.matches("CHANGED  0002_b", res.stdout)
+    assert.are.equal(9, cached({ "check" }).code)
   end)
 
   it("a CRLF checkout with a BOM is not drift", function()
