@@ -72,8 +72,8 @@ end
 --- Starts a throwaway server.
 -- @param opts table|nil: bin_dir, settings (name -> value for postgresql.conf), port,
 --   listen (addresses for TCP, e.g. "127.0.0.1"; default unix socket only), hba (lines that
---   replace the TCP entries of pg_hba.conf), tls (a self-signed certificate for CN=localhost; the cluster's
---   `certificate` field is its path)
+--   replace the TCP entries of pg_hba.conf), tls (a self-signed certificate for
+--   CN=localhost; the cluster's `certificate` field is its path)
 -- @return Cluster (fields uri, dir, data, log_file, socket_dir, port, bin_dir) | nil, err
 function cluster.start(opts)
   opts = opts or {}

@@ -62,10 +62,10 @@ end
 
 -- Whether a connection leaves the machine: TCP to an address other than loopback.
 local function crosses_network(info)
-  local host = info.host or ""
-  if host == "" or host:sub(1, 1) == "/" or host:sub(1, 1) == "@" then return false end
-  local addr = info.hostaddr or host
-  return not (host == "localhost" or addr:match("^127%.") or addr == "::1")
+  local name = info.host or ""
+  if name == "" or name:sub(1, 1) == "/" or name:sub(1, 1) == "@" then return false end
+  local addr = info.hostaddr or name
+  return not (name == "localhost" or addr:match("^127%.") or addr == "::1")
 end
 
 --- Connects to the configured database. A connection that crosses a network without TLS
