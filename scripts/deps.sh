@@ -3,7 +3,7 @@
 # As root it runs apt-get; otherwise it names what to install and fails.
 set -eu
 PACKAGES="${*:-cmake make gcc pkg-config liblua5.4-dev libpq-dev libssl-dev lua-cjson-dev
-  lua-argparse lua-busted lua-check postgresql-15 postgresql-client-15}"
+  lua-argparse lua-busted lua-check postgresql-15 postgresql-client-15 pgbouncer openssl}"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

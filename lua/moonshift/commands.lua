@@ -57,9 +57,9 @@ local function open(cfg, ui, mutating)
   local set, err = load_source(cfg)
   if not set then return nil, err end
   for _, w in ipairs(set.warnings or {}) do ui:warn(w) end
-  local conn, cerr = db.connect(cfg, function(msg) ui:warn(msg) end)
+  local conn, cerr, pooled = db.connect(cfg, function(msg) ui:warn(msg) end)
   if not conn then return nil, cerr end
-  local s = setmetatable({ cfg = cfg, ui = ui, conn = conn, set = set }, Session)
+  local s = setmetatable({ cfg = cfg, ui = ui, conn = conn, set = set, pooled = pooled }, Session)
   s.hooks, err = hooks.load_global(cfg.hooks)
   if not s.hooks then
     s:close()
@@ -73,6 +73,14 @@ local function open(cfg, ui, mutating)
   s.history = history.new(conn, schema, cfg)
   s.lock_key = s.history.migrations
   s.label = db.label(conn)
+  if mutating and pooled and cfg.lock == "advisory" then
+    s:close()
+    return nil, errors.new("connect", fmt("%s is reached through a connection pooler (the " ..
+      "server's backend pid %d is not the %d libpq was given): a session-level run lock " ..
+      "cannot be trusted under transaction pooling. Connect to PostgreSQL directly, or set " ..
+      "lock = \"table\" in migrate.lua; nothing was changed", s.label, pooled.server_pid,
+      pooled.client_pid))
+  end
   if mutating then
     conn:cancel_on_signal(true) -- Ctrl-C cancels the running statement; the runner rolls back
     local ok, werr = db.check_writable(conn)
@@ -144,7 +152,7 @@ end
 
 function Session:runner()
   return runner.new({ conn = self.conn, history = self.history, cfg = self.cfg, ui = self.ui,
-    run_id = self.run_id, hooks = self.hooks, plan_ids = self.plan_ids,
+    run_id = self.run_id, hooks = self.hooks, plan_ids = self.plan_ids, pooled = self.pooled,
     emit = function(event, f)
       if event == "retry" then
         self.ui:warn(fmt("%s: lock timeout (SQLSTATE %s); retry %d of %d in %s", f.migration.id,
@@ -351,6 +359,15 @@ local function execute(s, list, direction, opts)
   local ids = {}
   for i, m in ipairs(list) do ids[i] = m.id end
   s.plan_ids = ids
+  for _, m in ipairs(s.pooled and list or {}) do
+    local tx = m.transaction
+    if direction == "down" then tx = m.down_transaction end
+    if tx == false then
+      return nil, errors.new("connect", fmt("%s runs outside a transaction, which a " ..
+        "transaction pooler would spread over server connections with its session " ..
+        "settings; run it with a direct connection; nothing was changed", m.id))
+    end
+  end
   local eok, eerr = s.history:ensure()
   if not eok then return nil, eerr end
   if not s.log then

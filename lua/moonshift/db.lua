@@ -70,7 +70,8 @@ end
 
 --- Connects to the configured database. A connection that crosses a network without TLS
 -- is refused with `require_tls`, and otherwise reported through `warn` (when given).
--- @return conn | nil, err (kind connect)
+-- @return conn, nil, pooled ({ server_pid, client_pid } when a connection pooler is in
+--   between, else nil) | nil, err (kind connect)
 function db.connect(cfg, warn)
   local conn, err = pg.connect(cfg.database, { application_name = db.application_name() })
   if not conn then
@@ -79,8 +80,17 @@ function db.connect(cfg, warn)
       db.describe_target(cfg), msg), { cause = err })
   end
   -- Migration files are UTF-8 whatever the server's encoding; our SQL is schema-qualified.
+  -- A pooler (PgBouncer, Pgpool, RDS Proxy) answers the startup itself and hands libpq a
+  -- backend key of its own, so the pid libpq was given is not the server's.
+  local rows, perr = conn:query("SELECT pg_catalog.pg_backend_pid() AS pid")
+  if not rows then return nil, errors.new("connect", "cannot query the server: " .. tostring(perr)) end
+  local pooled = rows[1].pid ~= conn:backend_pid() and
+    { server_pid = rows[1].pid, client_pid = conn:backend_pid() } or nil
+  -- Behind a pooler a session setting would stay on a server connection others then use:
+  -- only what the pooler itself tracks per client (application_name, client_encoding).
   local _, serr = conn:exec("SET application_name = " ..
-    conn:escape_literal(db.application_name()) .. "; " .. db.SESSION_SETUP)
+    conn:escape_literal(db.application_name()) .. "; " ..
+    (pooled and "SET client_encoding = 'UTF8'" or db.SESSION_SETUP))
   if serr then return nil, errors.new("connect", "cannot configure session: " .. tostring(serr)) end
   local info = conn:info()
   if not info.ssl and crosses_network(info) then
@@ -92,7 +102,7 @@ function db.connect(cfg, warn)
     end
     if warn then warn(what .. " (sslmode=require or verify-full would refuse this)") end
   end
-  return conn
+  return conn, nil, pooled
 end
 
 --- The redacted connection string, for messages.

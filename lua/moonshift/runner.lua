@@ -332,7 +332,10 @@ function Runner:_steps(m, direction, statements, begun)
   end
   -- Each migration starts from a clean session: one that ran `SET search_path` or
   -- `SET ROLE` without LOCAL must not change what the next one does.
-  local head = { { text = "RESET ALL" }, { text = "SET client_encoding = 'UTF8'" },
+  -- Behind a pooler the settings are LOCAL instead: session state would outlive this
+  -- client on a server connection that others use next.
+  local head = self.pooled and { self:_timeouts_item(m, true) } or { { text = "RESET ALL" },
+    { text = "SET client_encoding = 'UTF8'" },
     { text = "SELECT pg_catalog.set_config('client_connection_check_interval', '1000', false) " ..
       "WHERE pg_catalog.current_setting('server_version_num')::int >= 140000" },
     self:_timeouts_item(m, true) }

@@ -122,9 +122,74 @@ describe("reliability catalogue #e2e", function()
     check({ effects = {} })
   end)
 
-  it("A6 PgBouncer in transaction pooling mode", function()
-    pending("not yet: pooler detection (backend pid changing between transactions) is not " ..
-      "built; lock = \"table\" is the supported mode behind a transaction pooler")
+  -- PgBouncer in transaction pooling mode in front of the test cluster, on a unix socket;
+  -- stopped when the test ends. Returns the URI of `dbname` through it.
+  local function pgbouncer(dbname)
+    local bin = "/usr/sbin/pgbouncer"
+    if not fs.exists(bin) then return nil end
+    local pdir = assert(fs.mkdtemp("/tmp/moonshift-pgbouncer-")) -- the server's user enters it
+    assert(fs.chmod(pdir, tonumber("755", 8)))
+    local port = 20000 + (proc.getpid() * 11 + math.random(0, 999)) % 10000
+    helpers.write_files(pdir, {
+      ["users.txt"] = '"postgres" ""\n',
+      ["pgbouncer.ini"] = table.concat({ "[databases]",
+        string.format("* = host=%s port=%d", c.socket_dir, c.port), "[pgbouncer]",
+        "listen_addr =", "listen_port = " .. port, "unix_socket_dir = " .. pdir,
+        "auth_type = trust", "auth_file = " .. pdir .. "/users.txt", "pool_mode = transaction",
+        "default_pool_size = 2", "max_client_conn = 20", "logfile = " .. pdir .. "/log",
+        "ignore_startup_parameters = extra_float_digits", "" }, "\n"),
+    })
+    local pw = proc.getpwnam("postgres")
+    if proc.getuid() == 0 then fs.chown(pdir, pw.uid, pw.gid) end
+    local h = assert(proc.spawn({ bin, pdir .. "/pgbouncer.ini" },
+      { uid = proc.getuid() == 0 and pw.uid or nil, gid = proc.getuid() == 0 and pw.gid or nil }))
+    finally(function()
+      h:kill(15)
+      h:wait(10000)
+      fs.remove_tree(pdir)
+    end)
+    local through = string.format("postgresql:///%s?host=%s&port=%d&user=postgres", dbname, pdir,
+      port)
+    for _ = 1, 100 do
+      local conn = pg.connect(through)
+      if conn then
+        conn:close()
+        return through
+      end
+      proc.sleep(50)
+    end
+    error("pgbouncer did not start: " .. tostring(fs.read(pdir .. "/log")))
+  end
+
+  it("A6 PgBouncer in transaction pooling mode: refused with the session lock, or run with " ..
+    "lock = \"table\" leaving no session state behind", function()
+    five()
+    local pooled = pgbouncer(uri:match("^postgresql:///([^?]+)"))
+    if not pooled then return pending("pgbouncer is not installed") end
+    local res = helpers.run({ "up", "-y", "--database=" .. pooled }, { cwd = dir })
+    assert.are.equal(4, res.code)
+    assert.matches("reached through a connection pooler", res.stderr)
+    assert.matches("nothing was changed", res.stderr)
+    assert.is_nil(value(uri, "SELECT to_regclass('moonshift_migrations')::text"))
+    -- status reads only: allowed through the pooler
+    assert.are.equal(0, helpers.run({ "status", "--database=" .. pooled }, { cwd = dir }).code)
+    files({ ["migrate.lua"] = 'return { lock = "table" }\n',
+      ["migrations/0006_idx.up.sql"] = "-- moonshift:no-transaction\n" ..
+        "CREATE INDEX CONCURRENTLY a_id ON a (id);\n" })
+    res = helpers.run({ "up", "-y", "--database=" .. pooled }, { cwd = dir })
+    assert.are.equal(4, res.code)
+    assert.matches("0006_idx runs outside a transaction.-nothing was changed", res.stderr)
+    assert.is_nil(value(uri, "SELECT to_regclass('moonshift_migrations')::text"))
+    os.remove(dir .. "/migrations/0006_idx.up.sql")
+    res = helpers.run({ "up", "-y", "--database=" .. pooled }, { cwd = dir })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.are.equal(5, value(uri, "SELECT count(*) FROM moonshift_migrations"))
+    -- no setting of ours stayed on the pooled server connections
+    for _ = 1, 3 do
+      assert.are.same({ "0", "0" }, { value(pooled, "SHOW client_connection_check_interval"),
+        value(pooled, "SHOW lock_timeout") })
+    end
+    check({ log_dir = dir .. "/moonshift-backups" })
   end)
 
   -- B. Interrupts and crashes
