@@ -83,7 +83,9 @@ function db.connect(cfg, warn)
   -- A pooler (PgBouncer, Pgpool, RDS Proxy) answers the startup itself and hands libpq a
   -- backend key of its own, so the pid libpq was given is not the server's.
   local rows, perr = conn:query("SELECT pg_catalog.pg_backend_pid() AS pid")
-  if not rows then return nil, errors.new("connect", "cannot query the server: " .. tostring(perr)) end
+  if not rows then
+    return nil, errors.new("connect", "cannot query the server: " .. tostring(perr))
+  end
   local pooled = rows[1].pid ~= conn:backend_pid() and
     { server_pid = rows[1].pid, client_pid = conn:backend_pid() } or nil
   -- Behind a pooler a session setting would stay on a server connection others then use:
