@@ -152,6 +152,38 @@ function cluster.start(opts)
   return self
 end
 
+--- Starts a read-only hot standby of this cluster, copied with pg_basebackup and streaming
+-- from it; stop it like any cluster.
+-- @return Cluster | nil, err (also when this server's binaries have no pg_basebackup)
+function Cluster:standby()
+  local basebackup = self.bin_dir .. "/pg_basebackup"
+  if not fs.exists(basebackup) then return nil, "no pg_basebackup in " .. self.bin_dir end
+  local dir, derr = fs.mkdtemp("/tmp/moonshift-pg-")
+  if not dir then return nil, derr end
+  local st = setmetatable({
+    dir = dir, socket_dir = dir, data = dir .. "/data", log_file = dir .. "/server.log",
+    bin_dir = self.bin_dir, port = self.port, user = "postgres", uid = self.uid, gid = self.gid,
+  }, Cluster)
+  if st.uid then fs.chown(dir, st.uid, st.gid) end
+  fs.chmod(dir, tonumber("755", 8))
+  local ok, err = st:_run({ basebackup, "-D", st.data, "-R", "-X", "stream", "--no-sync",
+    "-h", self.socket_dir, "-p", tostring(self.port), "-U", "postgres" })
+  if ok then
+    local f = assert(io.open(st.data .. "/postgresql.conf", "a"))
+    f:write("\n# standby\nunix_socket_directories = ", quote_setting(dir), "\nhot_standby = on\n")
+    f:close()
+    ok, err = st:_run({ self.bin_dir .. "/pg_ctl", "-D", st.data, "-l", st.log_file, "-w",
+      "-t", "60", "start" })
+  end
+  if not ok then
+    st:stop()
+    return nil, err
+  end
+  st.running = true
+  st.uri = st:uri_for("postgres")
+  return st
+end
+
 --- A URI for a database of this cluster.
 function Cluster:uri_for(dbname)
   return fmt("postgresql:///%s?host=%s&port=%d&user=postgres", dbname, self.socket_dir, self.port)

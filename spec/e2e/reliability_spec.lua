@@ -739,9 +739,27 @@ describe("reliability catalogue #e2e", function()
     assert.is_true(value(uri, "SELECT min(applied_at) > '2020-01-01' FROM ops.moonshift_migrations"))
   end)
 
-  it("H6 a read-only hot standby", function()
-    pending("not yet: the throwaway cluster cannot make a pg_basebackup standby; the " ..
-      "pre-flight check (pg_is_in_recovery, transaction_read_only) is exercised by H6b")
+  it("H6 a read-only hot standby is refused before any write; target_session_attrs finds " ..
+    "the primary", function()
+    five()
+    local primary = assert(cluster.start())
+    finally(function() primary:stop() end)
+    local standby, err = primary:standby()
+    if not standby then return pending("cannot make a standby here: " .. tostring(err)) end
+    finally(function() standby:stop() end)
+    assert.is_true(value(standby.uri, "SELECT pg_is_in_recovery()"))
+    local res = helpers.run({ "up", "-y", "--database=" .. standby.uri }, { cwd = dir })
+    assert.are.equal(4, res.code)
+    assert.matches("target is a read%-only standby", res.stderr)
+    assert.is_nil(value(primary.uri, "SELECT to_regclass('moonshift_migrations')::text"))
+    -- both hosts, standby first: libpq picks the one that takes writes
+    local both = string.format("host=%s,%s port=%d,%d user=postgres dbname=postgres " ..
+      "target_session_attrs=read-write", standby.socket_dir, primary.socket_dir, standby.port,
+      primary.port)
+    res = helpers.run({ "up", "-y", "--database=" .. both }, { cwd = dir })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.are.equal(5, value(primary.uri, "SELECT count(*) FROM moonshift_migrations"))
+    invariants.check(primary.uri, { effects = EFFECTS })
   end)
 
   it("H6b a read-only session is refused before any write", function()
