@@ -597,9 +597,18 @@ static int pg_lconnect(lua_State *L) {
     /* Later entries override earlier ones, and the expanded dbname overrides everything
      * before it: our defaults go first so a conninfo can change them; an explicit
      * connect_timeout from the caller goes last and wins. */
-    const char *keys[5], *values[5];
+    const char *keys[10], *values[10];
     int k = 0;
+    /* A dead network is noticed within about 30 s, whether we are sending (unacknowledged
+     * data, tcp_user_timeout) or waiting for a long statement (keepalives: 10 s idle, then
+     * 3 probes 5 s apart); a server that never answers the handshake within 10 s. */
     keys[k] = "keepalives", values[k++] = "1";
+    keys[k] = "keepalives_idle", values[k++] = "10";
+    keys[k] = "keepalives_interval", values[k++] = "5";
+    keys[k] = "keepalives_count", values[k++] = "3";
+    keys[k] = "tcp_user_timeout", values[k++] = "30000";
+    if (getenv("PGCONNECT_TIMEOUT") == NULL) /* a keyword here would override it */
+        keys[k] = "connect_timeout", values[k++] = "10";
     keys[k] = "fallback_application_name", values[k++] = appname;
     keys[k] = "dbname", values[k++] = conninfo;
     if (timeout)

@@ -153,6 +153,7 @@ end
 function Session:runner()
   return runner.new({ conn = self.conn, history = self.history, cfg = self.cfg, ui = self.ui,
     run_id = self.run_id, hooks = self.hooks, plan_ids = self.plan_ids, pooled = self.pooled,
+    connect = function() return db.connect(self.cfg) end,
     emit = function(event, f)
       if event == "retry" then
         self.ui:warn(fmt("%s: lock timeout (SQLSTATE %s); retry %d of %d in %s", f.migration.id,

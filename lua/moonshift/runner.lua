@@ -40,8 +40,12 @@ function runner.test_pause(point, m)
   if want and want == point .. ":" .. tostring(m.version) then proc.sleep(60000) end
 end
 
+-- How often a runner tries to reconnect to learn whether an interrupted COMMIT happened.
+local RECONNECT_ATTEMPTS = 5
+
 --- A runner over one connection.
--- @param opts table: conn, history, cfg, ui, run_id, emit (function(event, fields)), dry_run
+-- @param opts table: conn, history, cfg, ui, run_id, emit (function(event, fields)), dry_run,
+--   connect (function() -> conn: a new connection, to learn the outcome of a lost COMMIT)
 function runner.new(opts)
   local self = setmetatable({}, Runner)
   for k, v in pairs(opts) do self[k] = v end
@@ -460,8 +464,8 @@ function Runner:_transactional(m, direction, statements, path)
     if not ok then
       if runner.connection_error(cerr) then
         return nil, errors.new("connect", fmt("lost the connection while COMMIT of %s was in " ..
-          "flight: %s. Whether it committed is unknown; `moonshift status` shows it", m.id,
-          tostring(cerr.message))), cerr
+          "flight (%s); %s", m.id, tostring(cerr.message):gsub("%s+$", ""),
+          self:_commit_outcome(m, direction))), cerr
       end
       return nil, errors.new("sql", fmt("%s failed at COMMIT (a deferred constraint or " ..
         "trigger); rolled back, nothing of it was applied\n  ERROR %s: %s%s", m.id,
@@ -471,6 +475,47 @@ function Runner:_transactional(m, direction, statements, path)
     end
   end
   return { duration_ms = fs.clock_ms() - started, timings = step_ms }
+end
+
+-- After a connection lost during COMMIT, whether it committed: reconnects (a bounded number
+-- of times), makes sure the old session is gone (its COMMIT could still be waiting in the
+-- server's socket), and looks for what that COMMIT would have written. Never guesses.
+function Runner:_commit_outcome(m, direction)
+  local old_pid = not self.pooled and self.conn:backend_pid() or nil
+  local delay, attempts = 1000, 0
+  while self.connect and attempts < RECONNECT_ATTEMPTS do
+    attempts = attempts + 1
+    local conn = self.connect()
+    if conn then
+      local gone = old_pid == nil
+      if old_pid then
+        conn:query("SELECT pg_catalog.pg_terminate_backend($1)", old_pid)
+        for _ = 1, 100 do
+          local rows = conn:query("SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = $1",
+            old_pid)
+          gone = rows and rows[1] == nil
+          if gone then break end
+          proc.sleep(100)
+        end
+      end
+      local rows = conn:query(fmt("SELECT run_id FROM %s WHERE version = $1 AND state = " ..
+        "'applied'", self.history.migrations), m.version)
+      conn:close()
+      if rows then
+        -- the lock kept others out: an up left our row, a revert removed the row
+        local committed = rows[1] == nil
+        if direction == "up" then committed = rows[1] ~= nil and rows[1].run_id == self.run_id end
+        if committed or gone then
+          return fmt("reconnected and checked: %s was %s. Run the command again to go on",
+            m.id, committed and "COMMITTED" or "ROLLED BACK, nothing of it was applied")
+        end
+      end
+    end
+    proc.sleep(delay)
+    delay = math.min(delay * 2, 8000)
+  end
+  return fmt("could not learn whether it committed (%d attempts to reconnect and check): " ..
+    "`moonshift status` tells once the server is reachable", attempts)
 end
 
 -- A non-transactional migration: a dirty marker committed first, then the statements

@@ -19,7 +19,15 @@ describe("reliability catalogue #e2e", function()
     dir = helpers.tmpdir()
     uri = helpers.fresh_db(c)
   end)
-  after_each(function() helpers.rmdir(dir) end)
+  -- What a test started beyond the shared cluster, undone after it, newest first (busted's
+  -- `finally` keeps only one function).
+  local cleanups = {}
+  local function cleanup(fn) cleanups[#cleanups + 1] = fn end
+  after_each(function()
+    for i = #cleanups, 1, -1 do pcall(cleanups[i]) end
+    cleanups = {}
+    helpers.rmdir(dir)
+  end)
 
   local function files(t) helpers.write_files(dir, t) end
   local function ms(...)
@@ -45,6 +53,44 @@ describe("reliability catalogue #e2e", function()
     opts = opts or {}
     opts.effects = opts.effects or EFFECTS
     return invariants.check(uri, opts)
+  end
+
+  -- A server on TCP (TLS, network faults), stopped when the test ends.
+  local function tcp_cluster(opts)
+    opts.port = 20000 + (proc.getpid() * 7 + math.random(0, 999)) % 10000
+    local t = assert(cluster.start(opts))
+    cleanup(function() t:stop() end)
+    return t, opts.port
+  end
+  local function ms_at(conninfo, ...)
+    local argv = { ... }
+    argv[#argv + 1] = "--database=" .. conninfo
+    return helpers.run(argv, { cwd = dir })
+  end
+
+  -- A network path that can be cut without a reset: a network namespace joined to this host
+  -- by a veth pair. The server listens on addr; argv run inside the namespace is the
+  -- client. Removed when the test ends. nil and why when namespaces are not allowed here.
+  local function cuttable_link()
+    local name = "ms" .. proc.getpid() % 100000
+    local function ip(...)
+      local r = proc.run({ "ip", ... })
+      return r and r.code == 0, r and r.stderr
+    end
+    local ok, err = ip("netns", "add", name)
+    if not ok then return nil, "cannot create a network namespace: " .. tostring(err) end
+    cleanup(function() ip("netns", "del", name) end) -- takes the veth pair with it
+    for _, argv in ipairs({ { "link", "add", name .. "a", "type", "veth", "peer", "name", name .. "b" },
+      { "link", "set", name .. "b", "netns", name }, { "addr", "add", "10.213.0.1/30", "dev", name .. "a" },
+      { "link", "set", name .. "a", "up" },
+      { "netns", "exec", name, "ip", "addr", "add", "10.213.0.2/30", "dev", name .. "b" },
+      { "netns", "exec", name, "ip", "link", "set", name .. "b", "up" } }) do
+      ok, err = ip(table.unpack(argv))
+      if not ok then return nil, "cannot set up a veth pair: " .. tostring(err) end
+    end
+    return { addr = "10.213.0.1", prefix = { "ip", "netns", "exec", name },
+      cut = function() assert(ip("link", "set", name .. "a", "down")) end,
+      heal = function() assert(ip("link", "set", name .. "a", "up")) end }
   end
 
   -- A. Concurrency and locking
@@ -143,7 +189,7 @@ describe("reliability catalogue #e2e", function()
     if proc.getuid() == 0 then fs.chown(pdir, pw.uid, pw.gid) end
     local h = assert(proc.spawn({ bin, pdir .. "/pgbouncer.ini" },
       { uid = proc.getuid() == 0 and pw.uid or nil, gid = proc.getuid() == 0 and pw.gid or nil }))
-    finally(function()
+    cleanup(function()
       h:kill(15)
       h:wait(10000)
       fs.remove_tree(pdir)
@@ -316,9 +362,68 @@ describe("reliability catalogue #e2e", function()
     check()
   end)
 
-  it("C2 a network drop mid-statement or while COMMIT is in flight", function()
-    pending("needs a TCP path whose packets can be dropped (netem/iptables or a proxy); the " ..
-      "specs reach the server over a unix socket")
+  -- C2: the client runs in a namespace whose only link to the server is then cut. Budgets
+  -- are shortened in the conninfo (the defaults notice a dead network within about 30 s).
+  local function c2_setup()
+    local link, why = cuttable_link()
+    if not link then return nil, why end
+    local t, port = tcp_cluster({ listen = link.addr, hba = { "host all all 10.213.0.0/30 trust" },
+      settings = { tcp_keepalives_idle = 1, tcp_keepalives_interval = 1, tcp_keepalives_count = 3 } })
+    local conninfo = string.format("host=%s port=%d user=postgres dbname=postgres " ..
+      "keepalives_idle=1 keepalives_interval=1 keepalives_count=2 tcp_user_timeout=2000 " ..
+      "connect_timeout=2", link.addr, port)
+    local argv = { table.unpack(link.prefix) }
+    for _, a in ipairs({ helpers.bin(), "up", "-y", "--database=" .. conninfo }) do
+      argv[#argv + 1] = a
+    end
+    local function start()
+      return assert(proc.spawn(argv, { cwd = dir, env = helpers.env() }))
+    end
+    return { link = link, t = t, start = start }
+  end
+
+  it("C2a a network drop mid-statement is noticed within the budget; the server rolls back",
+    function()
+      five(30)
+      local env, why = c2_setup()
+      if not env then return pending(why) end
+      local h = env.start()
+      wait_for_query(env.t.uri, "%pg_sleep%")
+      env.link.cut()
+      local res = h:wait(20000)
+      assert.are.equal(4, res.code, res.stderr)
+      assert.matches("lost the connection during 0002_b", res.stderr)
+      assert.matches("0002_b is not applied", res.stderr)
+      env.link.heal()
+      local rows = invariants.check(env.t.uri, { effects = EFFECTS, settle_ms = 20000 }).rows
+      assert.are.same({ ["0001"] = "applied" }, rows)
+    end)
+
+  it("C2b a COMMIT whose reply is lost: moonshift reconnects and says it committed", function()
+    files({
+      ["migrations/0001_a.up.sql"] = "CREATE TABLE a (id int);\n",
+      -- a deferred trigger makes COMMIT itself take 3 s, long enough to cut the link under it
+      ["migrations/0002_b.up.sql"] = "CREATE TABLE b (id int);\n" ..
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS\n" ..
+        "$$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$;\n" ..
+        "CREATE CONSTRAINT TRIGGER b_slow AFTER INSERT ON b DEFERRABLE INITIALLY DEFERRED\n" ..
+        "  FOR EACH ROW EXECUTE FUNCTION slow_commit();\nINSERT INTO b VALUES (1);\n",
+      ["migrations/0003_c.up.sql"] = "CREATE TABLE c (id int);\n",
+    })
+    local env, why = c2_setup()
+    if not env then return pending(why) end
+    local h = env.start()
+    wait_for_query(env.t.uri, "COMMIT")
+    env.link.cut()
+    proc.sleep(6000) -- the reply is lost; the runner notices and starts reconnecting
+    env.link.heal()
+    local res = h:wait(60000)
+    assert.are.equal(4, res.code, res.stderr)
+    assert.matches("lost the connection while COMMIT of 0002_b was in flight", res.stderr)
+    assert.matches("reconnected and checked: 0002_b was COMMITTED", res.stderr)
+    local rows = invariants.check(env.t.uri, { effects = EFFECTS, settle_ms = 20000,
+      killed = true }).rows
+    assert.are.same({ ["0001"] = "applied", ["0002"] = "applied" }, rows)
   end)
 
   it("C3 a migration behind a long transaction is retried, then names the blocker", function()
@@ -743,10 +848,10 @@ describe("reliability catalogue #e2e", function()
     "the primary", function()
     five()
     local primary = assert(cluster.start())
-    finally(function() primary:stop() end)
+    cleanup(function() primary:stop() end)
     local standby, err = primary:standby()
     if not standby then return pending("cannot make a standby here: " .. tostring(err)) end
-    finally(function() standby:stop() end)
+    cleanup(function() standby:stop() end)
     assert.is_true(value(standby.uri, "SELECT pg_is_in_recovery()"))
     local res = helpers.run({ "up", "-y", "--database=" .. standby.uri }, { cwd = dir })
     assert.are.equal(4, res.code)
@@ -793,19 +898,6 @@ describe("reliability catalogue #e2e", function()
     assert.are.equal(4, res.code)
     assert.matches('role "nobody_here" does not exist', res.stderr)
   end)
-
-  -- A server on TCP for the TLS scenarios, stopped when the test ends.
-  local function tcp_cluster(opts)
-    opts.port = 20000 + (proc.getpid() * 7 + math.random(0, 999)) % 10000
-    local t = assert(cluster.start(opts))
-    finally(function() t:stop() end)
-    return t, opts.port
-  end
-  local function ms_at(conninfo, ...)
-    local argv = { ... }
-    argv[#argv + 1] = "--database=" .. conninfo
-    return helpers.run(argv, { cwd = dir })
-  end
 
   it("H9 TLS: a hostssl server refuses sslmode=disable, verify-full checks CA and host", function()
     five()
