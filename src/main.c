@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "embedded.h"
@@ -88,6 +89,52 @@ static int host_catch_signals(lua_State *L) {
     return 0;
 }
 
+/* The hook watchdog. Lua's count hook stops Lua code at its time limit, but not a C function
+ * that never returns (a pathological string.find) nor a blocked query. At the limit the
+ * running query is cancelled (the hook then sees an error); if the process is still there
+ * WATCHDOG_GRACE_S later, it exits: the server rolls back the open transaction. */
+#define WATCHDOG_GRACE_S 3
+static volatile sig_atomic_t watchdog_stage = 0;
+
+static void on_watchdog(int sig) {
+    (void)sig;
+    if (watchdog_stage == 0) {
+        watchdog_stage = 1;
+        pg_cancel_from_signal();
+        struct itimerval grace = {{0, 0}, {WATCHDOG_GRACE_S, 0}};
+        setitimer(ITIMER_REAL, &grace, NULL);
+        return;
+    }
+    static const char msg[] = "moonshift: a hook ran past its time limit inside a C function "
+                              "and could not be stopped; exiting (the server rolls back the "
+                              "open transaction)\n";
+    ssize_t ignored = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)ignored;
+    _exit(7); /* the hook failure exit code */
+}
+
+/* host.watchdog(ms) arms the watchdog (0 disarms) and returns whether the previous one fired. */
+static int host_watchdog(lua_State *L) {
+    lua_Integer ms = luaL_checkinteger(L, 1);
+    struct itimerval off = {{0, 0}, {0, 0}}, on = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &off, NULL);
+    int fired = watchdog_stage != 0;
+    watchdog_stage = 0;
+    if (ms > 0) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_watchdog;
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = SA_RESTART;
+        sigaction(SIGALRM, &sa, NULL);
+        on.it_value.tv_sec = (time_t)(ms / 1000);
+        on.it_value.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+        setitimer(ITIMER_REAL, &on, NULL);
+    }
+    lua_pushboolean(L, fired);
+    return 1;
+}
+
 /* host.interrupted() -> "INT" | "TERM" | nil, and the exit code for it (130, 143) */
 static int host_interrupted(lua_State *L) {
     int sig = last_signal;
@@ -104,6 +151,7 @@ static int luaopen_moonshift_host(lua_State *L) {
         {"memory_used", host_memory_used},
         {"catch_signals", host_catch_signals},
         {"interrupted", host_interrupted},
+        {"watchdog", host_watchdog},
         {NULL, NULL},
     };
     luaL_newlib(L, funcs);

@@ -184,15 +184,24 @@ function hooks.call(what, fn, ctx, cfg)
     end
   end, "", 10000)
   local previous = host.memory_limit(host.memory_used() + mem_bytes)
+  host.watchdog(limit_ms)
   local ok, e = coroutine.resume(co)
+  local overran = host.watchdog(0)
   host.memory_limit(previous)
   if ok and coroutine.status(co) ~= "dead" then
     ok, e = false, "hooks may not yield"
   end
-  if ok then return true end
+  if ok and not overran then return true end
+  if ok then ok, e = false, "it returned only after the limit" end
   local tb = debug.traceback(co, tostring(type(e) == "string" and e or "hook failed"))
   if e == "not enough memory" then
     e = fmt("hook exceeded its memory limit of %d MB (hook_memory)", mem_bytes // (1024 * 1024))
+  end
+  if overran and not (errors.is(e) and e.limit) then
+    -- the watchdog cancelled what the hook was waiting for
+    e = errors.new("hook", fmt("hook exceeded its time limit of %s (hook_timeout); what it " ..
+      "was waiting for was cancelled: %s", require("moonshift.ui").duration(limit_ms),
+      tostring(errors.is(e) and e.message or e)), { limit = true })
   end
   return nil, hooks.failure(what, e, tb)
 end

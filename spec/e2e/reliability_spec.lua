@@ -698,8 +698,27 @@ describe("reliability catalogue #e2e", function()
     assert.are.equal(7, res.code)
     assert.matches("0002_b%.lua:1: hook exceeded its time limit", res.stderr)
     check()
-    -- (b) a runaway C function (a pathological string.find) and (c) a hook's own long query
-    -- are not stopped yet: the limit is checked between Lua instructions only.
+    -- (c) the hook's own long query: the watchdog cancels it at the limit
+    files({ ["migrations/0002_b.lua"] = "return { pre = function(ctx)\n" ..
+      "  ctx.db:exec('SELECT pg_sleep(3600)')\nend }\n" })
+    local started = fs.clock_ms()
+    res = ms("up", "-y")
+    assert.are.equal(7, res.code)
+    assert.matches("hook exceeded its time limit of [%d.]+ s %(hook_timeout%); what it was waiting " ..
+      "for was cancelled", res.stderr)
+    assert.is_true(fs.clock_ms() - started < 15000)
+    check()
+    -- (b) a C function that never returns (catastrophic backtracking in string.find): the
+    -- watchdog ends the process after a grace period; the server rolls back
+    files({ ["migrations/0002_b.lua"] = "return { pre = function()\n" ..
+      "  string.find(string.rep('a', 50), string.rep('a?', 50) .. string.rep('a', 50))\nend }\n" })
+    started = fs.clock_ms()
+    res = ms("up", "-y")
+    assert.are.equal(7, res.code)
+    assert.matches("a hook ran past its time limit inside a C function and could not be stopped",
+      res.stderr)
+    assert.is_true(fs.clock_ms() - started < 15000)
+    check({ killed = true })
   end)
 
   it("F4 a hook that allocates without end is stopped at its memory limit", function()
