@@ -192,7 +192,7 @@ function hooks.call(what, fn, ctx, cfg)
     ok, e = false, "hooks may not yield"
   end
   if ok and not overran then return true end
-  if ok then ok, e = false, "it returned only after the limit" end
+  if ok then e = "it returned only after the limit" end
   local tb = debug.traceback(co, tostring(type(e) == "string" and e or "hook failed"))
   if e == "not enough memory" then
     e = fmt("hook exceeded its memory limit of %d MB (hook_memory)", mem_bytes // (1024 * 1024))
