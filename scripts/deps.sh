@@ -8,6 +8,13 @@ missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
+# psql 15.19 stopped counting words inside parentheses when it looks for CREATE FUNCTION
+# ... BEGIN; the splitter follows the current psql and the specs compare with it.
+if [ $# -eq 0 ]; then
+    minor=$(dpkg-query -W -f='${Version}' postgresql-client-15 2>/dev/null |
+        sed -n 's/^15\.\([0-9]*\).*/\1/p')
+    [ -n "$minor" ] && [ "$minor" -lt 19 ] && missing="$missing postgresql-client-15 postgresql-15"
+fi
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
     echo "moonshift needs these Debian packages:$missing" >&2

@@ -129,14 +129,6 @@ describe("moonshift.sql", function()
         { "sql", "END;", 1, 42 } }, shape("BEGIN; SELECT CASE WHEN true THEN 1 END; END;"))
     end)
 
-    it("counts identifiers inside parentheses as psql does: `create (a) function` is no routine",
-      function()
-        assert.same({ { "sql", "create (a) function f BEGIN ;", 1, 1 }, { "sql", "END;", 1, 31 } },
-          shape("create (a) function f BEGIN ; END;"))
-        local fn = "create function f(a int) BEGIN ATOMIC SELECT 1; END;"
-        assert.same({ { "sql", fn, 1, 1 } }, shape(fn))
-      end)
-
     it("sends a last statement without ; up to the end, minus empty lines", function()
       assert.same({ { "sql", "SELECT 1;", 1, 1 }, { "sql", "SELECT 2\n  -- c\n  ", 3, 1 } },
         shape("SELECT 1;\n\nSELECT 2\n\n  -- c\n  \n\n"))

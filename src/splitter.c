@@ -55,7 +55,7 @@ struct lexer {
     size_t drop_mark; /* r->ndrops when it began */
     size_t paren, begin;
     unsigned nidents;
-    char idents[8]; /* psql's record of the first identifiers, parentheses or not */
+    char idents[8]; /* psql's record of the first identifiers outside parentheses */
     int routine;    /* they read CREATE [OR REPLACE] FUNCTION|PROCEDURE */
     int is_copy, after_from, from_stdin;
 };
@@ -269,19 +269,20 @@ static int is_create_routine(const char *id) {
 static void identifier(struct lexer *lx, const unsigned char *w, size_t len, int first) {
     if (first && len == 4 && word_is(w, len, "copy"))
         lx->is_copy = 1;
-    if (lx->is_copy && lx->paren == 0) {
+    if (lx->paren != 0)
+        return;
+    if (lx->is_copy) {
         if (lx->after_from && (word_is(w, len, "stdin") || word_is(w, len, "stdout")))
             lx->from_stdin = 1;
         lx->after_from = word_is(w, len, "from");
     }
-    /* psql counts identifiers inside parentheses too: `create (a) function` is no routine */
     if (lx->nidents < sizeof lx->idents) {
         if (lx->nidents == 0)
             memset(lx->idents, 0, sizeof lx->idents);
         lx->idents[lx->nidents++] = keyword_letter(w, len);
         lx->routine = is_create_routine(lx->idents);
     }
-    if (lx->routine && lx->paren == 0 && len >= 3 && len <= 5) {
+    if (lx->routine && len >= 3 && len <= 5) {
         if (word_is(w, len, "begin"))
             lx->begin++;
         else if (word_is(w, len, "case")) {
@@ -523,8 +524,8 @@ static int lex(struct lexer *lx) {
             lx->after_from = was_from;
             lx->last_line = lx->line;
             /* Most identifiers matter to no rule: skip the keyword checks for them. */
-            if (first || lx->nidents < sizeof lx->idents ||
-                (lx->paren == 0 && (lx->routine || lx->is_copy)))
+            if (first ||
+                (lx->paren == 0 && (lx->nidents < sizeof lx->idents || lx->routine || lx->is_copy)))
                 identifier(lx, s + p, q - p, first);
             p = q;
             continue;
