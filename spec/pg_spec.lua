@@ -48,7 +48,7 @@ describe("moonshift.pg", function()
       assert.equal("UTF8", conn:parameter("server_encoding"))
       assert.is_nil(conn:parameter("no_such_parameter"))
       local info = conn:info()
-      assert.same({ user = "postgres", dbname = "postgres", host = server.socket_dir,
+      assert.same({ user = "postgres", dbname = "postgres", host = server.socket_dir, ssl = false,
         port = server.port }, info)
       assert.is_true(pg.lib_version() >= 150000)
       assert.matches("^moonshift%.pg%.conn %(pid %d+%)$", tostring(conn))
