@@ -3,7 +3,8 @@
 --     psql, one session, BEGIN; \i file; COMMIT; per file (the floor for per-migration atomicity)
 --     a shell loop of psql -1 -f per file (what teams script by hand)
 --     moonshift up -y
---   status and a no-op up with 10,000 migrations applied.
+--   status (with and without the checksum cache) and a no-op up with 10,000 migrations
+--   applied.
 local cluster = require("moonshift.cluster")
 local fs = require("moonshift.fs")
 local proc = require("moonshift.proc")
@@ -55,13 +56,17 @@ local ok, err = pcall(function()
   -- every command runs in the scratch dir: no migrate.lua, hooks or logs of this repository
   local env_prefix = string.format("cd %s && PGHOST=%s PGPORT=%d PGUSER=postgres ", work,
     c.socket_dir, c.port)
+  -- The one-session baseline and moonshift run back to back: this kind of machine drifts
+  -- over minutes, and the shell loop takes ~50 s a run, so it runs on its own, fewer times.
   run({ "hyperfine", "--runs", runs, "--export-markdown", out_dir .. "/apply-1000.md",
     "--prepare", env_prefix .. reset,
     "-n", "psql one session (BEGIN; \\i; COMMIT per file)",
     env_prefix .. psql .. " -X -q -v ON_ERROR_STOP=1 -d bench -f " .. work .. "/one_session.sql",
-    "-n", "psql -1 -f per file (shell loop)", env_prefix .. "sh " .. work .. "/loop.sh",
     "-n", "moonshift up",
     env_prefix .. bin .. " up -y -q --migrations " .. work .. "/m1000 -d " .. sh_quote(uri) })
+  run({ "hyperfine", "--runs", "3", "--export-markdown", out_dir .. "/apply-1000-loop.md",
+    "--prepare", env_prefix .. reset,
+    "-n", "psql -1 -f per file (shell loop)", env_prefix .. "sh " .. work .. "/loop.sh" })
 
   generate(work .. "/m10000", 10000)
   run({ "sh", "-c", env_prefix .. reset })
@@ -72,6 +77,9 @@ local ok, err = pcall(function()
     "-n", "moonshift status (10,000 applied)",
     env_prefix .. bin .. " status -q --migrations " .. work .. "/m10000 -d " .. sh_quote(uri) ..
       " >/dev/null",
+    "-n", "moonshift status, checksum cache off (10,000 applied)",
+    env_prefix .. "MOONSHIFT_CACHE_DIR= " .. bin .. " status -q --migrations " .. work ..
+      "/m10000 -d " .. sh_quote(uri) .. " >/dev/null",
     "-n", "moonshift up, nothing to do (10,000 applied)",
     env_prefix .. bin .. " up -y -q --migrations " .. work .. "/m10000 -d " .. sh_quote(uri),
     "-n", "psql: select the history table (baseline)",

@@ -260,13 +260,20 @@ function Runner:_exec(text, ...)
   return rows
 end
 
--- The timeouts of a migration: its companion's, else the run's.
-function Runner:_timeouts_item(m, is_local)
+-- What every session sets, after RESET ALL (db.SESSION_SETUP as one statement).
+local SESSION_SETTINGS = "pg_catalog.set_config('client_encoding', 'UTF8', false), " ..
+  "CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 140000 THEN " ..
+  "pg_catalog.set_config('client_connection_check_interval', '1000', false) END, "
+
+-- The timeouts of a migration: its companion's, else the run's; with `session`, in the same
+-- statement, what every session sets (one statement instead of three in each pipeline).
+function Runner:_timeouts_item(m, is_local, session)
   local companion = m.companion or {}
   local lt = companion.lock_timeout_ms or self.cfg.lock_timeout_ms
   local st = companion.statement_timeout_ms or self.cfg.statement_timeout_ms
   -- Unset means the server's own setting (role, database, config) stays in force.
-  return { text = "SELECT pg_catalog.set_config('lock_timeout', " ..
+  return { text = "SELECT " .. (session and SESSION_SETTINGS or "") ..
+    "pg_catalog.set_config('lock_timeout', " ..
     "COALESCE($1, pg_catalog.current_setting('lock_timeout')), $3), " ..
     "pg_catalog.set_config('statement_timeout', " ..
     "COALESCE($2, pg_catalog.current_setting('statement_timeout')), $3)",
@@ -338,11 +345,8 @@ function Runner:_steps(m, direction, statements, begun)
   -- `SET ROLE` without LOCAL must not change what the next one does.
   -- Behind a pooler the settings are LOCAL instead: session state would outlive this
   -- client on a server connection that others use next.
-  local head = self.pooled and { self:_timeouts_item(m, true) } or { { text = "RESET ALL" },
-    { text = "SET client_encoding = 'UTF8'" },
-    { text = "SELECT pg_catalog.set_config('client_connection_check_interval', '1000', false) " ..
-      "WHERE pg_catalog.current_setting('server_version_num')::int >= 140000" },
-    self:_timeouts_item(m, true) }
+  local head = { { text = "RESET ALL" }, self:_timeouts_item(m, true, true) }
+  if self.pooled then head = { self:_timeouts_item(m, true) } end
   if not begun then table.insert(head, 1, { text = "BEGIN" }) end
   items(head)
   global_hook("before_each")
