@@ -580,10 +580,7 @@ static void create_meta(lua_State *L) {
     };
     static const luaL_Reg metamethods[] = {
         {"__index", NULL}, /* placeholder, set below */
-        {"__gc", file_close},
-        {"__close", file_close},
-        {"__tostring", file_tostring},
-        {NULL, NULL},
+        {"__gc", file_close}, {"__close", file_close}, {"__tostring", file_tostring}, {NULL, NULL},
     };
     luaL_newmetatable(L, FILE_META);
     luaL_setfuncs(L, metamethods, 0);

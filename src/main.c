@@ -147,12 +147,9 @@ static int host_interrupted(lua_State *L) {
 
 static int luaopen_moonshift_host(lua_State *L) {
     static const luaL_Reg funcs[] = {
-        {"memory_limit", host_memory_limit},
-        {"memory_used", host_memory_used},
-        {"catch_signals", host_catch_signals},
-        {"interrupted", host_interrupted},
-        {"watchdog", host_watchdog},
-        {NULL, NULL},
+        {"memory_limit", host_memory_limit},   {"memory_used", host_memory_used},
+        {"catch_signals", host_catch_signals}, {"interrupted", host_interrupted},
+        {"watchdog", host_watchdog},           {NULL, NULL},
     };
     luaL_newlib(L, funcs);
     lua_pushliteral(L, MOONSHIFT_VERSION);
@@ -248,10 +245,26 @@ static int run_script(lua_State *L) {
     return 1;
 }
 
+/* A strict _G: reading or assigning an undeclared global is a bug, so it raises. */
+static int undeclared_global(lua_State *L) {
+    return luaL_error(L, "undeclared global '%s'", lua_tostring(L, 2));
+}
+static void make_globals_strict(lua_State *L) {
+    lua_pushglobaltable(L);
+    lua_createtable(L, 0, 2);
+    lua_pushcfunction(L, undeclared_global);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, undeclared_global);
+    lua_setfield(L, -2, "__newindex");
+    lua_setmetatable(L, -2);
+    lua_pop(L, 1);
+}
+
 /* Normal mode: exit code = require("moonshift.cli").main(args). */
 static int run_cli(lua_State *L) {
     int argc = (int)lua_tointeger(L, 1);
     char **argv = lua_touserdata(L, 2);
+    make_globals_strict(L); /* scripts (--run-lua: busted, bench) keep a plain one */
     lua_getglobal(L, "require");
     lua_pushliteral(L, "moonshift.cli");
     lua_call(L, 1, 1);
@@ -355,7 +368,8 @@ int main(int argc, char **argv) {
     }
     int code;
     if (rc == LUA_OK) {
-        code = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : (lua_toboolean(L, -1) || lua_isnil(L, -1) ? 0 : 1);
+        code = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1)
+                                    : (lua_toboolean(L, -1) || lua_isnil(L, -1) ? 0 : 1);
     } else {
         /* The message handler is not called for memory errors: format it here. */
         const char *msg = rc == LUA_ERRMEM ? "not enough memory" : lua_tostring(L, -1);

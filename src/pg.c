@@ -339,9 +339,9 @@ static const char **check_params(lua_State *L, int first, int *count) {
                 break;
             /* fall through */
         default:
-            luaL_argerror(L, idx,
-                          lua_pushfstring(L, "cannot send a %s as a parameter",
-                                          luaL_typename(L, idx)));
+            luaL_argerror(
+                L, idx,
+                lua_pushfstring(L, "cannot send a %s as a parameter", luaL_typename(L, idx)));
         }
     }
     const char **values = lua_newuserdatauv(L, (n ? (size_t)n : 1) * sizeof *values, 0);
@@ -584,8 +584,7 @@ static int pg_lconnect(lua_State *L) {
         if (lua_getfield(L, 2, "connect_timeout") != LUA_TNIL) {
             int isint;
             lua_Integer seconds = lua_tointegerx(L, -1, &isint);
-            luaL_argcheck(L, isint && seconds >= 0, 2,
-                          "connect_timeout must be whole seconds");
+            luaL_argcheck(L, isint && seconds >= 0, 2, "connect_timeout must be whole seconds");
             timeout = lua_pushfstring(L, "%I", (LUAI_UACINT)seconds);
         }
     }
@@ -975,13 +974,9 @@ static int escape(lua_State *L, int identifier) {
     return 1;
 }
 
-static int conn_escape_identifier(lua_State *L) {
-    return escape(L, 1);
-}
+static int conn_escape_identifier(lua_State *L) { return escape(L, 1); }
 
-static int conn_escape_literal(lua_State *L) {
-    return escape(L, 0);
-}
+static int conn_escape_literal(lua_State *L) { return escape(L, 0); }
 
 /* ---- registration ---- */
 
@@ -1022,10 +1017,7 @@ static const luaL_Reg methods[] = {
 
 static const luaL_Reg metamethods[] = {
     {"__index", NULL}, /* the methods table */
-    {"__gc", conn_close},
-    {"__close", conn_close},
-    {"__tostring", conn_tostring},
-    {NULL, NULL},
+    {"__gc", conn_close}, {"__close", conn_close}, {"__tostring", conn_tostring}, {NULL, NULL},
 };
 
 static void create_meta(lua_State *L) {

@@ -32,10 +32,10 @@ static const struct {
     const char *name;
     int number;
 } signals[] = {
-    {"HUP", SIGHUP},   {"INT", SIGINT},   {"QUIT", SIGQUIT}, {"ILL", SIGILL},   {"TRAP", SIGTRAP},
-    {"ABRT", SIGABRT}, {"BUS", SIGBUS},   {"FPE", SIGFPE},   {"KILL", SIGKILL}, {"USR1", SIGUSR1},
-    {"SEGV", SIGSEGV}, {"USR2", SIGUSR2}, {"PIPE", SIGPIPE}, {"ALRM", SIGALRM}, {"TERM", SIGTERM},
-    {"CHLD", SIGCHLD}, {"CONT", SIGCONT}, {"STOP", SIGSTOP}, {"TSTP", SIGTSTP}, {"TTIN", SIGTTIN},
+    {"HUP", SIGHUP},   {"INT", SIGINT},     {"QUIT", SIGQUIT}, {"ILL", SIGILL},   {"TRAP", SIGTRAP},
+    {"ABRT", SIGABRT}, {"BUS", SIGBUS},     {"FPE", SIGFPE},   {"KILL", SIGKILL}, {"USR1", SIGUSR1},
+    {"SEGV", SIGSEGV}, {"USR2", SIGUSR2},   {"PIPE", SIGPIPE}, {"ALRM", SIGALRM}, {"TERM", SIGTERM},
+    {"CHLD", SIGCHLD}, {"CONT", SIGCONT},   {"STOP", SIGSTOP}, {"TSTP", SIGTSTP}, {"TTIN", SIGTTIN},
     {"TTOU", SIGTTOU}, {"WINCH", SIGWINCH},
 };
 
@@ -46,9 +46,9 @@ struct buf {
 
 /* A started child. Uservalue 1 anchors the stdin string, 2 caches the final result. */
 struct process {
-    pid_t pid;   /* 0 once closed */
-    int pidfd;   /* readable when the child exits; -1 if the kernel lacks pidfd_open */
-    int in_fd;   /* our end of the child's stdin, -1 when done */
+    pid_t pid; /* 0 once closed */
+    int pidfd; /* readable when the child exits; -1 if the kernel lacks pidfd_open */
+    int in_fd; /* our end of the child's stdin, -1 when done */
     int out_fd, err_fd;
     const char *in_data;
     size_t in_len, in_off;
@@ -137,8 +137,8 @@ static char **new_array(lua_State *L, int anchor, size_t n) {
     return v;
 }
 
-static const char *const option_names[] = {"env", "stdin", "timeout", "uid", "gid", "cwd", "group",
-                                           NULL};
+static const char *const option_names[] = {"env", "stdin", "timeout", "uid",
+                                           "gid", "cwd",   "group",   NULL};
 
 static void collect_env(lua_State *L, int opts, int anchor, struct request *r) {
     lua_getfield(L, opts, "env");
@@ -574,9 +574,7 @@ static int pump(struct process *p, int64_t deadline) {
     }
 }
 
-static void signal_child(struct process *p, int sig) {
-    kill(p->group ? -p->pid : p->pid, sig);
-}
+static void signal_child(struct process *p, int sig) { kill(p->group ? -p->pid : p->pid, sig); }
 
 /* Kills a still-running child, reaps it and frees everything: close(), __close, __gc. */
 static void release(struct process *p) {
@@ -819,7 +817,7 @@ static int proc_getpwnam(lua_State *L) {
 
 static void create_meta(lua_State *L) {
     static const luaL_Reg methods[] = {
-        {"pid", process_pid},   {"kill", process_kill},   {"wait", process_wait},
+        {"pid", process_pid},         {"kill", process_kill},   {"wait", process_wait},
         {"running", process_running}, {"close", process_close}, {NULL, NULL},
     };
     static const luaL_Reg metamethods[] = {
@@ -839,8 +837,8 @@ static void create_meta(lua_State *L) {
 
 int luaopen_moonshift_proc(lua_State *L) {
     static const luaL_Reg funcs[] = {
-        {"run", proc_run},         {"spawn", proc_spawn},   {"kill", proc_kill},
-        {"getpid", proc_getpid},   {"getuid", proc_getuid}, {"sleep", proc_sleep},
+        {"run", proc_run},         {"spawn", proc_spawn},       {"kill", proc_kill},
+        {"getpid", proc_getpid},   {"getuid", proc_getuid},     {"sleep", proc_sleep},
         {"environ", proc_environ}, {"getpwnam", proc_getpwnam}, {NULL, NULL},
     };
     create_meta(L);

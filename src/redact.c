@@ -11,9 +11,7 @@
 
 static const char MASK[] = "***";
 
-static int is_space(char c) {
-    return isspace((unsigned char)c) != 0;
-}
+static int is_space(char c) { return isspace((unsigned char)c) != 0; }
 
 /* End of a token that cannot hold whitespace or quotes: a URI. */
 static size_t token_end(const char *s, size_t len, size_t i) {

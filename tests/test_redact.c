@@ -11,7 +11,8 @@ static void expect(const char *in, const char *want) {
     size_t n;
     char *got = redact_secrets(in, strlen(in), &n);
     if (!got || strcmp(got, want) != 0 || n != strlen(want)) {
-        fprintf(stderr, "FAIL\n  in:   %s\n  want: %s\n  got:  %s\n", in, want, got ? got : "(null)");
+        fprintf(stderr, "FAIL\n  in:   %s\n  want: %s\n  got:  %s\n", in, want,
+                got ? got : "(null)");
         failures++;
     }
     free(got);
@@ -24,12 +25,14 @@ int main(void) {
            "postgres://db1/app?sslmode=require&password=***&x=1");
     expect("postgres://u:p%40ss@h/d", "postgres://u:***@h/d");
     expect("postgres://u:p@ss@h/d", "postgres://u:***@h/d");
-    expect("host=db1 user=app password=s3cret dbname=app", "host=db1 user=app password=*** dbname=app");
+    expect("host=db1 user=app password=s3cret dbname=app",
+           "host=db1 user=app password=*** dbname=app");
     expect("host=db1 password = 's3 cr\\'et' dbname=app", "host=db1 password = *** dbname=app");
     expect("PASSWORD=abc", "PASSWORD=***");
     expect("PGPASSWORD=abc psql", "PGPASSWORD=*** psql");
     expect("sslpassword=abc", "sslpassword=***");
-    expect("cannot connect to \"postgres://a:b@h/d\": refused", "cannot connect to \"postgres://a:***@h/d\": refused");
+    expect("cannot connect to \"postgres://a:b@h/d\": refused",
+           "cannot connect to \"postgres://a:***@h/d\": refused");
     expect("password=", "password=");
     expect("the password is wrong", "the password is wrong");
     expect("", "");

@@ -55,12 +55,13 @@ end
 
 local UNITS = { ms = 1, s = 1000, sec = 1000, min = 60000, m = 60000, h = 3600000 }
 
-local cwd -- the working directory never changes during a run: resolved once
+local working_dir -- it never changes during a run: resolved once
 
 --- A path as an operator wants to read it: relative to the current directory when under it.
 function config.display_path(path)
-  cwd = cwd or fs.realpath(".")
-  if path and cwd and path:sub(1, #cwd + 1) == cwd .. "/" then return path:sub(#cwd + 2) end
+  working_dir = working_dir or fs.realpath(".")
+  local wd = working_dir
+  if path and wd and path:sub(1, #wd + 1) == wd .. "/" then return path:sub(#wd + 2) end
   return path
 end
 

@@ -54,6 +54,19 @@ describe("backup, -c, --migrations, new --timestamp and demo #e2e", function()
     assert.matches("migrations/%d%d%d%d%d%d%d%d%d%d%d%d%d%d_init%.up%.sql", res.stdout)
   end)
 
+  it("globals are strict in the tool: reading an undeclared one is a bug, exit 1", function()
+    local lua = dir .. "/lua"
+    local files = {}
+    for _, name in ipairs(assert(fs.list(helpers.root() .. "/lua/moonshift"))) do
+      files["lua/moonshift/" .. name] = assert(fs.read(helpers.root() .. "/lua/moonshift/" .. name))
+    end
+    files["lua/moonshift/ui.lua"] = "local _ = colour_is_a_typo\n" .. files["lua/moonshift/ui.lua"]
+    helpers.write_files(dir, files)
+    local res = helpers.run({ "status", "-d", uri }, { cwd = dir, env = { MOONSHIFT_LUA_DIR = lua } })
+    assert.are.equal(1, res.code)
+    assert.matches("undeclared global 'colour_is_a_typo'", res.stderr)
+  end)
+
   it("demo runs the sample project on a throwaway server and cleans up", function()
     local res = helpers.run({ "demo" }, { cwd = helpers.root(), timeout = 300000 })
     assert.are.equal(0, res.code, res.stderr .. res.stdout)
