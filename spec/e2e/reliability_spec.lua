@@ -364,11 +364,13 @@ describe("reliability catalogue #e2e", function()
 
   -- C2: the client runs in a namespace whose only link to the server is then cut. Budgets
   -- are shortened in the conninfo (the defaults notice a dead network within about 30 s).
-  local function c2_setup()
+  -- server_idle: seconds before the server's keepalives start probing the dead client.
+  local function c2_setup(server_idle)
     local link, why = cuttable_link()
     if not link then return nil, why end
     local t, port = tcp_cluster({ listen = link.addr, hba = { "host all all 10.213.0.0/30 trust" },
-      settings = { tcp_keepalives_idle = 1, tcp_keepalives_interval = 1, tcp_keepalives_count = 3 } })
+      settings = { tcp_keepalives_idle = server_idle, tcp_keepalives_interval = 1,
+        tcp_keepalives_count = 3 } })
     local conninfo = string.format("host=%s port=%d user=postgres dbname=postgres " ..
       "keepalives_idle=1 keepalives_interval=1 keepalives_count=2 tcp_user_timeout=2000 " ..
       "connect_timeout=2", link.addr, port)
@@ -385,7 +387,7 @@ describe("reliability catalogue #e2e", function()
   it("C2a a network drop mid-statement is noticed within the budget; the server rolls back",
     function()
       five(30)
-      local env, why = c2_setup()
+      local env, why = c2_setup(1) -- the server notices soon and rolls back
       if not env then return pending(why) end
       local h = env.start()
       wait_for_query(env.t.uri, "%pg_sleep%")
@@ -410,7 +412,8 @@ describe("reliability catalogue #e2e", function()
         "  FOR EACH ROW EXECUTE FUNCTION slow_commit();\nINSERT INTO b VALUES (1);\n",
       ["migrations/0003_c.up.sql"] = "CREATE TABLE c (id int);\n",
     })
-    local env, why = c2_setup()
+    -- the server must not notice the dead client before its 3 s COMMIT is done
+    local env, why = c2_setup(20)
     if not env then return pending(why) end
     local h = env.start()
     wait_for_query(env.t.uri, "COMMIT")
