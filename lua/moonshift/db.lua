@@ -79,21 +79,25 @@ function db.connect(cfg, warn)
     return nil, errors.new("connect", fmt("cannot connect to %s: %s",
       db.describe_target(cfg), msg), { cause = err })
   end
-  -- Migration files are UTF-8 whatever the server's encoding; our SQL is schema-qualified.
   -- A pooler (PgBouncer, Pgpool, RDS Proxy) answers the startup itself and hands libpq a
   -- backend key of its own, so the pid libpq was given is not the server's.
   local rows, perr = conn:query("SELECT pg_catalog.pg_backend_pid() AS pid")
   if not rows then
+    conn:close()
     return nil, errors.new("connect", "cannot query the server: " .. tostring(perr))
   end
   local pooled = rows[1].pid ~= conn:backend_pid() and
     { server_pid = rows[1].pid, client_pid = conn:backend_pid() } or nil
+  -- Migration files are UTF-8 whatever the server's encoding; our SQL is schema-qualified.
   -- Behind a pooler a session setting would stay on a server connection others then use:
   -- only what the pooler itself tracks per client (application_name, client_encoding).
   local _, serr = conn:exec("SET application_name = " ..
     conn:escape_literal(db.application_name()) .. "; " ..
     (pooled and "SET client_encoding = 'UTF8'" or db.SESSION_SETUP))
-  if serr then return nil, errors.new("connect", "cannot configure session: " .. tostring(serr)) end
+  if serr then
+    conn:close()
+    return nil, errors.new("connect", "cannot configure session: " .. tostring(serr))
+  end
   local info = conn:info()
   if not info.ssl and crosses_network(info) then
     local what = fmt("the connection to %s:%s is NOT encrypted", info.host, tostring(info.port))
