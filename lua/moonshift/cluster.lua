@@ -141,11 +141,17 @@ function cluster.start(opts)
   f:write("\n# moonshift throwaway cluster\n", table.concat(conf, "\n"), "\n")
   f:close()
 
-  ok, rerr = self:_run({ bin .. "/pg_ctl", "-D", self.data, "-l", self.log_file,
+  return self:_start()
+end
+
+-- Starts the server of an initialized data directory; on failure removes everything.
+-- @return self | nil, err
+function Cluster:_start()
+  local ok, err = self:_run({ self.bin_dir .. "/pg_ctl", "-D", self.data, "-l", self.log_file,
     "-w", "-t", "60", "start" })
   if not ok then
     self:stop()
-    return nil, rerr
+    return nil, err
   end
   self.running = true
   self.uri = self:uri_for("postgres")
@@ -168,20 +174,14 @@ function Cluster:standby()
   fs.chmod(dir, tonumber("755", 8))
   local ok, err = st:_run({ basebackup, "-D", st.data, "-R", "-X", "stream", "--no-sync",
     "-h", self.socket_dir, "-p", tostring(self.port), "-U", "postgres" })
-  if ok then
-    local f = assert(io.open(st.data .. "/postgresql.conf", "a"))
-    f:write("\n# standby\nunix_socket_directories = ", quote_setting(dir), "\nhot_standby = on\n")
-    f:close()
-    ok, err = st:_run({ self.bin_dir .. "/pg_ctl", "-D", st.data, "-l", st.log_file, "-w",
-      "-t", "60", "start" })
-  end
   if not ok then
     st:stop()
     return nil, err
   end
-  st.running = true
-  st.uri = st:uri_for("postgres")
-  return st
+  local f = assert(io.open(st.data .. "/postgresql.conf", "a"))
+  f:write("\n# standby\nunix_socket_directories = ", quote_setting(dir), "\nhot_standby = on\n")
+  f:close()
+  return st:_start()
 end
 
 --- A URI for a database of this cluster.

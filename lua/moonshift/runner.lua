@@ -1,6 +1,7 @@
 -- Applies and reverts migrations: one transaction each, statements pipelined and timed.
 local fs = require("moonshift.fs")
 local pg = require("moonshift.pg")
+local db = require("moonshift.db")
 local proc = require("moonshift.proc")
 local errors = require("moonshift.errors")
 local config = require("moonshift.config")
@@ -260,11 +261,6 @@ function Runner:_exec(text, ...)
   return rows
 end
 
--- What every session sets, after RESET ALL (db.SESSION_SETUP as one statement).
-local SESSION_SETTINGS = "pg_catalog.set_config('client_encoding', 'UTF8', false), " ..
-  "CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 140000 THEN " ..
-  "pg_catalog.set_config('client_connection_check_interval', '1000', false) END, "
-
 -- The timeouts of a migration: its companion's, else the run's; with `session`, in the same
 -- statement, what every session sets (one statement instead of three in each pipeline).
 function Runner:_timeouts_item(m, is_local, session)
@@ -272,7 +268,7 @@ function Runner:_timeouts_item(m, is_local, session)
   local lt = companion.lock_timeout_ms or self.cfg.lock_timeout_ms
   local st = companion.statement_timeout_ms or self.cfg.statement_timeout_ms
   -- Unset means the server's own setting (role, database, config) stays in force.
-  return { text = "SELECT " .. (session and SESSION_SETTINGS or "") ..
+  return { text = "SELECT " .. (session and db.SESSION_SETTINGS .. ", " or "") ..
     "pg_catalog.set_config('lock_timeout', " ..
     "COALESCE($1, pg_catalog.current_setting('lock_timeout')), $3), " ..
     "pg_catalog.set_config('statement_timeout', " ..
@@ -541,7 +537,7 @@ function Runner:_autocommit(m, direction, statements, path)
   if ok then ok, err = h:sync_compat(m.version, true) end
   if ok then ok, err = self:_exec("COMMIT") else self.conn:exec("ROLLBACK") end
   if not ok then return nil, err end
-  ok, err = self:_exec("RESET ALL; " .. require("moonshift.db").SESSION_SETUP)
+  ok, err = self:_exec("RESET ALL; " .. db.SESSION_SETUP)
   if not ok then return nil, err end
   local t = self:_timeouts_item(m, false)
   ok, err = self:_exec(t.text, table.unpack(t.params, 1, t.params.n))
