@@ -54,6 +54,58 @@ describe("moonshift.fs", function()
     end)
   end)
 
+  describe("fingerprint", function()
+    local m
+
+    before_each(function()
+      m = dir .. "/m"
+      assert(fs.mkdir_p(m .. "/sub", 448))
+      write_file(m .. "/a", "1")
+      write_file(m .. "/sub/b", "2")
+      write_file(dir .. "/target", "3")
+      assert(fs.symlink(dir .. "/target", m .. "/link"))
+    end)
+
+    -- Runs change and says whether the fingerprint of m moved.
+    local function moves(change)
+      local before, newest = fs.fingerprint(m)
+      assert.matches("^%x+$", before)
+      assert.equal(64, #before)
+      assert.is_true(newest > 0)
+      assert.equal(before, (fs.fingerprint(m)))
+      change()
+      return fs.fingerprint(m) ~= before
+    end
+
+    it("moves when a name is added, removed or renamed, one level of directories down", function()
+      assert.is_true(moves(function() write_file(m .. "/c", "") end))
+      assert.is_true(moves(function() assert(fs.remove(m .. "/c")) end))
+      assert.is_true(moves(function() assert(fs.rename(m .. "/a", m .. "/x")) end))
+      assert.is_true(moves(function() write_file(m .. "/sub/c", "") end))
+      assert.is_true(moves(function() assert(fs.rename(m .. "/sub/c", m .. "/sub/d")) end))
+    end)
+
+    it("moves when a file, or what a link points at, is written, even to the same size", function()
+      assert.is_true(moves(function() write_file(m .. "/a", "9") end))
+      assert.is_true(moves(function() write_file(m .. "/sub/b", "9") end))
+      assert.is_true(moves(function() write_file(dir .. "/target", "9") end))
+      assert.is_true(moves(function() assert(fs.chmod(m .. "/a", 384)) end)) -- the ctime
+    end)
+
+    it("does not move when nothing changes, nor for files outside it", function()
+      assert.is_false(moves(function() write_file(dir .. "/elsewhere", "") end))
+    end)
+
+    it("says the newest change and names a directory it cannot read", function()
+      local _, newest = fs.fingerprint(m)
+      assert.is_true(math.abs(newest - fs.now()) < 60)
+      local ok, msg, code = fs.fingerprint(dir .. "/missing")
+      assert.is_nil(ok)
+      assert.truthy(msg:find(dir .. "/missing", 1, true))
+      assert.equal("ENOENT", code)
+    end)
+  end)
+
   describe("stat", function()
     it("describes files, directories and links", function()
       local file = dir .. "/f"

@@ -353,22 +353,33 @@ describe("moonshift.source", function()
   end)
 
   describe("the checksum cache", function()
-    local cache, racy
+    local cache, set_cache, racy
 
     before_each(function()
       cache = tmp .. "/cache/moonshift/m.cache"
+      set_cache = tmp .. "/cache/moonshift/m.set"
       racy, source.RACY_SECONDS = source.RACY_SECONDS, -1 -- files written just now count as old
     end)
 
     after_each(function() source.RACY_SECONDS = racy end)
 
-    -- Replaces the cached checksum of a file, as if the cache knew other content.
+    -- Replaces the cached checksum of a file, as if the cache knew other content; removes
+    -- the set cache, which would answer first.
     local function forge(name, checksum)
       local data = assert(fs.read(cache))
-      local forged, n = data:gsub("(/" .. name:gsub("%p", "%%%0") .. "\t[^\t]*\t%a+\t)%x+",
+      local forged, n = data:gsub("(/" .. name:gsub("%p", "%%%0") .. "\t[^\t]*\t%a+ )%x+",
         "%1" .. checksum)
       assert.equal(1, n)
       assert(fs.write_atomic(cache, forged, tonumber("600", 8)))
+      fs.remove(set_cache)
+    end
+
+    -- Replaces a checksum in the set cache.
+    local function forge_set(old, new)
+      local data = assert(fs.read(set_cache))
+      local forged, n = data:gsub(old, new)
+      assert.equal(1, n)
+      assert(fs.write_atomic(set_cache, forged, tonumber("600", 8)))
     end
 
     it("is written private, and later loads take facts from it instead of the files", function()
@@ -419,8 +430,134 @@ describe("moonshift.source", function()
 
     it("leaves out files changed just before the load (racy timestamps)", function()
       source.RACY_SECONDS = 3600
-      assert(load({ ["1_a.up.sql"] = "select 1;\n" }, { cache = cache }))
+      assert(load({ ["1_a.up.sql"] = "select 1;\n" }, { cache = cache, lazy = true }))
       assert.is_nil((fs.read(cache) or ""):find("1_a.up.sql", 1, true))
+      assert.is_nil(fs.stat(set_cache))
+    end)
+
+    describe("of whole sets", function()
+      local tree = {
+        ["1_a.up.sql"] = "create table a (id int);\n",
+        ["1_a.down.sql"] = "-- moonshift:no-transaction\ndrop table a;\n",
+        ["2_b.sql"] = "-- moonshift:no-transaction\nselect 1;\n",
+        ["3_c.up.sql"] = "select 3;\n",
+        ["3_c.lua"] = "transaction = false\n",
+        ["3_c.verify.sql"] = "select true;\n",
+      }
+      local trees = {
+        native = tree,
+        flyway = { ["V1__a.sql"] = "create table a (id int);\n", ["U1__a.sql"] = "drop table a;\n",
+          ["V2__b.sql"] = "select 2;\n", ["V2__b.sql.conf"] = "executeInTransaction=false\n",
+          ["R__view.sql"] = "create or replace view v as select 1;\n" },
+        dbmate = { ["1_a.sql"] = "-- migrate:up\nselect 1;\n-- migrate:down\nselect 2;\n",
+          ["2_b.sql"] = "-- migrate:up transaction:false\nselect 1;\n-- migrate:down\nselect 2;\n" },
+        goose = { ["1_a.sql"] = "-- +goose NO TRANSACTION\n-- +goose Up\nselect 1;\n" ..
+          "-- +goose Down\nselect 2;\n" },
+        diesel = { ["2019-01-01-000000_a"] = { ["up.sql"] = "select 1;\n",
+          ["down.sql"] = "select 2;\n", ["metadata.toml"] = "run_in_transaction = false\n" } },
+      }
+      local function companion(path)
+        local env = {}
+        assert(loadfile(path, "t", env))()
+        return env
+      end
+      local opts
+      before_each(function()
+        opts = { cache = cache, lazy = true, load_companion = companion }
+      end)
+
+      for layout, files in pairs(trees) do
+      it("answers a load of an unchanged directory with what the first load found: " ..
+          layout, function()
+        local first = assert(load(files, opts))
+        assert.equal(layout, first.format)
+        assert.equal(tonumber("600", 8), fs.stat(set_cache).mode)
+        fs.remove(cache) -- so that nothing but the set cache can answer
+        local again = assert(source.load(dir, opts))
+        assert.equal(first.fingerprint, again.fingerprint)
+        assert.equal(first.format, again.format)
+        local fields = { "version", "key", "name", "id", "format", "up_path", "checksum",
+          "transaction", "down_path", "down_transaction", "companion_path", "verify_path",
+          "repeatable" }
+        for _, list in ipairs({ "migrations", "repeatables" }) do
+          assert.equal(#first[list], #again[list])
+          for i, m in ipairs(first[list]) do
+            for _, f in ipairs(fields) do assert.equal(m[f], again[list][i][f], f) end
+            assert.is_nil(again[list][i].up_sql) -- not read
+            assert(source.prepare(m))
+            assert(source.prepare(again[list][i]))
+            assert.same(m.statements, again[list][i].statements)
+            assert.same(m.down_statements, again[list][i].down_statements)
+          end
+        end
+        if layout == "native" then
+          assert.equal(again.by_key["3"], again.migrations[3])
+          -- the companion is loaded again, and still says transaction = false
+          assert.is_false(again.migrations[3].transaction)
+          assert.same({ transaction = false }, again.migrations[3].companion)
+        end
+      end)
+      end
+
+      it("is used only while the directory and the options stay the same", function()
+        assert(load(tree, opts))
+        local real = hash.sha256("select 3;\n")
+        forge_set(real, string.rep("0", 64))
+        -- the forged value shows the set cache answered
+        assert.equal(string.rep("0", 64), assert(source.load(dir, opts)).by_key["3"].checksum)
+        local other = { cache = cache, lazy = true, load_companion = companion,
+          ignore = { "*.md" } }
+        assert.equal(real, assert(source.load(dir, other)).by_key["3"].checksum)
+        assert(source.load(dir, opts)) -- writes the set cache again, under these options
+        forge_set(real, string.rep("0", 64))
+        assert(fs.chmod(dir .. "/1_a.up.sql", tonumber("600", 8))) -- a new ctime, nothing else
+        assert.equal(real, assert(source.load(dir, opts)).by_key["3"].checksum)
+      end)
+
+      it("is not written for a set changed just before the load", function()
+        source.RACY_SECONDS = 3600
+        assert(load(tree, opts))
+        assert.is_nil(fs.stat(set_cache))
+      end)
+
+      it("refuses an entry a failing companion belongs to, as a fresh load does", function()
+        assert(load(tree, opts))
+        write_file(tmp .. "/broken.lua", "error('no')")
+        local failing = { cache = cache, lazy = true, load_companion = function()
+          return nil, "3_c.lua: no"
+        end }
+        local set, err = source.load(dir, failing)
+        assert.is_nil(set)
+        assert.matches("3_c.lua: no", err.message)
+      end)
+
+      it("removes an entry it cannot use and says so", function()
+        assert(load(tree, opts))
+        local data = assert(fs.read(set_cache))
+        local damaged = data:gsub("\t0;native [^\n]*\n", "\t0;\n", 1)
+        assert(fs.write_atomic(set_cache, damaged, tonumber("600", 8)))
+        local m = assert(source.load(dir, opts)).migrations[1]
+        local ok, err = source.prepare(m)
+        assert.is_nil(ok)
+        assert.matches("cache entry of .*1_a.up.sql was damaged and is now removed", err.message)
+        assert.is_nil(fs.stat(set_cache))
+      end)
+    end)
+  end)
+
+  describe("unchanged", function()
+    it("holds until a file of the set is added, removed, renamed or written", function()
+      local set = assert(load({ ["2019-01-01-000000_a"] = { ["up.sql"] = "select 1;\n" },
+        ["2019-01-02-000000_b"] = { ["up.sql"] = "select 2;\n" } }))
+      assert.is_true(source.unchanged(set))
+      write_file(dir .. "/2019-01-02-000000_b/down.sql", "select 3;\n")
+      assert.is_false(source.unchanged(set))
+      set = assert(source.load(dir))
+      assert(fs.rename(dir .. "/2019-01-02-000000_b", dir .. "/2019-01-02-000000_c"))
+      assert.is_false(source.unchanged(set))
+      set = assert(source.load(dir))
+      write_file(dir .. "/2019-01-01-000000_a/up.sql", "select 9;\n")
+      assert.is_false(source.unchanged(set))
     end)
   end)
 

@@ -6,6 +6,7 @@
 #include <lauxlib.h>
 #include <limits.h>
 #include <lua.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,17 +170,159 @@ static int fs_stat(lua_State *L) {
     return 1;
 }
 
+/* ---- fingerprints ---- */
+
+struct fingerprint {
+    EVP_MD_CTX *md;
+    double newest; /* latest mtime or ctime seen, in seconds */
+};
+
+static void fp_add(struct fingerprint *fp, const char *s, size_t n) {
+    EVP_DigestUpdate(fp->md, s, n);
+}
+
+static void fp_stat(struct fingerprint *fp, const struct stat *st) {
+    char buf[192];
+    int n = snprintf(buf, sizeof buf, "\t%o %lld %lld.%09ld %lld.%09ld %llu %llu",
+                     (unsigned)st->st_mode, (long long)st->st_size, (long long)st->st_mtim.tv_sec,
+                     st->st_mtim.tv_nsec, (long long)st->st_ctim.tv_sec, st->st_ctim.tv_nsec,
+                     (unsigned long long)st->st_ino, (unsigned long long)st->st_dev);
+    fp_add(fp, buf, (size_t)n);
+    double m = (double)st->st_mtim.tv_sec + (double)st->st_mtim.tv_nsec / 1e9;
+    double c = (double)st->st_ctim.tv_sec + (double)st->st_ctim.tv_nsec / 1e9;
+    if (m > fp->newest)
+        fp->newest = m;
+    if (c > fp->newest)
+        fp->newest = c;
+}
+
+static void fp_errno(struct fingerprint *fp, int err) {
+    char buf[32];
+    fp_add(fp, buf, (size_t)snprintf(buf, sizeof buf, "\t!%d", err));
+}
+
+/* Adds the sorted entries of the directory open at dfd (which it closes), `depth` levels of
+ * subdirectories down; 0 or an errno. No Lua calls here: nothing can longjmp past free. */
+static int fp_dir(struct fingerprint *fp, int dfd, int depth) {
+    DIR *d = fdopendir(dfd);
+    if (d == NULL) {
+        int err = errno;
+        close(dfd);
+        return err;
+    }
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    int err = 0;
+    struct dirent *e;
+    for (errno = 0; (e = readdir(d)) != NULL; errno = 0) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        if (n == cap) {
+            size_t ncap = cap ? 2 * cap : 256;
+            char **grown = realloc(names, ncap * sizeof *names);
+            if (grown == NULL) {
+                err = ENOMEM;
+                break;
+            }
+            names = grown, cap = ncap;
+        }
+        if ((names[n] = strdup(e->d_name)) == NULL) {
+            err = ENOMEM;
+            break;
+        }
+        n++;
+    }
+    if (!err && errno)
+        err = errno;
+    if (!err)
+        qsort(names, n, sizeof *names, cmp_names);
+    for (size_t i = 0; i < n && !err; i++) {
+        fp_add(fp, "\n", 1);
+        fp_add(fp, names[i], strlen(names[i]));
+        struct stat st;
+        if (fstatat(dirfd(d), names[i], &st, AT_SYMLINK_NOFOLLOW) != 0) {
+            fp_errno(fp, errno);
+            continue;
+        }
+        fp_stat(fp, &st);
+        if (S_ISLNK(st.st_mode)) { /* what the link points at can change on its own */
+            if (fstatat(dirfd(d), names[i], &st, 0) != 0) {
+                fp_errno(fp, errno);
+                continue;
+            }
+            fp_stat(fp, &st);
+        }
+        if (S_ISDIR(st.st_mode) && depth > 0) {
+            int sub = openat(dirfd(d), names[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (sub < 0) {
+                fp_errno(fp, errno);
+                continue;
+            }
+            fp_add(fp, "\t{", 2);
+            err = fp_dir(fp, sub, depth - 1);
+            fp_add(fp, "\t}", 2);
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    closedir(d);
+    return err;
+}
+
+/* fs.fingerprint(dir) -> hex, newest | nil, err, code
+ * One SHA-256 of what listing a directory tells about its files: every name, sorted
+ * bytewise, with the mode, size, mtime, ctime, inode and device of the entry and, for a
+ * symlink, of its target; the entries of subdirectories too, one level down. Equal
+ * fingerprints mean no file was added, removed, renamed or written in between, except
+ * within one timestamp tick of `newest`, the latest mtime or ctime seen (seconds). */
+static int fs_fingerprint(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return push_error(L, errno, path);
+    struct fingerprint fp = {EVP_MD_CTX_new(), 0};
+    if (fp.md == NULL || !EVP_DigestInit_ex(fp.md, EVP_sha256(), NULL)) {
+        EVP_MD_CTX_free(fp.md);
+        close(dfd);
+        return push_error(L, ENOMEM, path);
+    }
+    int err = fp_dir(&fp, dfd, 1);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    if (!err && !EVP_DigestFinal_ex(fp.md, md, &len))
+        err = EIO;
+    EVP_MD_CTX_free(fp.md);
+    if (err)
+        return push_error(L, err, path);
+    static const char digits[] = "0123456789abcdef";
+    char hex[2 * EVP_MAX_MD_SIZE];
+    for (unsigned int i = 0; i < len; i++) {
+        hex[2 * i] = digits[md[i] >> 4];
+        hex[2 * i + 1] = digits[md[i] & 0xf];
+    }
+    lua_pushlstring(L, hex, 2 * (size_t)len);
+    lua_pushnumber(L, (lua_Number)fp.newest);
+    return 2;
+}
+
 /* fs.read(path) -> whole file as a string */
 static int fs_read(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     struct file *f = new_file(L); /* closes the fd if the buffer below runs out of memory */
     if ((f->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
         return push_error(L, errno, path);
+    /* Reads in chunks of the file's size (at least 64 KiB): LUAL_BUFFERSIZE is 1 KiB, a
+     * read(2) per KiB. The size is a hint only; the file may grow or shrink meanwhile. */
+    struct stat st;
+    size_t chunk = 64 * 1024;
+    if (fstat(f->fd, &st) == 0 && st.st_size >= 0 && (size_t)st.st_size + 1 > chunk)
+        chunk = (size_t)st.st_size + 1;
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     for (;;) {
-        char *p = luaL_prepbuffer(&b);
-        ssize_t n = read(f->fd, p, LUAL_BUFFERSIZE);
+        char *p = luaL_prepbuffsize(&b, chunk);
+        ssize_t n = read(f->fd, p, chunk);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
@@ -599,6 +742,7 @@ int luaopen_moonshift_fs(lua_State *L) {
     static const luaL_Reg funcs[] = {
         {"list", fs_list},
         {"stat", fs_stat},
+        {"fingerprint", fs_fingerprint},
         {"read", fs_read},
         {"write_atomic", fs_write_atomic},
         {"open_excl", fs_open_excl},

@@ -192,6 +192,7 @@ static int bootstrap(lua_State *L) {
     preload(L, "moonshift.fs", luaopen_moonshift_fs);
     preload(L, "moonshift.sql", luaopen_moonshift_sql);
     preload(L, "moonshift.redact", luaopen_moonshift_redact);
+    preload(L, "moonshift.records", luaopen_moonshift_records);
     preload(L, "cjson", luaopen_cjson);
 
     const char *dir = getenv("MOONSHIFT_LUA_DIR");

@@ -9,6 +9,7 @@ int luaopen_moonshift_proc(lua_State *L);
 int luaopen_moonshift_fs(lua_State *L);
 int luaopen_moonshift_sql(lua_State *L);
 int luaopen_moonshift_redact(lua_State *L);
+int luaopen_moonshift_records(lua_State *L);
 
 /* Async-signal-safe: cancels the statement of the connection marked with
  * conn:cancel_on_signal(true), if any (PQcancel is signal-safe). */

@@ -102,23 +102,21 @@ local function version_text()
 end
 
 local function print_status(ui, st)
-  ui:result(fmt("%s: %s", st.target, st.current and ("at " .. st.current_id) or
-    "nothing applied"))
-  for _, m in ipairs(st.applied) do
-    ui:result(fmt("  applied  %-40s %s", m.id, m.applied_at or ""))
-  end
+  local lines = { fmt("%s: %s", st.target, st.current and ("at " .. st.current_id) or
+    "nothing applied") }
+  local function add(...) lines[#lines + 1] = fmt(...) end
+  for _, m in ipairs(st.applied) do add("  applied  %-40s %s", m.id, m.applied_at or "") end
   for _, m in ipairs(st.dirty) do
-    ui:result(fmt("  DIRTY    %-40s started %s, run %s", m.id, m.started_at, tostring(m.run_id)))
+    add("  DIRTY    %-40s started %s, run %s", m.id, m.started_at, tostring(m.run_id))
   end
-  for _, m in ipairs(st.drift) do
-    ui:result(fmt("  CHANGED  %-40s file differs from what ran", m.id))
-  end
-  for _, m in ipairs(st.missing) do ui:result(fmt("  MISSING  %-40s applied, no file", m.id)) end
-  for _, m in ipairs(st.pending) do ui:result(fmt("  pending  %s", m.id)) end
-  for _, m in ipairs(st.repeatables) do ui:result(fmt("  pending  %s (repeatable)", m.id)) end
-  ui:result(fmt("%d applied, %d pending%s", #st.applied, #st.pending,
+  for _, m in ipairs(st.drift) do add("  CHANGED  %-40s file differs from what ran", m.id) end
+  for _, m in ipairs(st.missing) do add("  MISSING  %-40s applied, no file", m.id) end
+  for _, m in ipairs(st.pending) do add("  pending  %s", m.id) end
+  for _, m in ipairs(st.repeatables) do add("  pending  %s (repeatable)", m.id) end
+  add("%d applied, %d pending%s", #st.applied, #st.pending,
     (#st.dirty + #st.drift + #st.missing > 0) and
-      fmt(", %d dirty, %d changed, %d missing", #st.dirty, #st.drift, #st.missing) or ""))
+      fmt(", %d dirty, %d changed, %d missing", #st.dirty, #st.drift, #st.missing) or "")
+  ui:result(table.concat(lines, "\n")) -- one write: 10,000 flushed lines cost ~40 ms
 end
 
 local function plural(n, word)

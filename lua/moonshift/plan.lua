@@ -14,46 +14,52 @@ local plan = {}
 function plan.status(set, hist)
   local st = { applied = {}, pending = {}, dirty = {}, drift = {}, missing = {},
     out_of_order = {}, repeatables = {}, migrations = set.migrations, rows = {} }
+  local by_version = {} -- the usual row names its migration's version as written
+  for _, m in ipairs(set.migrations) do by_version[m.version] = m end
   local row_by_key = {}
   for _, row in ipairs(hist.list) do
     if row.kind == "repeatable" then
       row_by_key["R:" .. row.version] = row
     else
-      local key = version.key(row.version)
+      local m = by_version[row.version]
+      local key = m and m.key or version.key(row.version)
       row_by_key[key] = row
-      local m = set.by_key[key]
-      if not m then
-        st.missing[#st.missing + 1] = row
-      elseif row.state == "dirty" then
-        st.dirty[#st.dirty + 1] = { migration = m, row = row }
-      elseif row.checksum ~= m.checksum then
-        st.drift[#st.drift + 1] = { migration = m, row = row }
-      end
+      if not (m or set.by_key[key]) then st.missing[#st.missing + 1] = row end
     end
   end
+  table.sort(st.missing, function(a, b)
+    if a.applied_at ~= b.applied_at then return a.applied_at < b.applied_at end
+    return version.less(a.version, b.version)
+  end)
   local newest
+  local rows, applied, compare = st.rows, st.applied, version.compare
   for _, m in ipairs(set.migrations) do
     local row = row_by_key[m.key]
-    st.rows[m] = row
     if row then
-      if row.state == "applied" then
-        st.applied[#st.applied + 1] = m
-        if not newest or version.compare(m.version, newest.version) > 0 then newest = m end
+      rows[m] = row
+      if row.state == "dirty" then
+        st.dirty[#st.dirty + 1] = { migration = m, row = row }
+      else
+        if row.checksum ~= m.checksum then
+          st.drift[#st.drift + 1] = { migration = m, row = row }
+        end
+        applied[#applied + 1] = m
+        if not newest or compare(m.version, newest.version) > 0 then newest = m end
       end
     end
   end
   st.current = newest
   for _, m in ipairs(set.migrations) do
-    if not st.rows[m] then
+    if not rows[m] then
       st.pending[#st.pending + 1] = m
-      if newest and version.compare(m.version, newest.version) < 0 then
+      if newest and compare(m.version, newest.version) < 0 then
         st.out_of_order[#st.out_of_order + 1] = m
       end
     end
   end
   for _, r in ipairs(set.repeatables or {}) do
     local row = row_by_key["R:" .. r.id]
-    st.rows[r] = row
+    rows[r] = row
     if not row or row.checksum ~= r.checksum then st.repeatables[#st.repeatables + 1] = r end
   end
   return st
@@ -113,7 +119,8 @@ local function by_requires(list)
   for _, m in ipairs(list) do by_key[m.key] = m end
   for _, m in ipairs(list) do
     deps[m] = 0
-    for _, r in ipairs((m.companion or {}).requires or {}) do
+    local requires = m.companion and m.companion.requires
+    for _, r in ipairs(requires or {}) do
       local d = by_key[version.key(tostring(r))]
       if not d then
         return nil, errors.new("usage", fmt("%s requires %s, which is not a migration in %s",

@@ -22,6 +22,8 @@
 local fs = require("moonshift.fs")
 local proc = require("moonshift.proc")
 local hash = require("moonshift.hash")
+local host = require("moonshift.host")
+local records = require("moonshift.records")
 local sql = require("moonshift.sql")
 local version = require("moonshift.version")
 local errors = require("moonshift.errors")
@@ -197,7 +199,6 @@ function Loader:claim(path, st)
     return false
   end
   self.inodes[id] = path
-  self.read_files[#self.read_files + 1] = { path = path, st = st }
   return true
 end
 
@@ -375,7 +376,7 @@ end
 -- timestamp tick as it was read could otherwise keep its key with new content (git's
 -- "racy clean" problem). Two seconds covers the coarsest timestamps (FAT, some network
 -- file systems).
-local CACHE_HEADER = "moonshift checksum cache 1\n"
+local CACHE_HEADER = "moonshift checksum cache 2\n"
 source.RACY_SECONDS = 2
 local FLAGS = { "has_down", "up_tx_off", "down_tx_off", "directive", "goose", "down_directive" }
 
@@ -387,13 +388,13 @@ end
 local function encode_facts(f)
   local flags = {}
   for i, name in ipairs(FLAGS) do flags[i] = f[name] and "1" or "0" end
-  return fmt("%s\t%s\t%s\t%d\t%d", f.layout, f.checksum, table.concat(flags), f.up_offset,
+  return fmt("%s %s %s %d %d", f.layout, f.checksum, table.concat(flags), f.up_offset,
     f.down_offset)
 end
 
 local function decode_facts(s)
   local layout, checksum, flags, up_offset, down_offset =
-    s:match("^(%a+)\t(%x+)\t([01]+)\t(%d+)\t(%d+)$")
+    s:match("^(%a+) (%x+) ([01]+) (%d+) (%d+)$")
   if not layout or #flags ~= #FLAGS then return nil end
   local a, b, c, d, e, g = flags:byte(1, 6) -- FLAGS, in order
   return { layout = layout, checksum = checksum, up_offset = tonumber(up_offset),
@@ -401,16 +402,32 @@ local function decode_facts(s)
     down_tx_off = c == 49, directive = d == 49, goose = e == 49, down_directive = g == 49 }
 end
 
+-- The text of a cache file that starts with header; nil when it is missing, foreign or not
+-- private to this user.
+local function read_private(path, header)
+  local st = fs.stat(path)
+  if not st or st.type ~= "file" or st.uid ~= proc.getuid() or st.mode & 18 ~= 0 then
+    return nil
+  end
+  local data = fs.read(path)
+  if not data or data:sub(1, #header) ~= header then return nil end
+  return data
+end
+
+-- Writes a cache file, private to this user; failing is no error (the next run reads the
+-- files again).
+local function write_private(path, data)
+  local dir = path:match("^(.*)/[^/]*$")
+  if dir and dir ~= "" then fs.mkdir_p(dir, tonumber("700", 8)) end
+  fs.write_atomic(path, data, tonumber("600", 8))
+end
+
 -- The cache file's entries (path -> "key\tfacts"); empty when it is missing, foreign or
 -- not private to this user.
 local function read_cache(path)
   local entries = {}
-  local st = fs.stat(path)
-  if not st or st.type ~= "file" or st.uid ~= proc.getuid() or st.mode & 18 ~= 0 then
-    return entries, nil
-  end
-  local data = fs.read(path)
-  if not data or data:sub(1, #CACHE_HEADER) ~= CACHE_HEADER then return entries, nil end
+  local data = read_private(path, CACHE_HEADER)
+  if not data then return entries, nil end
   for p, rest in data:gmatch("([^\t\n]+)\t([^\n]*)\n", #CACHE_HEADER + 1) do
     entries[p] = rest
   end
@@ -446,18 +463,14 @@ function Loader:load_script(e)
   return f
 end
 
--- Writes the cache when what it should hold differs from what it holds; a cache that cannot
--- be written is no error (the next run reads the files again).
+-- Writes the cache when what it should hold differs from what it holds.
 local function write_cache(cache)
   local size = 0
   for _ in pairs(cache.entries) do size = size + 1 end
   if cache.hits == #cache.keep and cache.hits == size then return end
   table.sort(cache.keep)
   local data = CACHE_HEADER .. table.concat(cache.keep, "\n") .. (#cache.keep > 0 and "\n" or "")
-  if data == cache.data then return end
-  local dir = cache.path:match("^(.*)/[^/]*$")
-  if dir and dir ~= "" then fs.mkdir_p(dir, tonumber("700", 8)) end
-  fs.write_atomic(cache.path, data, tonumber("600", 8))
+  if data ~= cache.data then write_private(cache.path, data) end
 end
 
 -- The position after a statement's leading whitespace and comments (-- lines, nested /* */).
@@ -731,9 +744,6 @@ local function transactional(e)
   return true
 end
 
--- The migration (or repeatable) record of a grouped entry; nil when a script is refused.
-local failure -- defined below, used by lazy preparation
-
 -- Reads the texts of an entry whose facts came from the cache; refuses it when the file no
 -- longer has those facts (it changed after it was listed).
 function Loader:texts(e)
@@ -756,69 +766,79 @@ function Loader:texts(e)
   return true
 end
 
+-- Splits and checks the statements of a migration, reading its texts first when its facts
+-- came from a cache; false (and problems) when refused. Most of the work of loading is
+-- here, which is why `lazy` leaves it to source.prepare: migrations whose checksum
+-- matches what ran then cost only a stat.
+local function split(loader, m)
+  local e, down = m._e, m._down
+  if not loader:texts(e) or (down and not loader:texts(down)) then return false end
+  local f = e.facts
+  m.up_sql = e.up_sql
+  m.statements = loader:statements(e.path, m.up_sql, f.up_offset, m.transaction)
+  if m.statements and #m.statements == 0 then
+    loader:warn(fmt("%s has no statements: it is recorded as applied, nothing is sent",
+      e.path))
+  end
+  if m.down_path then
+    m.down_sql = down and down.up_sql or e.down_sql
+    m.down_statements = loader:statements(m.down_path, m.down_sql, f.down_offset,
+      m.down_transaction)
+  end
+  if not m.statements or (m.down_path and not m.down_statements) then return false end
+  m._e, m._down, m._src = nil, nil, nil
+  return true
+end
+
+-- Loads a migration's Lua companion, whose `transaction = false` changes what its SQL may
+-- hold; false (and a problem) when it fails.
+function Loader:attach_companion(m)
+  if not (m.companion_path and self.load_companion) then return true end
+  local companion, err = self.load_companion(m.companion_path)
+  if not companion then
+    self:problem(tostring(err), m.companion_path)
+    return false
+  end
+  m.companion = companion
+  if companion.transaction == false then
+    m.transaction = false
+    if m.down_path then m.down_transaction = false end
+  end
+  return true
+end
+
+-- The migration (or repeatable) record of a grouped entry; nil when a script is refused.
+-- e.tx and e.down_tx keep what the files say, before a companion has its say (the set
+-- cache stores those).
 function Loader:build(e)
   local f = e.facts
-  local transaction = transactional(e)
-  local companion
-  if e.companion_path and self.load_companion then
-    -- the companion may say `transaction = false`, which changes what the SQL may hold
-    local err
-    companion, err = self.load_companion(e.companion_path)
-    if not companion then
-      self:problem(tostring(err), e.companion_path)
-      return nil
-    end
-    if companion.transaction == false then transaction = false end
+  local down = e.down -- a down script in a file of its own
+  local down_directive
+  if down then
+    down_directive = down.facts.directive
+  elseif f.has_down then
+    down_directive = f.down_directive
   end
+  e.tx = transactional(e)
+  e.down_tx = e.tx and not down_directive and not f.down_tx_off
   local m = {
     version = e.version, key = e.key, name = e.name, id = e.id, format = e.layout,
-    up_path = e.path, up_sql = e.up_sql, checksum = f.checksum,
-    transaction = transaction, companion_path = e.companion_path, verify_path = e.verify_path,
-    companion = companion,
+    up_path = e.path, up_sql = e.up_sql, checksum = f.checksum, transaction = e.tx,
+    companion_path = e.companion_path, verify_path = e.verify_path, _e = e, _down = down,
+    _ctx = self.ctx,
   }
   if e.kind == "repeatable" then
     m.repeatable, m.version, m.key = true, e.id, nil
   end
-  local down = e.down -- a down script in a file of its own
-  local down_directive
   if down then
-    m.down_path, m.down_sql, down_directive = down.path, down.up_sql, down.facts.directive
+    m.down_path, m.down_sql = down.path, down.up_sql
   elseif f.has_down then
-    m.down_path, m.down_sql, down_directive = e.path, e.down_sql, f.down_directive
+    m.down_path, m.down_sql = e.path, e.down_sql
   end
-  if m.down_path then
-    m.down_transaction = transaction and not down_directive and not f.down_tx_off
-  end
-  -- Splitting and checking the statements is most of the work; with `lazy` it waits until
-  -- source.prepare(m), so migrations whose checksum matches what ran cost only a stat.
-  local function split(loader)
-    if not loader:texts(e) or (down and not loader:texts(down)) then return false end
-    m.up_sql = e.up_sql
-    m.statements = loader:statements(e.path, m.up_sql, f.up_offset, transaction)
-    if m.statements and #m.statements == 0 then
-      loader:warn(fmt("%s has no statements: it is recorded as applied, nothing is sent",
-        e.path))
-    end
-    if m.down_path then
-      m.down_sql = down and down.up_sql or e.down_sql
-      m.down_statements = loader:statements(m.down_path, m.down_sql, f.down_offset,
-        m.down_transaction)
-    end
-    return m.statements ~= nil and (not m.down_path or m.down_statements ~= nil)
-  end
-  if self.lazy then
-    local dir, max_size = self.dir, self.max_size
-    m.prepare = function()
-      local loader = setmetatable({ problems = {}, warnings = {}, max_size = max_size }, Loader)
-      if split(loader) then
-        m.prepare = nil
-        return true, loader.warnings
-      end
-      return nil, failure(dir, loader.problems)
-    end
-    return m
-  end
-  return split(self) and m or nil
+  if m.down_path then m.down_transaction = e.down_tx end
+  if not self:attach_companion(m) then return nil end
+  if self.lazy then return m end
+  return split(self, m) and m or nil
 end
 
 -- Sorts by version.compare. When every version is all digits (the usual case) it sorts
@@ -840,7 +860,7 @@ local function sort_migrations(list)
 end
 
 -- The error for the problems found: one message, or a numbered list of all of them.
-function failure(dir, problems)
+local function failure(dir, problems)
   local files, seen = {}, {}
   for _, p in ipairs(problems) do
     for _, f in ipairs(p.files) do
@@ -868,30 +888,112 @@ function failure(dir, problems)
   return errors.new("usage", message, fields)
 end
 
-local function same_stat(a, b)
-  return a and b and stat_key(a) == stat_key(b)
+-- The set cache: a whole loaded set, kept under the fingerprint of its directory (names and
+-- stats of every file, fs.fingerprint) and of the options it was loaded with, so that an
+-- unchanged directory costs one listing, and its migrations one line each. Stored only when
+-- every file was last changed well before the run began, as for the checksum cache; a
+-- companion's Lua is loaded again each time (it is code, not a fact about a file).
+local SET_HEADER = "moonshift set cache 1"
+local RECORD_FIELDS = { "version", "key", "name", "id", "format", "up_path", "checksum",
+  "_flags", "down_path", "companion_path", "verify_path", "_src" }
+
+-- A record's last field says what source.prepare needs to read its files again: whether
+-- the up file is a lone file, its facts without the checksum (the record has it) and the
+-- facts of a down file of its own.
+local function encode_record(m)
+  local e, down = m._e, m._down
+  local src = (e.lone and "1" or "0") .. ";" .. encode_facts(e.facts):gsub(" %x+ ", " ", 1) ..
+    (down and ";" .. encode_facts(down.facts) or "")
+  return table.concat({ m.version, m.key or "", m.name, m.id, m.format, m.up_path, m.checksum,
+    (m.repeatable and "r" or "") .. (e.tx and "t" or "") .. (e.down_tx and "d" or ""),
+    m.down_path or "", m.companion_path or "", m.verify_path or "", src }, "\t")
+end
+
+-- The entries of a record from the set cache, for source.prepare.
+local function decode_source(m)
+  local lone, layout, up, down = (m._src or ""):match("^([01]);(%a+)( [^;]+);?(.*)$")
+  if not lone then return nil end
+  local f = decode_facts(layout .. " " .. m.checksum .. up)
+  local df = down ~= "" and decode_facts(down)
+  if not f or (down ~= "" and not df) then return nil end
+  local e = { path = m.up_path, lone = lone == "1", layout = f.layout, facts = f }
+  return e, df and { path = m.down_path, layout = df.layout, facts = df } or nil
+end
+
+local function write_set(path, set, key)
+  local lines = { fmt("%s\t%s\t%s\t%d", SET_HEADER, key, set.format, #set.warnings) }
+  for _, w in ipairs(set.warnings) do lines[#lines + 1] = w end
+  for _, list in ipairs({ set.migrations, set.repeatables }) do
+    for _, m in ipairs(list) do lines[#lines + 1] = encode_record(m) end
+  end
+  local data = table.concat(lines, "\n") .. "\n"
+  local _, n = data:gsub("\n", "")
+  if n ~= #lines then return end -- a name or message with a line break: not cached
+  for i = #set.warnings + 2, #lines do
+    local _, tabs = lines[i]:gsub("\t", "")
+    if tabs ~= 11 then return end -- a tab in a name
+  end
+  write_private(path, data)
+end
+
+-- The set kept under key, or nil when the cache holds another (or none).
+function Loader:cached_set(path, set_key)
+  local data = read_private(path, SET_HEADER .. "\t" .. set_key .. "\t")
+  if not data then return nil end
+  local format, nwarn, pos = data:match("^(%a+)\t(%d+)\n()", #SET_HEADER + #set_key + 3)
+  if not format then return nil end
+  local set = { dir = self.dir, format = format, migrations = {}, repeatables = {},
+    by_key = {}, warnings = {} }
+  for _ = 1, tonumber(nwarn) do
+    local w, after = data:match("^([^\n]*)\n()", pos)
+    if not w then return nil end
+    set.warnings[#set.warnings + 1], pos = w, after
+  end
+  local list = records.parse(data, pos, RECORD_FIELDS)
+  if not list then return nil end
+  local migrations, repeatables, by_key, ctx = set.migrations, set.repeatables, set.by_key,
+    self.ctx
+  local find = string.find
+  for _, m in ipairs(list) do
+    local flags = m._flags or ""
+    m._flags, m._ctx = nil, ctx
+    m.transaction = find(flags, "t", 1, true) ~= nil
+    if m.down_path then m.down_transaction = find(flags, "d", 1, true) ~= nil end
+    if find(flags, "r", 1, true) then
+      m.repeatable = true
+      repeatables[#repeatables + 1] = m
+    else
+      migrations[#migrations + 1] = m
+      by_key[m.key] = m
+    end
+    if m.companion_path and not self:attach_companion(m) then return nil end
+  end
+  return set
 end
 
 --- Whether the files a set was read from are still the same (names, sizes, times,
 -- inodes): a cheap re-check under the run lock instead of reading everything again.
 -- @return boolean
 function source.unchanged(set)
-  local names = fs.list(set.dir)
-  if not names or not set.names or #names ~= #set.names then return false end
-  for i, n in ipairs(names) do
-    if set.names[i] ~= n then return false end
-  end
-  for _, f in ipairs(set.files or {}) do
-    if not same_stat(fs.stat(f.path), f.st) then return false end
-  end
-  return true
+  return set.fingerprint ~= nil and fs.fingerprint(set.dir) == set.fingerprint
 end
 
 --- Splits and checks the statements of a migration loaded with `lazy` (idempotent).
 -- @return true, warnings | nil, err (kind usage)
 function source.prepare(m)
-  if not m.prepare then return true, {} end
-  return m.prepare()
+  if not (m._e or m._src) then return true, {} end
+  local ctx = m._ctx
+  local loader = setmetatable({ problems = {}, warnings = {}, max_size = ctx.max_size }, Loader)
+  if not m._e then
+    m._e, m._down = decode_source(m)
+    if not m._e then
+      if ctx.set_path then fs.remove(ctx.set_path) end
+      return nil, errors.new("usage", fmt("the cache entry of %s was damaged and is now " ..
+        "removed; run the command again", m.up_path), { file = m.up_path })
+    end
+  end
+  if split(loader, m) then return true, loader.warnings end
+  return nil, failure(ctx.dir, loader.problems)
 end
 
 --- Reads and validates a migrations directory.
@@ -902,13 +1004,16 @@ end
 --   (bytes, default source.MAX_FILE_SIZE), `load_companion` (function(path) -> table | nil, err:
 --   loads a `.lua` companion, whose `transaction = false` applies before validation),
 --   `lazy` (statements are split and checked only by source.prepare(m)), `cache` (path of
---   a checksum cache file: files whose stat matches are not read until source.prepare, so
---   up_sql and down_sql may be nil before it; the file is rewritten when it is stale)
+--   a checksum cache file, `<name>.cache`: files whose stat matches are not read until
+--   source.prepare, so up_sql and down_sql may be nil before it; with `lazy`, a whole set
+--   is also kept in `<name>.set` and used while no file of the directory changes; both are
+--   rewritten when stale)
 -- @return set table: { dir, format, migrations (sorted by version.compare), repeatables
 --   (sorted by name), by_key (version key -> migration), warnings (array of strings) }; each
 --   migration { version, key, name, id, format, up_path, up_sql, checksum, statements,
 --   transaction, down_path, down_sql, down_statements, down_transaction, companion_path,
---   verify_path }; a repeatable has `repeatable = true` and its id as version
+--   verify_path }; a repeatable has `repeatable = true` and its id as version; `fingerprint`
+--   (for source.unchanged)
 -- @return nil, err: kind "usage", a message naming the file(s) (and line), `file` when one
 --   file is at fault, `files` when several, `problems` ({ message, files } each)
 function source.load(dir, opts)
@@ -928,13 +1033,11 @@ function source.load(dir, opts)
     dir = dir, base = dir:match("^(.-)/*$"), format = format, ignore = ignore,
     max_size = opts.max_file_size or source.MAX_FILE_SIZE, problems = {}, warnings = {},
     load_companion = opts.load_companion, lazy = opts.lazy, started = fs.now(),
-    entries = {}, inodes = {}, ups = {}, repeatables = {}, read_files = {},
+    entries = {}, inodes = {}, ups = {}, repeatables = {},
   }, Loader)
-  if opts.cache then
-    local entries, data = read_cache(opts.cache)
-    self.cache = { path = opts.cache, entries = entries, data = data, keep = {}, hits = 0 }
-  end
   if self.base == "" then self.base = "/" end
+  -- what source.prepare needs of this load, shared by every migration
+  self.ctx = { dir = dir, max_size = self.max_size }
 
   local st, _, code = fs.stat(dir)
   if not st then
@@ -953,6 +1056,25 @@ function source.load(dir, opts)
   end
   self.root = fs.realpath(dir)
 
+  local fingerprint, newest = fs.fingerprint(dir)
+  local set_path, set_key
+  if opts.cache and opts.lazy and fingerprint then
+    set_path = opts.cache:gsub("%.cache$", "") .. ".set"
+    self.ctx.set_path = set_path
+    set_key = hash.sha256(table.concat({ host.version, fingerprint, format, self.max_size,
+      self.load_companion and "companions" or "", table.concat(ignore, "\0") }, "\n"))
+    local set = self:cached_set(set_path, set_key)
+    if #self.problems > 0 then return nil, failure(dir, self.problems) end
+    if set then
+      set.fingerprint = fingerprint
+      return set
+    end
+  end
+  if opts.cache then
+    local entries, data = read_cache(opts.cache)
+    self.cache = { path = opts.cache, entries = entries, data = data, keep = {}, hits = 0 }
+  end
+
   self:scan(dir)
   self:read_entries()
   local layout = self:layout()
@@ -960,7 +1082,7 @@ function source.load(dir, opts)
   self:group()
 
   local set = { dir = dir, format = layout, migrations = {}, repeatables = {}, by_key = {},
-    warnings = self.warnings, files = self.read_files, names = fs.list(dir) }
+    warnings = self.warnings, fingerprint = fingerprint }
   for _, e in ipairs(self.ups) do
     local m = self:build(e)
     if m then
@@ -976,6 +1098,9 @@ function source.load(dir, opts)
   if self.cache then write_cache(self.cache) end
   sort_migrations(set.migrations)
   table.sort(set.repeatables, function(a, b) return a.name < b.name end)
+  if set_path and newest < self.started - source.RACY_SECONDS then
+    write_set(set_path, set, set_key)
+  end
   return set
 end
 

@@ -82,9 +82,12 @@ describe("status, check, history, stamp, force #e2e", function()
     end
     proc.sleep(2100) -- files changed in the last 2 s are not cached (racy timestamps)
     assert.are.equal(0, cached({ "up", "-y" }).code)
-    local names = assert(fs.list(cache))
-    assert.are.equal(1, #names)
+    local names = assert(fs.list(cache)) -- <dir>.cache, file by file, and <dir>.set, the set
+    assert.are.equal(2, #names)
+    assert.matches("%.cache$", names[1])
     assert.matches("0002_b.up.sql", fs.read(cache .. "/" .. names[1]))
+    assert.matches("%.set$", names[2])
+    assert.matches("0002_b.up.sql", fs.read(cache .. "/" .. names[2]))
     assert.are.equal(0, cached({ "check" }).code)
     -- same size, same mtime: only the ctime tells
     local path = dir .. "/migrations/0002_b.up.sql"
