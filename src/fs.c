@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <lua.h>
 #include <openssl/evp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,12 +183,11 @@ static void fp_add(struct fingerprint *fp, const char *s, size_t n) {
 }
 
 static void fp_stat(struct fingerprint *fp, const struct stat *st) {
-    char buf[192];
-    int n = snprintf(buf, sizeof buf, "\t%o %lld %lld.%09ld %lld.%09ld %llu %llu",
-                     (unsigned)st->st_mode, (long long)st->st_size, (long long)st->st_mtim.tv_sec,
-                     st->st_mtim.tv_nsec, (long long)st->st_ctim.tv_sec, st->st_ctim.tv_nsec,
-                     (unsigned long long)st->st_ino, (unsigned long long)st->st_dev);
-    fp_add(fp, buf, (size_t)n);
+    uint64_t key[8] = {st->st_mode, (uint64_t)st->st_size, (uint64_t)st->st_mtim.tv_sec,
+                       (uint64_t)st->st_mtim.tv_nsec, (uint64_t)st->st_ctim.tv_sec,
+                       (uint64_t)st->st_ctim.tv_nsec, st->st_ino, st->st_dev};
+    fp_add(fp, "\t", 1);
+    fp_add(fp, (const char *)key, sizeof key); /* binary: snprintf cost more than the hash */
     double m = (double)st->st_mtim.tv_sec + (double)st->st_mtim.tv_nsec / 1e9;
     double c = (double)st->st_ctim.tv_sec + (double)st->st_ctim.tv_nsec / 1e9;
     if (m > fp->newest)

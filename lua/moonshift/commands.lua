@@ -45,8 +45,11 @@ local function load_source(cfg)
       m.verify_sql = m.verify_sql:gsub("^\239\187\191", ""):gsub("\r\n", "\n")
     end
   end
-  set.migrations, err = plan.order(set.migrations, cfg.order)
-  if not set.migrations then return nil, err end
+  local ordered
+  ordered, err = plan.order(set.migrations, cfg.order)
+  if not ordered then return nil, err end
+  set.version_order = ordered == set.migrations -- still as loaded, sorted by version
+  set.migrations = ordered
   return set
 end
 

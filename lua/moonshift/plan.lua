@@ -8,7 +8,8 @@ local fmt = string.format
 local plan = {}
 
 --- The state of every migration: applied, pending, dirty, drift, missing, out of order.
--- @param set table: from source.load
+-- @param set table: from source.load (`version_order` when its migrations are still sorted
+--   by version)
 -- @param hist table: from History:load
 -- @return status table
 function plan.status(set, hist)
@@ -44,7 +45,9 @@ function plan.status(set, hist)
           st.drift[#st.drift + 1] = { migration = m, row = row }
         end
         applied[#applied + 1] = m
-        if not newest or compare(m.version, newest.version) > 0 then newest = m end
+        if set.version_order or not newest or compare(m.version, newest.version) > 0 then
+          newest = m
+        end
       end
     end
   end
