@@ -183,9 +183,14 @@ static void fp_add(struct fingerprint *fp, const char *s, size_t n) {
 }
 
 static void fp_stat(struct fingerprint *fp, const struct stat *st) {
-    uint64_t key[8] = {st->st_mode, (uint64_t)st->st_size, (uint64_t)st->st_mtim.tv_sec,
-                       (uint64_t)st->st_mtim.tv_nsec, (uint64_t)st->st_ctim.tv_sec,
-                       (uint64_t)st->st_ctim.tv_nsec, st->st_ino, st->st_dev};
+    uint64_t key[8] = {st->st_mode,
+                       (uint64_t)st->st_size,
+                       (uint64_t)st->st_mtim.tv_sec,
+                       (uint64_t)st->st_mtim.tv_nsec,
+                       (uint64_t)st->st_ctim.tv_sec,
+                       (uint64_t)st->st_ctim.tv_nsec,
+                       st->st_ino,
+                       st->st_dev};
     fp_add(fp, "\t", 1);
     fp_add(fp, (const char *)key, sizeof key); /* binary: snprintf cost more than the hash */
     double m = (double)st->st_mtim.tv_sec + (double)st->st_mtim.tv_nsec / 1e9;
