@@ -65,11 +65,14 @@ function helpers.spawn(args, dir, env)
   return assert(proc.spawn(argv, { cwd = dir, env = helpers.env(env) }))
 end
 
---- Waits until a backend other than ours runs an active query LIKE pattern.
-function helpers.wait_for_query(uri, pattern)
+--- Waits until a backend other than ours runs an active query LIKE pattern (for min_ms or more).
+function helpers.wait_for_query(uri, pattern, min_ms)
   for _ = 1, 300 do
+    -- min_ms: running that long already, so that a short statement of the same text (the
+    -- COMMIT of the migration before) is not taken for the long one
     local n = helpers.value(uri, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' " ..
-      "AND pid <> pg_backend_pid() AND query LIKE $1", pattern)
+      "AND pid <> pg_backend_pid() AND query LIKE $1 AND clock_timestamp() - query_start >= " ..
+      "make_interval(secs => $2::float8 / 1000)", pattern, tostring(min_ms or 0))
     if n > 0 then return true end
     proc.sleep(50)
   end

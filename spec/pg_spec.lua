@@ -99,6 +99,39 @@ describe("moonshift.pg", function()
     end)
   end)
 
+  describe("connect_begin", function()
+    it("connects on a thread of its own, and wait returns what connect would", function()
+      local pending = pg.connect_begin(server.uri, { application_name = "background" })
+      local c = assert(pending:wait())
+      assert.equal("background", c:parameter("application_name"))
+      assert.equal(1, c:query("SELECT 1 AS one")[1].one)
+      c:close()
+      assert.has_error(function() pending:wait() end)
+      local failed, err = pg.connect_begin(string.format(
+        "postgresql://postgres:canarySECRET@/no_such_db?host=%s&port=%d", server.socket_dir,
+        server.port)):wait()
+      assert.is_nil(failed)
+      assert.equal("connect", err.kind)
+      assert.matches("no_such_db", err.message, 1, true)
+      assert.is_nil(err.message:find("canarySECRET", 1, true))
+    end)
+
+    it("is given up without waiting for a server that does not answer", function()
+      local postmaster = assert(io.open(server.data .. "/postmaster.pid")):read("l")
+      assert(os.execute("kill -STOP " .. postmaster)) -- the socket accepts, nobody answers
+      local ok, err = pcall(function()
+        local now, _ = clock()
+        local pending = pg.connect_begin(server.uri, { connect_timeout = 30 })
+        local t0 = now()
+        pending:close()
+        pending:close() -- twice is harmless
+        assert.is_true(now() - t0 < 1000)
+      end)
+      assert(os.execute("kill -CONT " .. postmaster))
+      assert(ok, err)
+    end)
+  end)
+
   describe("query", function()
     it("converts every column type", function()
       local rows = assert(conn:query([[

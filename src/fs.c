@@ -239,7 +239,7 @@ static int fp_dir(struct fingerprint *fp, int dfd, int depth) {
     }
     if (!err && errno)
         err = errno;
-    if (!err)
+    if (!err && n > 0)
         qsort(names, n, sizeof *names, cmp_names);
     for (size_t i = 0; i < n && !err; i++) {
         fp_add(fp, "\n", 1);

@@ -5,6 +5,7 @@
 #include <lua.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 #define ERROR_META "moonshift.pg.error"
 #define MEM_META "moonshift.pg.mem"
 #define OPTIONS_META "moonshift.pg.options"
+#define PENDING_META "moonshift.pg.pending"
 
 /* Type OIDs from the server's pg_type.h, which libpq-dev does not ship; they never change. */
 enum {
@@ -572,7 +574,23 @@ static int finish_exec(lua_State *L, struct conn *c, struct result_box *box, PGr
 /* ---- module functions ---- */
 
 /* pg.connect(conninfo_or_uri [, {application_name=, connect_timeout=}]) -> conn | nil, err */
-static int pg_lconnect(lua_State *L) {
+/* What PQconnectdbParams is given. Later entries override earlier ones, and the expanded
+ * dbname overrides everything before it: our defaults go first so a conninfo can change
+ * them; an explicit connect_timeout from the caller goes last and wins. The values are
+ * copies, since the connection may be made on another thread. */
+struct connect_params {
+    const char *keys[10];
+    char *values[10];
+};
+
+static void params_free(struct connect_params *p) {
+    for (int i = 0; p->keys[i]; i++)
+        free(p->values[i]);
+    memset(p, 0, sizeof *p);
+}
+
+/* Reads pg.connect's arguments (conninfo at 1, opts at 2) into p; 0, or ENOMEM. */
+static int params_read(lua_State *L, struct connect_params *p) {
     const char *conninfo = luaL_checkstring(L, 1);
     const char *appname = "moonshift", *timeout = NULL;
     if (!lua_isnoneornil(L, 2)) {
@@ -588,34 +606,42 @@ static int pg_lconnect(lua_State *L) {
             timeout = lua_pushfstring(L, "%I", (LUAI_UACINT)seconds);
         }
     }
-    struct conn *c = lua_newuserdatauv(L, sizeof *c, 0);
-    memset(c, 0, sizeof *c);
-    c->notices_end = &c->notices;
-    luaL_setmetatable(L, CONN_META); // [.., conn]
-
-    /* Later entries override earlier ones, and the expanded dbname overrides everything
-     * before it: our defaults go first so a conninfo can change them; an explicit
-     * connect_timeout from the caller goes last and wins. */
-    const char *keys[10], *values[10];
+    const char *values[10];
     int k = 0;
+    memset(p, 0, sizeof *p);
     /* A dead network is noticed within about 30 s, whether we are sending (unacknowledged
      * data, tcp_user_timeout) or waiting for a long statement (keepalives: 10 s idle, then
      * 3 probes 5 s apart); a server that never answers the handshake within 10 s. */
-    keys[k] = "keepalives", values[k++] = "1";
-    keys[k] = "keepalives_idle", values[k++] = "10";
-    keys[k] = "keepalives_interval", values[k++] = "5";
-    keys[k] = "keepalives_count", values[k++] = "3";
-    keys[k] = "tcp_user_timeout", values[k++] = "30000";
+    p->keys[k] = "keepalives", values[k++] = "1";
+    p->keys[k] = "keepalives_idle", values[k++] = "10";
+    p->keys[k] = "keepalives_interval", values[k++] = "5";
+    p->keys[k] = "keepalives_count", values[k++] = "3";
+    p->keys[k] = "tcp_user_timeout", values[k++] = "30000";
     if (getenv("PGCONNECT_TIMEOUT") == NULL) /* a keyword here would override it */
-        keys[k] = "connect_timeout", values[k++] = "10";
-    keys[k] = "fallback_application_name", values[k++] = appname;
-    keys[k] = "dbname", values[k++] = conninfo;
+        p->keys[k] = "connect_timeout", values[k++] = "10";
+    p->keys[k] = "fallback_application_name", values[k++] = appname;
+    p->keys[k] = "dbname", values[k++] = conninfo;
     if (timeout)
-        keys[k] = "connect_timeout", values[k++] = timeout;
-    keys[k] = NULL, values[k] = NULL;
-    c->pg = PQconnectdbParams(keys, values, 1);
-    if (!c->pg)
+        p->keys[k] = "connect_timeout", values[k++] = timeout;
+    int err = 0;
+    for (int i = 0; i < k; i++)
+        if ((p->values[i] = strdup(values[i])) == NULL)
+            err = ENOMEM;
+    if (err)
+        params_free(p);
+    return err;
+}
+
+static PGconn *connect_with(struct connect_params *p) {
+    return PQconnectdbParams(p->keys, (const char *const *)p->values, 1);
+}
+
+/* [.., conn] -> [.., conn] | [.., conn, nil, err]: c takes pg (a connection attempt's
+ * outcome), and closes it at once when it failed. */
+static int finish_connection(lua_State *L, struct conn *c, PGconn *pg) {
+    if (!pg)
         return luaL_error(L, "not enough memory");
+    c->pg = pg;
     if (PQstatus(c->pg) != CONNECTION_OK) {
         lua_pushnil(L);
         lua_createtable(L, 0, 2);
@@ -631,6 +657,125 @@ static int pg_lconnect(lua_State *L) {
     c->cancel = PQgetCancel(c->pg);
     PQsetNoticeReceiver(c->pg, on_notice, c);
     return 1;
+}
+
+static struct conn *new_conn(lua_State *L) {
+    struct conn *c = lua_newuserdatauv(L, sizeof *c, 0);
+    memset(c, 0, sizeof *c);
+    c->notices_end = &c->notices;
+    luaL_setmetatable(L, CONN_META); // [.., conn]
+    return c;
+}
+
+/* pg.connect(conninfo [, opts]) -> conn | nil, err
+ * opts: application_name (the fallback; default "moonshift"), connect_timeout (seconds). */
+static int pg_lconnect(lua_State *L) {
+    struct connect_params p;
+    if (params_read(L, &p) != 0)
+        return luaL_error(L, "not enough memory");
+    struct conn *c = new_conn(L);
+    PGconn *pg = connect_with(&p);
+    params_free(&p);
+    return finish_connection(L, c, pg);
+}
+
+/* A connection being made on a thread of its own (pg.connect_begin). Shared with that
+ * thread, so it is malloc'd: a caller that stops waiting leaves the thread to free it. */
+struct pending {
+    pthread_mutex_t lock;
+    pthread_t thread;
+    int started, done, abandoned;
+    struct connect_params params;
+    PGconn *pg;
+};
+
+static void pending_free(struct pending *p) {
+    params_free(&p->params);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}
+
+static void *pending_run(void *arg) {
+    struct pending *p = arg;
+    PGconn *pg = connect_with(&p->params);
+    pthread_mutex_lock(&p->lock);
+    int abandoned = p->abandoned;
+    p->pg = pg, p->done = 1;
+    pthread_mutex_unlock(&p->lock);
+    if (abandoned) {
+        PQfinish(pg);
+        pending_free(p);
+    }
+    return NULL;
+}
+
+/* pg.connect_begin(conninfo [, opts]) -> pending
+ * Starts pg.connect on a thread of its own (which blocks every signal: the main thread
+ * keeps handling them), so that the server sets up the session while the caller works;
+ * pending:wait() returns what pg.connect would. pending:close(), or collecting it, gives
+ * up on it without waiting. */
+static int pg_lconnect_begin(lua_State *L) {
+    lua_settop(L, 2);
+    struct pending **box = lua_newuserdatauv(L, sizeof *box, 0); // [conninfo, opts, box]
+    *box = NULL;
+    luaL_setmetatable(L, PENDING_META);
+    struct pending *p = calloc(1, sizeof *p);
+    if (p == NULL || params_read(L, &p->params) != 0) {
+        free(p);
+        return luaL_error(L, "not enough memory");
+    }
+    pthread_mutex_init(&p->lock, NULL);
+    *box = p;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    p->started = pthread_create(&p->thread, NULL, pending_run, p) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (!p->started) { /* no thread: connect now, as pg.connect does */
+        p->pg = connect_with(&p->params);
+        p->done = 1;
+    }
+    lua_settop(L, 3);
+    return 1; // box
+}
+
+static int pending_wait(lua_State *L) {
+    struct pending **box = luaL_checkudata(L, 1, PENDING_META);
+    struct pending *p = *box;
+    luaL_argcheck(L, p != NULL, 1, "connection already waited for or closed");
+    struct conn *c = new_conn(L);
+    if (p->started)
+        pthread_join(p->thread, NULL);
+    PGconn *pg = p->pg;
+    *box = NULL;
+    pending_free(p);
+    return finish_connection(L, c, pg);
+}
+
+static int pending_close(lua_State *L) {
+    struct pending **box = luaL_checkudata(L, 1, PENDING_META);
+    struct pending *p = *box;
+    *box = NULL;
+    if (p == NULL)
+        return 0;
+    if (!p->started) {
+        PQfinish(p->pg);
+        pending_free(p);
+        return 0;
+    }
+    pthread_mutex_lock(&p->lock);
+    int done = p->done;
+    p->abandoned = !done;
+    pthread_t thread = p->thread;
+    pthread_mutex_unlock(&p->lock);
+    if (done) {
+        pthread_join(thread, NULL);
+        PQfinish(p->pg);
+        pending_free(p);
+    } else {
+        pthread_detach(thread); /* it frees p when its connect returns */
+    }
+    return 0;
 }
 
 /* pg.conninfo_parse(s) -> { keyword = value } (only what s sets) | nil, err. Takes URIs and
@@ -982,6 +1127,7 @@ static int conn_escape_literal(lua_State *L) { return escape(L, 0); }
 
 static const luaL_Reg funcs[] = {
     {"connect", pg_lconnect},
+    {"connect_begin", pg_lconnect_begin},
     {"lib_version", pg_llib_version},
     {"conninfo_parse", pg_lconninfo_parse},
     {NULL, NULL},
@@ -1041,6 +1187,17 @@ static void create_meta(lua_State *L) {
     luaL_newmetatable(L, OPTIONS_META);
     lua_pushcfunction(L, options_gc);
     lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, PENDING_META);
+    static const luaL_Reg pending_methods[] = {
+        {"wait", pending_wait}, {"close", pending_close}, {NULL, NULL}};
+    luaL_newlib(L, pending_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, pending_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, pending_close);
+    lua_setfield(L, -2, "__close");
     lua_pop(L, 1);
 
     luaL_newmetatable(L, ERROR_META);

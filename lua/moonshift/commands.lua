@@ -57,10 +57,14 @@ end
 -- mutating command also a writable target, the run lock and the tracking tables.
 -- Files are validated before the lock and again under it.
 local function open(cfg, ui, mutating)
+  local pending = db.connect_begin(cfg) -- the server starts the session meanwhile
   local set, err = load_source(cfg)
-  if not set then return nil, err end
+  if not set then
+    pending:close()
+    return nil, err
+  end
   for _, w in ipairs(set.warnings or {}) do ui:warn(w) end
-  local conn, cerr, pooled = db.connect(cfg, function(msg) ui:warn(msg) end)
+  local conn, cerr, pooled = db.connect(cfg, function(msg) ui:warn(msg) end, pending)
   if not conn then return nil, cerr end
   local s = setmetatable({ cfg = cfg, ui = ui, conn = conn, set = set, pooled = pooled }, Session)
   s.hooks, err = hooks.load_global(cfg.hooks)

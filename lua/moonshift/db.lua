@@ -70,12 +70,25 @@ local function crosses_network(info)
   return not (name == "localhost" or addr:match("^127%.") or addr == "::1")
 end
 
---- Connects to the configured database. A connection that crosses a network without TLS
--- is refused with `require_tls`, and otherwise reported through `warn` (when given).
+--- Starts connecting to the configured database on a thread of its own, so that the server
+-- sets up the session while moonshift reads the migrations; db.connect finishes it.
+-- @return pending (close it to give up)
+function db.connect_begin(cfg)
+  return pg.connect_begin(cfg.database, { application_name = db.application_name() })
+end
+
+--- Connects to the configured database (or finishes what db.connect_begin started). A
+-- connection that crosses a network without TLS is refused with `require_tls`, and
+-- otherwise reported through `warn` (when given).
 -- @return conn, nil, pooled ({ server_pid, client_pid } when a connection pooler is in
 --   between, else nil) | nil, err (kind connect)
-function db.connect(cfg, warn)
-  local conn, err = pg.connect(cfg.database, { application_name = db.application_name() })
+function db.connect(cfg, warn, pending)
+  local conn, err
+  if pending then
+    conn, err = pending:wait()
+  else
+    conn, err = pg.connect(cfg.database, { application_name = db.application_name() })
+  end
   if not conn then
     local msg = db.scrub(tostring(err.message or err), cfg.database):gsub("%s+$", "")
     return nil, errors.new("connect", fmt("cannot connect to %s: %s",

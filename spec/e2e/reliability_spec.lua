@@ -416,7 +416,7 @@ describe("reliability catalogue #e2e", function()
     local env, why = c2_setup(20)
     if not env then return pending(why) end
     local h = env.start()
-    wait_for_query(env.t.uri, "COMMIT")
+    wait_for_query(env.t.uri, "COMMIT", 500) -- 0002_b's, not 0001_a's
     env.link.cut()
     proc.sleep(6000) -- the reply is lost; the runner notices and starts reconnecting
     env.link.heal()
