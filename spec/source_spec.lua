@@ -514,6 +514,14 @@ describe("moonshift.source", function()
         assert.equal(real, assert(source.load(dir, opts)).by_key["3"].checksum)
       end)
 
+      it("keeps paths spelled as the directory was named", function()
+        assert(load(tree, opts))
+        assert(source.load(dir, opts)) -- from the set cache
+        local other = tmp .. "/./migrations"
+        assert.equal(other .. "/1_a.up.sql", assert(source.load(other, opts)).migrations[1].up_path)
+        assert.equal(dir .. "/1_a.up.sql", assert(source.load(dir, opts)).migrations[1].up_path)
+      end)
+
       it("is not written for a set changed just before the load", function()
         source.RACY_SECONDS = 3600
         assert(load(tree, opts))

@@ -1061,7 +1061,9 @@ function source.load(dir, opts)
   if opts.cache and opts.lazy and fingerprint then
     set_path = opts.cache:gsub("%.cache$", "") .. ".set"
     self.ctx.set_path = set_path
-    set_key = hash.sha256(table.concat({ host.version, fingerprint, format, self.max_size,
+    -- paths in the set are spelled from dir, so a relative dir is read from where it was
+    set_key = hash.sha256(table.concat({ host.version, fingerprint, dir,
+      dir:sub(1, 1) == "/" and "" or (fs.realpath(".") or "?"), format, self.max_size,
       self.load_companion and "companions" or "", table.concat(ignore, "\0") }, "\n"))
     local set = self:cached_set(set_path, set_key)
     if #self.problems > 0 then return nil, failure(dir, self.problems) end
