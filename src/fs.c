@@ -7,6 +7,8 @@
 #include <limits.h>
 #include <lua.h>
 #include <openssl/evp.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +22,7 @@
 
 #define FILE_META "moonshift.fs.file"
 #define DIR_META "moonshift.fs.dir"
+#define FINGERPRINT_META "moonshift.fs.fingerprint"
 
 struct file {
     int fd; /* -1 once closed */
@@ -281,34 +284,109 @@ static int fp_dir(struct fingerprint *fp, int dfd, int depth) {
  * symlink, of its target; the entries of subdirectories too, one level down. Equal
  * fingerprints mean no file was added, removed, renamed or written in between, except
  * within one timestamp tick of `newest`, the latest mtime or ctime seen (seconds). */
-static int fs_fingerprint(lua_State *L) {
-    const char *path = luaL_checkstring(L, 1);
-    int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0)
-        return push_error(L, errno, path);
-    struct fingerprint fp = {EVP_MD_CTX_new(), 0};
-    if (fp.md == NULL || !EVP_DigestInit_ex(fp.md, EVP_sha256(), NULL)) {
-        EVP_MD_CTX_free(fp.md);
-        close(dfd);
-        return push_error(L, ENOMEM, path);
-    }
-    int err = fp_dir(&fp, dfd, 1);
+/* A fingerprint being taken: by fs.fingerprint, or on a thread by fs.fingerprint_begin. */
+struct fp_job {
+    char *path;
     unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    if (!err && !EVP_DigestFinal_ex(fp.md, md, &len))
-        err = EIO;
+    unsigned int len;
+    double newest;
+    int err;
+    int started; /* a thread is running it, and must be joined */
+    pthread_t thread;
+};
+
+static void *fp_run(void *arg) {
+    struct fp_job *job = arg;
+    struct fingerprint fp = {EVP_MD_CTX_new(), 0};
+    int dfd = open(job->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        job->err = errno;
+    else if (fp.md == NULL || !EVP_DigestInit_ex(fp.md, EVP_sha256(), NULL))
+        job->err = ENOMEM;
+    else if ((job->err = fp_dir(&fp, dfd, 1)) == 0 &&
+             !EVP_DigestFinal_ex(fp.md, job->md, &job->len))
+        job->err = EIO;
+    if (dfd >= 0)
+        close(dfd);
     EVP_MD_CTX_free(fp.md);
-    if (err)
-        return push_error(L, err, path);
+    job->newest = fp.newest;
+    return NULL;
+}
+
+/* [..] -> [.., hex, newest] | [.., nil, err, code] */
+static int fp_push(lua_State *L, struct fp_job *job) {
+    if (job->err)
+        return push_error(L, job->err, job->path);
     static const char digits[] = "0123456789abcdef";
     char hex[2 * EVP_MAX_MD_SIZE];
-    for (unsigned int i = 0; i < len; i++) {
-        hex[2 * i] = digits[md[i] >> 4];
-        hex[2 * i + 1] = digits[md[i] & 0xf];
+    for (unsigned int i = 0; i < job->len; i++) {
+        hex[2 * i] = digits[job->md[i] >> 4];
+        hex[2 * i + 1] = digits[job->md[i] & 0xf];
     }
-    lua_pushlstring(L, hex, 2 * (size_t)len);
-    lua_pushnumber(L, (lua_Number)fp.newest);
+    lua_pushlstring(L, hex, 2 * (size_t)job->len);
+    lua_pushnumber(L, (lua_Number)job->newest);
     return 2;
+}
+
+static int fs_fingerprint(lua_State *L) {
+    struct fp_job job;
+    memset(&job, 0, sizeof job);
+    job.path = (char *)luaL_checkstring(L, 1);
+    fp_run(&job);
+    return fp_push(L, &job);
+}
+
+static struct fp_job *fp_job_done(struct fp_job *job) {
+    if (job->started)
+        pthread_join(job->thread, NULL);
+    job->started = 0;
+    return job;
+}
+
+static int fp_job_gc(lua_State *L) {
+    struct fp_job **box = luaL_checkudata(L, 1, FINGERPRINT_META);
+    if (*box) {
+        free(fp_job_done(*box)->path);
+        free(*box);
+        *box = NULL;
+    }
+    return 0;
+}
+
+/* job:wait() -> what fs.fingerprint returns */
+static int fp_job_wait(lua_State *L) {
+    struct fp_job **box = luaL_checkudata(L, 1, FINGERPRINT_META);
+    luaL_argcheck(L, *box != NULL, 1, "fingerprint already collected");
+    struct fp_job *job = fp_job_done(*box);
+    int n = fp_push(L, job);
+    *box = NULL;
+    free(job->path);
+    free(job);
+    return n;
+}
+
+/* fs.fingerprint_begin(dir) -> job
+ * Takes fs.fingerprint(dir) on a thread of its own (which blocks every signal: the main
+ * thread keeps handling them) while the caller works; job:wait() returns it. */
+static int fs_fingerprint_begin(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    struct fp_job **box = lua_newuserdatauv(L, sizeof *box, 0);
+    *box = NULL;
+    luaL_setmetatable(L, FINGERPRINT_META);
+    struct fp_job *job = calloc(1, sizeof *job);
+    if (job == NULL || (job->path = strdup(path)) == NULL) {
+        free(job);
+        return luaL_error(L, "not enough memory");
+    }
+    *box = job;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    job->started = pthread_create(&job->thread, NULL, fp_run, job) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (!job->started) /* no thread: take it now */
+        fp_run(job);
+    return 1;
 }
 
 /* fs.read(path) -> whole file as a string */
@@ -741,6 +819,15 @@ static void create_meta(lua_State *L) {
     lua_pushcfunction(L, dir_gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
+
+    luaL_newmetatable(L, FINGERPRINT_META);
+    lua_pushcfunction(L, fp_job_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, fp_job_wait);
+    lua_setfield(L, -2, "wait");
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
 }
 
 int luaopen_moonshift_fs(lua_State *L) {
@@ -748,6 +835,7 @@ int luaopen_moonshift_fs(lua_State *L) {
         {"list", fs_list},
         {"stat", fs_stat},
         {"fingerprint", fs_fingerprint},
+        {"fingerprint_begin", fs_fingerprint_begin},
         {"read", fs_read},
         {"write_atomic", fs_write_atomic},
         {"open_excl", fs_open_excl},

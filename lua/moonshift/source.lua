@@ -936,12 +936,14 @@ local function write_set(path, set, key)
   write_private(path, data)
 end
 
--- The set kept under key, or nil when the cache holds another (or none).
-function Loader:cached_set(path, set_key)
-  local data = read_private(path, SET_HEADER .. "\t" .. set_key .. "\t")
+-- The set the cache holds and the key it was kept under; nil when there is none. Its
+-- companions are not loaded yet (that is code: only once the key is known to match).
+function Loader:cached_set(path)
+  local data = read_private(path, SET_HEADER .. "\t")
   if not data then return nil end
-  local format, nwarn, pos = data:match("^(%a+)\t(%d+)\n()", #SET_HEADER + #set_key + 3)
-  if not format then return nil end
+  local set_key, format, nwarn, pos = data:match("^(%x+)\t(%a+)\t(%d+)\n()",
+    #SET_HEADER + 2)
+  if not set_key then return nil end
   local set = { dir = self.dir, format = format, migrations = {}, repeatables = {},
     by_key = {}, warnings = {} }
   for _ = 1, tonumber(nwarn) do
@@ -966,9 +968,8 @@ function Loader:cached_set(path, set_key)
       migrations[#migrations + 1] = m
       by_key[m.key] = m
     end
-    if m.companion_path and not self:attach_companion(m) then return nil end
   end
-  return set
+  return set, set_key
 end
 
 --- Whether the files a set was read from are still the same (names, sizes, times,
@@ -1056,21 +1057,30 @@ function source.load(dir, opts)
   end
   self.root = fs.realpath(dir)
 
-  local fingerprint, newest = fs.fingerprint(dir)
-  local set_path, set_key
-  if opts.cache and opts.lazy and fingerprint then
+  -- The directory's fingerprint is taken on a thread while the set cache is read; it then
+  -- decides whether that set may be used.
+  local job = fs.fingerprint_begin(dir)
+  local set_path, cached, cached_key
+  if opts.cache and opts.lazy then
     set_path = opts.cache:gsub("%.cache$", "") .. ".set"
     self.ctx.set_path = set_path
+    cached, cached_key = self:cached_set(set_path)
+  end
+  local fingerprint, newest = job:wait()
+  local set_key = fingerprint and hash.sha256(table.concat({ host.version, fingerprint, dir,
     -- paths in the set are spelled from dir, so a relative dir is read from where it was
-    set_key = hash.sha256(table.concat({ host.version, fingerprint, dir,
-      dir:sub(1, 1) == "/" and "" or (fs.realpath(".") or "?"), format, self.max_size,
-      self.load_companion and "companions" or "", table.concat(ignore, "\0") }, "\n"))
-    local set = self:cached_set(set_path, set_key)
-    if #self.problems > 0 then return nil, failure(dir, self.problems) end
-    if set then
-      set.fingerprint = fingerprint
-      return set
+    dir:sub(1, 1) == "/" and "" or (fs.realpath(".") or "?"), format, self.max_size,
+    self.load_companion and "companions" or "", table.concat(ignore, "\0") }, "\n"))
+  if cached and cached_key == set_key then
+    for _, list in ipairs({ cached.migrations, cached.repeatables }) do
+      for _, m in ipairs(list) do
+        if m.companion_path and not self:attach_companion(m) then
+          return nil, failure(dir, self.problems)
+        end
+      end
     end
+    cached.fingerprint = fingerprint
+    return cached
   end
   if opts.cache then
     local entries, data = read_cache(opts.cache)
@@ -1100,7 +1110,7 @@ function source.load(dir, opts)
   if self.cache then write_cache(self.cache) end
   sort_migrations(set.migrations)
   table.sort(set.repeatables, function(a, b) return a.name < b.name end)
-  if set_path and newest < self.started - source.RACY_SECONDS then
+  if set_path and set_key and newest < self.started - source.RACY_SECONDS then
     write_set(set_path, set, set_key)
   end
   return set
