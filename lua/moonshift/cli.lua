@@ -147,7 +147,7 @@ local function run_command(args, cfg, ui)
   local commands = require("moonshift.commands")
   local c = args.command
   if c == "status" or c == "check" then
-    local st, err = commands[c](cfg, ui)
+    local st, err = commands[c](cfg, ui, { brief = not args.json })
     if not st then return nil, err end
     if args.json then ui:result(to_json(st)) else print_status(ui, st) end
     if c == "check" then

@@ -55,6 +55,15 @@ describe("status, check, history, stamp, force #e2e", function()
     assert.matches("^%x+$", doc.applied[1].checksum)
     assert.are.equal(64, #doc.applied[1].checksum)
     assert.are.same({}, doc.drift)
+    -- who and how long: in the document (status --json, check --json), not in the listing
+    assert.are.equal("postgres", doc.applied[1].applied_by)
+    assert.are.equal("number", type(doc.applied[1].duration_ms))
+    assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ$", doc.applied[2].applied_at)
+    local check = ms({ "check", "--json" })
+    assert.are.equal(3, check.code)
+    assert.are.equal("postgres", cjson.decode(check.stdout).applied[2].applied_by)
+    local text = ms({ "status" }).stdout
+    assert.matches("applied  0002_b%s+" .. doc.applied[2].applied_at:gsub("%p", "%%%0"), text)
   end)
 
   it("check exits 3 when pending, 0 when up to date, 9 on drift until stamp", function()
