@@ -299,15 +299,15 @@ static void *fp_run(void *arg) {
     struct fp_job *job = arg;
     struct fingerprint fp = {EVP_MD_CTX_new(), 0};
     int dfd = open(job->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0)
+    if (dfd < 0) {
         job->err = errno;
-    else if (fp.md == NULL || !EVP_DigestInit_ex(fp.md, EVP_sha256(), NULL))
+    } else if (fp.md == NULL || !EVP_DigestInit_ex(fp.md, EVP_sha256(), NULL)) {
         job->err = ENOMEM;
-    else if ((job->err = fp_dir(&fp, dfd, 1)) == 0 &&
-             !EVP_DigestFinal_ex(fp.md, job->md, &job->len))
-        job->err = EIO;
-    if (dfd >= 0)
         close(dfd);
+    } else if ((job->err = fp_dir(&fp, dfd, 1)) == 0 && /* fp_dir closes dfd */
+               !EVP_DigestFinal_ex(fp.md, job->md, &job->len)) {
+        job->err = EIO;
+    }
     EVP_MD_CTX_free(fp.md);
     job->newest = fp.newest;
     return NULL;
