@@ -8,7 +8,6 @@
 #include <lua.h>
 #include <openssl/evp.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -317,13 +316,7 @@ static void *fp_run(void *arg) {
 static int fp_push(lua_State *L, struct fp_job *job) {
     if (job->err)
         return push_error(L, job->err, job->path);
-    static const char digits[] = "0123456789abcdef";
-    char hex[2 * EVP_MAX_MD_SIZE];
-    for (unsigned int i = 0; i < job->len; i++) {
-        hex[2 * i] = digits[job->md[i] >> 4];
-        hex[2 * i + 1] = digits[job->md[i] & 0xf];
-    }
-    lua_pushlstring(L, hex, 2 * (size_t)job->len);
+    push_hex(L, job->md, job->len);
     lua_pushnumber(L, (lua_Number)job->newest);
     return 2;
 }
@@ -379,11 +372,7 @@ static int fs_fingerprint_begin(lua_State *L) {
         return luaL_error(L, "not enough memory");
     }
     *box = job;
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    job->started = pthread_create(&job->thread, NULL, fp_run, job) == 0;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    job->started = start_quiet_thread(&job->thread, fp_run, job) == 0;
     if (!job->started) /* no thread: take it now */
         fp_run(job);
     return 1;

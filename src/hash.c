@@ -14,7 +14,7 @@
 /* Files are streamed through a fixed buffer, so hashing a dump costs constant memory. */
 #define CHUNK (64 * 1024)
 
-static void push_hex(lua_State *L, const unsigned char *md, unsigned int n) {
+void push_hex(lua_State *L, const unsigned char *md, unsigned int n) {
     static const char digits[] = "0123456789abcdef";
     char hex[2 * EVP_MAX_MD_SIZE];
     for (unsigned int i = 0; i < n; i++) {

@@ -2,6 +2,7 @@
 #ifndef MOONSHIFT_MODULES_H
 #define MOONSHIFT_MODULES_H
 #include <lua.h>
+#include <pthread.h>
 
 int luaopen_moonshift_pg(lua_State *L);
 int luaopen_moonshift_hash(lua_State *L);
@@ -10,6 +11,13 @@ int luaopen_moonshift_fs(lua_State *L);
 int luaopen_moonshift_sql(lua_State *L);
 int luaopen_moonshift_redact(lua_State *L);
 int luaopen_moonshift_records(lua_State *L);
+
+/* Pushes n bytes as lowercase hex (hash.c). */
+void push_hex(lua_State *L, const unsigned char *bytes, unsigned int n);
+
+/* pthread_create for a helper thread that never handles a signal (the main thread keeps
+ * handling them all); 0 or an errno (proc.c). */
+int start_quiet_thread(pthread_t *thread, void *(*run)(void *), void *arg);
 
 /* Async-signal-safe: cancels the statement of the connection marked with
  * conn:cancel_on_signal(true), if any (PQcancel is signal-safe). */

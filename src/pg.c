@@ -726,11 +726,7 @@ static int pg_lconnect_begin(lua_State *L) {
     }
     pthread_mutex_init(&p->lock, NULL);
     *box = p;
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    p->started = pthread_create(&p->thread, NULL, pending_run, p) == 0;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    p->started = start_quiet_thread(&p->thread, pending_run, p) == 0;
     if (!p->started) { /* no thread: connect now, as pg.connect does */
         p->pg = connect_with(&p->params);
         p->done = 1;

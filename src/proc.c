@@ -628,6 +628,15 @@ static void push_outcome(lua_State *L, int idx, struct process *p, int timed_out
     lua_setiuservalue(L, idx, 2);
 }
 
+int start_quiet_thread(pthread_t *thread, void *(*run)(void *), void *arg) {
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old); /* the new thread inherits this mask */
+    int err = pthread_create(thread, NULL, run, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return err;
+}
+
 /* proc.run(argv [, opts]) -> result | nil, msg, code */
 static int proc_run(lua_State *L) {
     struct request r;
