@@ -118,6 +118,14 @@ end
 -- Orders by `requires`: a topological sort, stable by version (Kahn's algorithm, always
 -- taking the first ready migration in version order).
 local function by_requires(list)
+  local any
+  for _, m in ipairs(list) do
+    if m.companion and m.companion.requires then
+      any = true
+      break
+    end
+  end
+  if not any then return list end -- the usual case, and 10,000 tables fewer
   local by_key, deps, users, needed = {}, {}, {}, {}
   for _, m in ipairs(list) do by_key[m.key] = m end
   for _, m in ipairs(list) do

@@ -997,7 +997,9 @@ function source.prepare(m)
   return nil, failure(ctx.dir, loader.problems)
 end
 
---- Reads and validates a migrations directory.
+--- Starts reading and validating a migrations directory: the directory's fingerprint is
+-- taken on a thread while the set cache is parsed; :finish() returns the set, so the
+-- caller may do other work (read the history) meanwhile. source.load does both at once.
 -- @param dir string: the migrations directory (a symlink to one is followed)
 -- @param opts table|nil: `format` ("auto" (default), "native", "flyway", "dbmate",
 --   "diesel", "goose"), `ignore` (array of glob patterns matched against names; default
@@ -1017,7 +1019,8 @@ end
 --   (for source.unchanged)
 -- @return nil, err: kind "usage", a message naming the file(s) (and line), `file` when one
 --   file is at fault, `files` when several, `problems` ({ message, files } each)
-function source.load(dir, opts)
+--   (both from :finish())
+function source.load_begin(dir, opts)
   if type(dir) ~= "string" then error("source.load: dir must be a string", 2) end
   opts = opts or {}
   local format = opts.format or "auto"
@@ -1045,28 +1048,45 @@ function source.load(dir, opts)
     local lst = fs.stat(dir, false)
     if lst and lst.type == "link" then
       self:resolve(dir)
-      return nil, failure(dir, self.problems)
+      self.failed = failure(dir, self.problems)
+      return self
     end
-    return nil, errors.new("usage", code == "ENOENT" and
+    self.failed = errors.new("usage", code == "ENOENT" and
       "migrations directory not found: " .. dir or
       fmt("cannot read the migrations directory %s (%s)", dir, tostring(code)), { file = dir })
+    return self
   end
   if st.type ~= "directory" then
-    return nil, errors.new("usage", "the migrations path is not a directory: " .. dir,
+    self.failed = errors.new("usage", "the migrations path is not a directory: " .. dir,
       { file = dir })
+    return self
   end
   self.root = fs.realpath(dir)
 
-  -- The directory's fingerprint is taken on a thread while the set cache is read; it then
-  -- decides whether that set may be used.
-  local job = fs.fingerprint_begin(dir)
-  local set_path, cached, cached_key
+  -- The directory's fingerprint is taken on a thread while the set cache is read (and
+  -- whatever the caller does before :finish()); it then decides whether that set may be used.
+  self.job = fs.fingerprint_begin(dir)
+  self.opts = opts
   if opts.cache and opts.lazy then
-    set_path = opts.cache:gsub("%.cache$", "") .. ".set"
-    self.ctx.set_path = set_path
-    cached, cached_key = self:cached_set(set_path)
+    self.set_path = opts.cache:gsub("%.cache$", "") .. ".set"
+    self.ctx.set_path = self.set_path
+    self.cached, self.cached_key = self:cached_set(self.set_path)
   end
-  local fingerprint, newest = job:wait()
+  return self
+end
+
+--- Whether a set cache was found (it answers unless a file changed since it was kept).
+function Loader:has_cached_set()
+  return self.cached ~= nil
+end
+
+--- Completes source.load_begin.
+-- @return what source.load returns
+function Loader:finish()
+  if self.failed then return nil, self.failed end
+  local dir, format, ignore, opts = self.dir, self.format, self.ignore, self.opts
+  local set_path, cached, cached_key = self.set_path, self.cached, self.cached_key
+  local fingerprint, newest = self.job:wait()
   local set_key = fingerprint and hash.sha256(table.concat({ host.version, fingerprint, dir,
     -- paths in the set are spelled from dir, so a relative dir is read from where it was
     dir:sub(1, 1) == "/" and "" or (fs.realpath(".") or "?"), format, self.max_size,
@@ -1114,6 +1134,11 @@ function source.load(dir, opts)
     write_set(set_path, set, set_key)
   end
   return set
+end
+
+--- Reads and validates a migrations directory at once: source.load_begin(dir, opts):finish().
+function source.load(dir, opts)
+  return source.load_begin(dir, opts):finish()
 end
 
 return source

@@ -109,6 +109,31 @@ describe("status, check, history, stamp, force #e2e", function()
     assert.are.equal(9, cached({ "check" }).code)
   end)
 
+  it("with a set cache, a broken file is still reported before an unreachable server",
+    function()
+    local cache = dir .. "/cache"
+    local function cached(args, database)
+      local argv = { table.unpack(args) }
+      argv[#argv + 1] = "--database=" .. (database or uri)
+      return helpers.run(argv, { cwd = dir, env = { MOONSHIFT_CACHE_DIR = cache } })
+    end
+    proc.sleep(2100) -- files changed in the last 2 s are not cached (racy timestamps)
+    assert.are.equal(0, cached({ "up", "-y", "--to", "0002" }).code)
+    local res = cached({ "status" }) -- answered by the set cache
+    assert.are.equal(0, res.code, res.stderr)
+    assert.matches("applied  0002_b", res.stdout)
+    assert.matches("2 applied, 1 pending", res.stdout)
+    local nowhere = "postgresql:///app?host=" .. dir .. "&port=1&connect_timeout=2"
+    res = cached({ "status" }, nowhere)
+    assert.are.equal(4, res.code, res.stderr)
+    assert.matches("cannot connect", res.stderr)
+    helpers.write_files(dir, { ["migrations/0003_again.up.sql"] = "SELECT 1;\n" })
+    res = cached({ "status" }, nowhere)
+    assert.are.equal(2, res.code, res.stderr)
+    assert.matches("duplicate.*0003_again.up.sql", res.stderr)
+    assert.are.equal(res.stderr, cached({ "status" }).stderr) -- the same refusal with a server
+  end)
+
   it("a CRLF checkout with a BOM is not drift", function()
     assert.are.equal(0, ms({ "up", "-y" }).code)
     helpers.write_files(dir, { ["migrations/0001_a.up.sql"] = "\239\187\191CREATE TABLE a (id int);\r\n" })
