@@ -181,7 +181,7 @@ static int luaopen_moonshift_host(lua_State *L) {
 /* package.preload loader for an embedded module: upvalue 1 is its index. */
 static int load_embedded(lua_State *L) {
     const struct embedded_module *m = &embedded_modules[lua_tointeger(L, lua_upvalueindex(1))];
-    if (luaL_loadbufferx(L, m->data, m->size, m->chunkname, "t") != LUA_OK)
+    if (luaL_loadbufferx(L, m->data, m->size, m->chunkname, "b") != LUA_OK)
         return lua_error(L);
     lua_pushstring(L, m->name);
     lua_call(L, 1, 1);
