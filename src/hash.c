@@ -92,6 +92,28 @@ static int hash_openssl_version(lua_State *L) {
     return 1;
 }
 
+/* OpenSSL's first digest reads its configuration and loads its default provider, ~3 ms
+ * here: a thread does it while the Lua modules load, and the first checksum a command
+ * needs (its cache's name) no longer waits for it. */
+static pthread_t warm_thread;
+static int warming;
+
+static void *warm_up(void *arg) {
+    (void)arg;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n;
+    EVP_Digest("", 0, md, &n, EVP_sha256(), NULL);
+    return NULL;
+}
+
+void hash_warm_up_begin(void) { warming = start_quiet_thread(&warm_thread, warm_up, NULL) == 0; }
+
+void hash_warm_up_end(void) {
+    if (warming)
+        pthread_join(warm_thread, NULL);
+    warming = 0;
+}
+
 int luaopen_moonshift_hash(lua_State *L) {
     static const luaL_Reg funcs[] = {
         {"sha256", hash_sha256},

@@ -376,6 +376,7 @@ static void tune_heap(void) {
 int main(int argc, char **argv) {
     harden();
     tune_heap();
+    hash_warm_up_begin();
     lua_State *L = lua_newstate(capped_alloc, &alloc_state);
     if (L == NULL) {
         fputs("moonshift: cannot create Lua state: not enough memory\n", stderr);
@@ -407,6 +408,7 @@ int main(int argc, char **argv) {
         code = 1;
     }
     profile_write(L);
+    hash_warm_up_end(); /* before exit runs OpenSSL's cleanup */
 #ifndef MOONSHIFT_SANITIZE
     lua_setallocf(L, keep_at_exit, &alloc_state);
 #endif

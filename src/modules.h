@@ -15,6 +15,10 @@ int luaopen_moonshift_records(lua_State *L);
 /* Pushes n bytes as lowercase hex (hash.c). */
 void push_hex(lua_State *L, const unsigned char *bytes, unsigned int n);
 
+/* Initializes OpenSSL's digests on a thread (hash.c); _end waits for it, before exit. */
+void hash_warm_up_begin(void);
+void hash_warm_up_end(void);
+
 /* pthread_create for a helper thread that never handles a signal (the main thread keeps
  * handling them all); 0 or an errno (proc.c). */
 int start_quiet_thread(pthread_t *thread, void *(*run)(void *), void *arg);
