@@ -15,13 +15,11 @@ local function set_of(list)
 end
 
 local function hist(rows)
-  local by = {}
   for _, r in ipairs(rows) do
     r.state = r.state or "applied"
     r.kind = r.kind or "versioned"
-    by[r.version] = r
   end
-  return { list = rows, by_version = by }
+  return { list = rows }
 end
 
 describe("plan", function()

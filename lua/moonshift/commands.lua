@@ -293,8 +293,9 @@ local function brief(m)
 end
 
 --- The state of the database against the migrations; creates nothing.
--- @param opts table|nil: `brief` (applied migrations without applied_by and duration_ms,
---   which the printed status does not show: with 10,000 rows, a tenth of its time)
+-- @param opts table|nil: `brief` (for the printed status: each applied migration as its
+--   version, id and applied_at only; reading applied_by and duration_ms and building full
+--   entries took a fifth of its time with 10,000 rows)
 -- @return table (applied, pending, dirty, drift, missing, out_of_order, current) | nil, err
 function commands.status(cfg, ui, opts)
   return with_session(cfg, ui, false, function(s)
@@ -307,11 +308,17 @@ function commands.status(cfg, ui, opts)
       applied = json.array(), pending = json.array(), dirty = json.array(),
       drift = json.array(), missing = json.array(), out_of_order = json.array(),
       repeatables = json.array() }
-    for _, m in ipairs(st.applied) do
-      local row = st.rows[m]
-      local b = brief(m)
-      b.applied_at, b.applied_by, b.duration_ms = row.applied_at, row.applied_by, row.duration_ms
-      out.applied[#out.applied + 1] = b
+    local applied, rows = out.applied, st.rows
+    if opts and opts.brief then
+      for i, m in ipairs(st.applied) do
+        applied[i] = { version = m.version, id = m.id, applied_at = rows[m].applied_at }
+      end
+    else
+      for i, m in ipairs(st.applied) do
+        local row, b = rows[m], brief(m)
+        b.applied_at, b.applied_by, b.duration_ms = row.applied_at, row.applied_by, row.duration_ms
+        applied[i] = b
+      end
     end
     for _, m in ipairs(st.pending) do out.pending[#out.pending + 1] = brief(m) end
     for _, m in ipairs(st.out_of_order) do out.out_of_order[#out.out_of_order + 1] = brief(m) end

@@ -135,13 +135,13 @@ function History:ensure()
   return true
 end
 
---- Rows of the tracking table (in no particular order), keyed by version.
+--- Rows of the tracking table (in no particular order).
 -- @param brief boolean|nil: without applied_by and duration_ms, and run_id only of dirty rows
--- @return { list = {...}, by_version = {...} } | nil, err
+-- @return { list = {...} } | nil, err
 function History:load(brief)
   local exists, err = self:exists()
   if exists == nil then return nil, err end
-  local result = { list = {}, by_version = {} }
+  local result = { list = {} }
   if not exists then return result end
   local rows, qerr = self:_query(fmt([[
     SELECT version, name, checksum, state, kind, %s,
@@ -151,11 +151,12 @@ function History:load(brief)
     "applied_by, duration_ms, run_id", self.migrations))
   -- unordered: sorting 10,000 rows costs the server ~12 ms
   if not rows then return nil, qerr end
-  for _, row in ipairs(rows) do
-    if row.duration_ms == pg.null then row.duration_ms = nil end
-    result.list[#result.list + 1] = row
-    result.by_version[row.version] = row
+  if not brief then
+    for _, row in ipairs(rows) do
+      if row.duration_ms == pg.null then row.duration_ms = nil end
+    end
   end
+  result.list = rows
   return result
 end
 
