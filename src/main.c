@@ -367,16 +367,19 @@ static void tune_heap(void) {
     mallopt(M_TRIM_THRESHOLD, 2 * HEAP_STEP);
     mallopt(M_MMAP_THRESHOLD, 1 << 20);
     void *first = malloc(512 << 10); /* more than the heap libc started with: takes a step */
+    if (first == NULL)
+        return;
     char *top = sbrk(0);
-    uintptr_t start = ((uintptr_t)first + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
-    if (first != NULL && top != (char *)-1 && (uintptr_t)top > start)
+    uintptr_t base = (uintptr_t)first;
+    uintptr_t start = (base + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
+    if (top != (char *)-1 && (uintptr_t)top > start)
         madvise((void *)start, (uintptr_t)top - start, MADV_HUGEPAGE); /* advice only */
     free(first);
     /* The heap's head, below the first huge page boundary, can only have small pages: one
      * block kept for the whole run fills it, so later blocks (a 2 MB cache file read in
      * one piece, say) land in huge pages. Its pages are never touched, so cost nothing. */
-    if (first != NULL && start > (uintptr_t)first + 64)
-        heap_head = malloc(start - (uintptr_t)first - 32);
+    if (start > base + 64)
+        heap_head = malloc(start - base - 32);
 }
 
 int main(int argc, char **argv) {

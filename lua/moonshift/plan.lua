@@ -49,15 +49,14 @@ function plan.status(set, hist)
           newest = m
         end
       end
+    else
+      st.pending[#st.pending + 1] = m
     end
   end
   st.current = newest
-  for _, m in ipairs(set.migrations) do
-    if not rows[m] then
-      st.pending[#st.pending + 1] = m
-      if newest and compare(m.version, newest.version) < 0 then
-        st.out_of_order[#st.out_of_order + 1] = m
-      end
+  for _, m in ipairs(st.pending) do
+    if newest and compare(m.version, newest.version) < 0 then
+      st.out_of_order[#st.out_of_order + 1] = m
     end
   end
   for _, r in ipairs(set.repeatables or {}) do
