@@ -90,14 +90,18 @@ end
 -- who applied each migration and how long it took.
 local function open(cfg, ui, mutating, brief)
   local pending = db.connect_begin(cfg) -- the server starts the session meanwhile
+  -- and the run lock's own session (closed on any return, unless used)
+  local lock_pending <close> = mutating and cfg.lock == "advisory" and db.connect_begin(cfg)
+    or nil
   local loading = begin_source(cfg)
   local s, err, rows
-  if not mutating and loading:has_cached_set() then
+  if loading:has_cached_set() then
     -- The set cache will likely answer once the directory's files are all stat'ed (~25 ms
-    -- at 10,000): read the history meanwhile. Without it, files come first as below, so a
-    -- broken file is reported without waiting for the server.
+    -- at 10,000): connect meanwhile, and a read-only command reads the history too.
+    -- Without it, files come first as below, so a broken file is reported without waiting
+    -- for the server.
     s, err = connect(cfg, ui, pending)
-    if s then rows, err = s.history:load(brief) end
+    if s and not mutating then rows, err = s.history:load(brief) end
   end
   local set, lerr = finish_source(cfg, loading)
   if not set then
@@ -127,7 +131,7 @@ local function open(cfg, ui, mutating, brief)
       return nil, werr
     end
     if cfg.lock == "advisory" then
-      s.lock_conn, err = db.connect(cfg)
+      s.lock_conn, err = db.connect(cfg, nil, lock_pending)
       if not s.lock_conn then
         s:close()
         return nil, err
@@ -141,11 +145,15 @@ local function open(cfg, ui, mutating, brief)
       end
     end
     -- with lock = "table", each migration's transaction locks the tracking table instead
-    -- The files may have changed while we waited for the lock: check, read again if so.
-    if not source.unchanged(s.set) then s.set, err = load_source(cfg) end
-    if not s.set then
+    -- The files may have changed while we waited for the lock: check (on a thread, while the
+    -- history is read), and read them again if so.
+    local recheck = source.unchanged_begin(s.set)
+    local herr
+    rows, herr = s.history:load(brief)
+    if not recheck:wait() then s.set, err = load_source(cfg) end
+    if not (s.set and rows) then
       s:close()
-      return nil, err
+      return nil, s.set and herr or err
     end
     s.run_id = new_run_id()
   end

@@ -976,7 +976,13 @@ end
 -- inodes): a cheap re-check under the run lock instead of reading everything again.
 -- @return boolean
 function source.unchanged(set)
-  return set.fingerprint ~= nil and fs.fingerprint(set.dir) == set.fingerprint
+  return source.unchanged_begin(set):wait()
+end
+
+--- source.unchanged with the files stat'ed on a thread meanwhile; :wait() answers.
+function source.unchanged_begin(set)
+  local job = set.fingerprint ~= nil and fs.fingerprint_begin(set.dir)
+  return { wait = function() return job and job:wait() == set.fingerprint or false end }
 end
 
 --- Splits and checks the statements of a migration loaded with `lazy` (idempotent).

@@ -60,6 +60,29 @@ describe("run lock and kills #e2e", function()
     assert.are.equal(0, a:wait(60000).code)
   end)
 
+  it("a runner that waited for the lock reads the files again: one added meanwhile is applied",
+    function()
+    local a = spawn({ "up", "-y", "-d", uri }, dir)
+    wait_for_query(uri, "%pg_sleep%")
+    local b = spawn({ "up", "-y", "-d", uri }, dir) -- reads five files, then waits for a
+    local waiting = 0
+    for _ = 1, 300 do -- b has tried the lock, so it has read its files
+      waiting = value(uri, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 " ..
+        "AND application_name LIKE $2", "%pg_try_advisory_lock%", "moonshift/%/" .. b:pid())
+      if waiting > 0 then break end
+      proc.sleep(50)
+    end
+    assert.are.equal(1, waiting)
+    helpers.write_files(dir, { ["migrations/0006_f.up.sql"] = "CREATE TABLE f (id int);\n" })
+    local ra, rb = a:wait(60000), b:wait(60000)
+    assert.are.equal(0, ra.code, ra.stderr)
+    assert.are.equal(0, rb.code, rb.stderr)
+    assert.matches("applied 5 migrations", ra.stdout)
+    assert.matches("applied 1 migration ", rb.stdout)
+    assert.are.equal("f", value(uri, "SELECT to_regclass('f')::text"))
+    assert.are.equal(6, value(uri, "SELECT count(*) FROM moonshift_migrations"))
+  end)
+
   it("kill -9 mid-migration leaves that migration absent, and the next run applies it", function()
     local a = spawn({ "up", "-y", "-d", uri }, dir)
     wait_for_query(uri, "%pg_sleep%")
