@@ -329,20 +329,20 @@ static int fs_fingerprint(lua_State *L) {
     return fp_push(L, &job);
 }
 
-static struct fp_job *fp_job_done(struct fp_job *job) {
+/* Waits for the job's thread, if any, and frees the job; its box then holds nothing. */
+static void fp_job_free(struct fp_job **box) {
+    struct fp_job *job = *box;
+    *box = NULL;
     if (job->started)
         pthread_join(job->thread, NULL);
-    job->started = 0;
-    return job;
+    free(job->path);
+    free(job);
 }
 
 static int fp_job_gc(lua_State *L) {
     struct fp_job **box = luaL_checkudata(L, 1, FINGERPRINT_META);
-    if (*box) {
-        free(fp_job_done(*box)->path);
-        free(*box);
-        *box = NULL;
-    }
+    if (*box)
+        fp_job_free(box);
     return 0;
 }
 
@@ -350,11 +350,12 @@ static int fp_job_gc(lua_State *L) {
 static int fp_job_wait(lua_State *L) {
     struct fp_job **box = luaL_checkudata(L, 1, FINGERPRINT_META);
     luaL_argcheck(L, *box != NULL, 1, "fingerprint already collected");
-    struct fp_job *job = fp_job_done(*box);
+    struct fp_job *job = *box;
+    if (job->started)
+        pthread_join(job->thread, NULL);
+    job->started = 0;
     int n = fp_push(L, job);
-    *box = NULL;
-    free(job->path);
-    free(job);
+    fp_job_free(box);
     return n;
 }
 

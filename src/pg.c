@@ -573,7 +573,6 @@ static int finish_exec(lua_State *L, struct conn *c, struct result_box *box, PGr
 
 /* ---- module functions ---- */
 
-/* pg.connect(conninfo_or_uri [, {application_name=, connect_timeout=}]) -> conn | nil, err */
 /* What PQconnectdbParams is given. Later entries override earlier ones, and the expanded
  * dbname overrides everything before it: our defaults go first so a conninfo can change
  * them; an explicit connect_timeout from the caller goes last and wins. The values are
