@@ -106,7 +106,14 @@ static void *warm_up(void *arg) {
     return NULL;
 }
 
-void hash_warm_up_begin(void) { warming = start_quiet_thread(&warm_thread, warm_up, NULL) == 0; }
+void hash_warm_up_begin(void) {
+    /* OpenSSL's exit handler frees its tables under any thread still using them, and a
+     * connection given up on (a pending connect closed) may be mid-handshake when the
+     * process exits: that crashed a run that had already failed. Nothing needs the
+     * cleanup, so it is turned off before anything else starts OpenSSL. */
+    OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);
+    warming = start_quiet_thread(&warm_thread, warm_up, NULL) == 0;
+}
 
 void hash_warm_up_end(void) {
     if (warming)

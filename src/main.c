@@ -417,7 +417,7 @@ int main(int argc, char **argv) {
         code = 1;
     }
     profile_write(L);
-    hash_warm_up_end(); /* before exit runs OpenSSL's cleanup */
+    hash_warm_up_end();
 #ifndef MOONSHIFT_SANITIZE
     lua_setallocf(L, keep_at_exit, &alloc_state);
 #endif
