@@ -329,12 +329,18 @@ static int fs_fingerprint(lua_State *L) {
     return fp_push(L, &job);
 }
 
-/* Waits for the job's thread, if any, and frees the job; its box then holds nothing. */
+/* Waits for the job's thread, if any (once). */
+static void fp_job_join(struct fp_job *job) {
+    if (job->started)
+        pthread_join(job->thread, NULL);
+    job->started = 0;
+}
+
+/* Waits for the job's thread and frees the job; its box then holds nothing. */
 static void fp_job_free(struct fp_job **box) {
     struct fp_job *job = *box;
     *box = NULL;
-    if (job->started)
-        pthread_join(job->thread, NULL);
+    fp_job_join(job);
     free(job->path);
     free(job);
 }
@@ -350,11 +356,8 @@ static int fp_job_gc(lua_State *L) {
 static int fp_job_wait(lua_State *L) {
     struct fp_job **box = luaL_checkudata(L, 1, FINGERPRINT_META);
     luaL_argcheck(L, *box != NULL, 1, "fingerprint already collected");
-    struct fp_job *job = *box;
-    if (job->started)
-        pthread_join(job->thread, NULL);
-    job->started = 0;
-    int n = fp_push(L, job);
+    fp_job_join(*box);
+    int n = fp_push(L, *box);
     fp_job_free(box);
     return n;
 }

@@ -15,7 +15,8 @@ int luaopen_moonshift_records(lua_State *L);
 /* Pushes n bytes as lowercase hex (hash.c). */
 void push_hex(lua_State *L, const unsigned char *bytes, unsigned int n);
 
-/* Initializes OpenSSL's digests on a thread (hash.c); _end waits for it, before exit. */
+/* Turns off OpenSSL's exit handler (threads may outlive main) and initializes its digests
+ * on a thread (hash.c); _end waits for that thread, before exit. */
 void hash_warm_up_begin(void);
 void hash_warm_up_end(void);
 
