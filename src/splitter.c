@@ -723,6 +723,81 @@ static int lex(struct lexer *lx) {
     return SPLIT_OK;
 }
 
+/* Appends one token to the head being built; 0 when it is full. */
+static int head_put(struct split_head *h, const unsigned char *w, size_t len, int lower) {
+    size_t need = len + (h->len > 0);
+    if (h->tokens >= h->max_tokens || h->len + need >= h->cap)
+        return 0;
+    if (h->len > 0)
+        h->out[h->len++] = ' ';
+    for (size_t i = 0; i < len; i++)
+        h->out[h->len++] = (char)(lower && w[i] >= 'A' && w[i] <= 'Z' ? w[i] | 0x20 : w[i]);
+    h->out[h->len] = '\0';
+    h->tokens++;
+    return 1;
+}
+
+int split_head(const char *text, size_t len, struct split_head *h) {
+    const unsigned char *s = (const unsigned char *)text;
+    size_t p = 0, n = len;
+    h->len = 0, h->tokens = 0, h->first = SIZE_MAX;
+    if (h->cap == 0)
+        return 0;
+    h->out[0] = '\0';
+    while (p < n) {
+        unsigned c = s[p];
+        size_t start = p, end;
+        if (is_space(c)) {
+            p++;
+            continue;
+        }
+        if (c == '-' && p + 1 < n && s[p + 1] == '-') {
+            const unsigned char *nl = memchr(s + p, '\n', n - p);
+            p = nl ? (size_t)(nl - s) + 1 : n;
+            continue;
+        }
+        if (c == '/' && p + 1 < n && s[p + 1] == '*') {
+            end = comment_end(s, n, p);
+            if (end == SIZE_MAX)
+                break;
+            p = end;
+            continue;
+        }
+        if (h->first == SIZE_MAX)
+            h->first = start;
+        int more;
+        if ((c == 'e' || c == 'E') && p + 1 < n && s[p + 1] == '\'') {
+            end = quoted_end(s, n, p + 2, '\'', 1);
+            more = end != SIZE_MAX && head_put(h, (const unsigned char *)"'?'", 3, 0);
+        } else if (c == '\'') {
+            end = quoted_end(s, n, p + 1, '\'', 0);
+            more = end != SIZE_MAX && head_put(h, (const unsigned char *)"'?'", 3, 0);
+        } else if (c == '"') {
+            end = quoted_end(s, n, p + 1, '"', 0);
+            more = end != SIZE_MAX && head_put(h, s + p, end - p, 0);
+        } else if (c == '$') {
+            size_t failed_end, dl = dolq_delim(s, n, p, &failed_end);
+            end = dl ? dollar_end(s, n, p, dl) : p + 1;
+            more = end != SIZE_MAX && head_put(h, (const unsigned char *)"$?$", dl ? 3 : 1, 0);
+        } else if (is_ident_start(c)) {
+            end = ident_end(s, n, p + 1);
+            more = head_put(h, s + p, end - p, 1);
+        } else if (is_digit(c)) {
+            end = p + 1;
+            while (end < n && is_digit(s[end]))
+                end++;
+            more = head_put(h, s + p, end - p, 0);
+        } else {
+            end = p + 1;
+            more = head_put(h, s + p, 1, 0);
+        }
+        if (!more)
+            break;
+        p = end;
+    }
+    return (int)h->tokens;
+}
+
 int split_sql(const char *text, size_t len, struct split_result *out) {
     memset(out, 0, sizeof *out);
     struct lexer lx;

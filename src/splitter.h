@@ -74,4 +74,19 @@ size_t split_text(const char *text, const struct split_result *r, const struct s
 
 void split_free(struct split_result *r);
 
+/* The first words of one statement as the server's grammar sees them: comments (nested
+ * block comments too) and whitespace dropped, unquoted words lowercased (ASCII), a string
+ * or dollar-quoted body as '?' or $?$, quoted identifiers kept, any other byte a token of
+ * its own; tokens joined by one space. The caller sets out, cap and max_tokens. */
+struct split_head {
+    char *out;
+    size_t cap, max_tokens;
+    size_t len, tokens;
+    size_t first; /* offset of the first token, SIZE_MAX if there is none */
+};
+
+/* Fills h from text[0 .. len); returns the number of tokens. Unterminated quotes or
+ * comments end the head there (the splitter reports them). */
+int split_head(const char *text, size_t len, struct split_head *h);
+
 #endif

@@ -2,6 +2,8 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include <stdint.h>
+
 #include "modules.h"
 #include "splitter.h"
 
@@ -147,6 +149,25 @@ static int sql_split(lua_State *L) {
     return 1;
 }
 
+/* sql.head(text [, max_tokens]) -> head, offset of its first token (1-based) | "", nil
+ * The statement's first words as splitter.h's split_head describes them: the one input of
+ * every statement classifier (lua/moonshift/statement.lua). */
+static int sql_head(lua_State *L) {
+    size_t len;
+    const char *text = luaL_checklstring(L, 1, &len);
+    lua_Integer max = luaL_optinteger(L, 2, 16);
+    luaL_argcheck(L, max > 0 && max <= 256, 2, "between 1 and 256 tokens");
+    char buf[1024];
+    struct split_head h = {.out = buf, .cap = sizeof buf, .max_tokens = (size_t)max};
+    split_head(text, len, &h);
+    lua_pushlstring(L, buf, h.len);
+    if (h.first == SIZE_MAX)
+        lua_pushnil(L);
+    else
+        lua_pushinteger(L, (lua_Integer)h.first + 1);
+    return 2;
+}
+
 static void create_meta(lua_State *L) {
     static const luaL_Reg result_meta[] = {{"__gc", result_gc}, {NULL, NULL}};
     static const luaL_Reg error_meta[] = {{"__tostring", error_tostring}, {NULL, NULL}};
@@ -159,7 +180,7 @@ static void create_meta(lua_State *L) {
 }
 
 int luaopen_moonshift_sql(lua_State *L) {
-    static const luaL_Reg funcs[] = {{"split", sql_split}, {NULL, NULL}};
+    static const luaL_Reg funcs[] = {{"split", sql_split}, {"head", sql_head}, {NULL, NULL}};
     create_meta(L);
     luaL_newlib(L, funcs);
     return 1;

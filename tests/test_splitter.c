@@ -1,4 +1,5 @@
 /* Unit tests for the splitter: each psql rule, with the lines and columns it reports. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -299,7 +300,31 @@ static void empty(void) {
     split_free(&r);
 }
 
+/* split_head: the words every classifier reads. */
+static void check_head(int at, const char *in, size_t max, const char *want, size_t first) {
+    char buf[128];
+    struct split_head h = {.out = buf, .cap = sizeof buf, .max_tokens = max};
+    split_head(in, strlen(in), &h);
+    if (strcmp(buf, want) != 0 || h.first != first) {
+        fprintf(stderr, "FAIL (line %d): head \"%s\" at %zu, want \"%s\" at %zu\n", at, buf,
+                h.first, want, first);
+        failures++;
+    }
+}
+
+static void heads(void) {
+    check_head(__LINE__, "/* a /* b */ c */ CoMmIt;", 4, "commit ;", 18);
+    check_head(__LINE__, "-- x\n  /**/ End Work;", 4, "end work ;", 12);
+    check_head(__LINE__, "select 'COMMIT', E'a\\'b', $q$x$q$, \"Tab\";", 16,
+               "select '?' , '?' , $?$ , \"Tab\" ;", 0);
+    check_head(__LINE__, "reindex (verbose) schema s", 16, "reindex ( verbose ) schema s", 0);
+    check_head(__LINE__, "create index concurrently i on t", 3, "create index concurrently", 0);
+    check_head(__LINE__, "/* only a comment */", 4, "", SIZE_MAX);
+    check_head(__LINE__, "/* unterminated", 4, "", SIZE_MAX);
+}
+
 int main(void) {
+    heads();
     strings();
     identifiers();
     dollars();

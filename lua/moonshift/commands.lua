@@ -18,6 +18,7 @@ local config = require("moonshift.config")
 local runlog = require("moonshift.runlog")
 local host = require("moonshift.host")
 local backup = require("moonshift.backup")
+local sqlstate = require("moonshift.sqlstate")
 
 local fmt = string.format
 
@@ -202,7 +203,11 @@ function Session:runner()
     run_id = self.run_id, hooks = self.hooks, plan_ids = self.plan_ids, pooled = self.pooled,
     connect = function() return db.connect(self.cfg) end,
     emit = function(event, f)
-      if event == "retry" then
+      if event == "notice" then
+        self.ui:info(fmt("%s%s: %s: %s", f.file, f.line and (":" .. f.line) or "", f.severity,
+          f.message))
+        self.ui:event("notice", f)
+      elseif event == "retry" then
         self.ui:warn(fmt("%s: lock timeout (SQLSTATE %s); retry %d of %d in %s", f.migration.id,
           f.sqlstate, f.attempt, f.of, ui_mod.duration(f.delay_ms)))
         self.ui:event("retry", { id = f.migration.id, attempt = f.attempt, of = f.of,
@@ -462,7 +467,7 @@ local function execute(s, list, direction, opts)
         "`moonshift status`" or "rolled back, nothing of it was applied"))
     end
     if err.kind == "interrupted" then err.exit_code = select(2, host.interrupted()) end
-    if err.sqlstate == "57014" then
+    if err.sqlstate == sqlstate.QUERY_CANCELED then
       -- a statement timeout: say which setting and where it came from
       local rows = s.conn:query("SELECT setting, source FROM pg_catalog.pg_settings " ..
         "WHERE name = 'statement_timeout'")
@@ -473,7 +478,7 @@ local function execute(s, list, direction, opts)
         mine or (row and (row.setting .. "ms") or "?"),
         mine and "set by moonshift" or ("from the server's " .. (row and row.source or "?")))
     end
-    if err.sqlstate == "55P03" and s.last_blocker then
+    if err.sqlstate == sqlstate.LOCK_NOT_AVAILABLE and s.last_blocker then
       err.message = err.message .. "\n  blocked by " .. s.last_blocker
     end
     if s.restore_command then

@@ -6,6 +6,7 @@ local host = require("moonshift.host")
 local errors = require("moonshift.errors")
 local sandbox = require("moonshift.sandbox")
 local config = require("moonshift.config")
+local statement = require("moonshift.statement")
 
 local fmt = string.format
 
@@ -19,37 +20,11 @@ local COMPANION_KEYS = {
   lock_timeout = "string|number", statement_timeout = "string|number", description = "string",
 }
 
--- Statements a hook may not send: they would end or escape the migration's transaction,
--- change who we are, or drop the run lock.
-local DENIED = {
-  { "^begin%f[%A]", "BEGIN" }, { "^start%s+transaction", "START TRANSACTION" },
-  { "^commit%f[%A]", "COMMIT" }, { "^end%f[%A]", "END" }, { "^abort%f[%A]", "ABORT" },
-  { "^rollback%f[%A]", "ROLLBACK" }, { "^prepare%s+transaction", "PREPARE TRANSACTION" },
-  { "^set%s+session%s+authorization", "SET SESSION AUTHORIZATION" },
-  { "^set%s+role", "SET ROLE" }, { "^reset%s+all", "RESET ALL" },
-  { "^reset%s+role", "RESET ROLE" }, { "^discard%f[%A]", "DISCARD" },
-  { "pg_advisory_unlock", "pg_advisory_unlock" },
-}
-
 -- Environment variables a hook never sees through ctx.env: they carry the connection.
 local SECRET_ENV = {
   PGPASSWORD = true, PGPASSFILE = true, DATABASE_URL = true, MOONSHIFT_DATABASE_URL = true,
   PGSERVICEFILE = true,
 }
-
---- A statement's first words, lowercased, after its leading whitespace and comments.
-function hooks.statement_head(sql)
-  local s = sql
-  while true do
-    local before = s
-    s = s:gsub("^%s+", ""):gsub("^%-%-[^\n]*\n?", "")
-    if s:sub(1, 2) == "/*" then
-      local close = s:find("*/", 3, true)
-      s = close and s:sub(close + 2) or ""
-    end
-    if s == before then return s:lower() end
-  end
-end
 
 --- The error a hook's Lua error becomes: kind hook, or verify when the verification
 -- library raised it; "file:line: message" first, the traceback kept for the run log.
@@ -83,12 +58,10 @@ function hooks.db(conn, expect)
   local db = {}
   local function run(sql, ...)
     if type(sql) ~= "string" then error("SQL must be a string", 3) end
-    local head = hooks.statement_head(sql)
-    for _, rule in ipairs(DENIED) do
-      if head:find(rule[1]) then
-        error(errors.new("hook", rule[2] .. " is not allowed in a hook: moonshift runs the " ..
-          "migration's transaction and holds the run lock"), 3)
-      end
+    local denied = statement.first_denied_in_hook(sql)
+    if denied then
+      error(errors.new("hook", denied .. " is not allowed in a hook: moonshift runs the " ..
+        "migration's transaction and holds the run lock"), 3)
     end
     local rows, err = conn:query(sql, ...)
     if expect and conn:status() ~= expect then

@@ -7,6 +7,8 @@ local errors = require("moonshift.errors")
 local config = require("moonshift.config")
 local hooks = require("moonshift.hooks")
 local sql = require("moonshift.sql")
+local statement = require("moonshift.statement")
+local sqlstate = require("moonshift.sqlstate")
 
 local fmt = string.format
 
@@ -15,23 +17,19 @@ local runner = {}
 local Runner = {}
 Runner.__index = Runner
 
--- SQLSTATEs worth a retry with backoff: lock_not_available, deadlock_detected.
-local RETRYABLE = { ["55P03"] = true, ["40P01"] = true }
+-- SQLSTATEs worth a retry with backoff.
+local RETRYABLE = { [sqlstate.LOCK_NOT_AVAILABLE] = true, [sqlstate.DEADLOCK_DETECTED] = true }
 
--- Transaction control inside a migration would commit or end moonshift's transaction
--- early, so the history row and the migration would no longer commit together.
-local TX_CONTROL = {
-  "^begin%s*;?%s*$", "^begin%s+transaction", "^begin%s+work", "^begin%s+isolation",
-  "^start%s+transaction", "^commit", "^end%s*;?%s*$", "^end%s+transaction", "^end%s+work",
-  "^rollback", "^abort",
-}
+-- The transaction-local setting that proves, just before the history row is written, that
+-- the migration still runs in the transaction moonshift began for it.
+local TX_MARK = "moonshift.migration_tx"
+local TX_GUARD = "SELECT CASE WHEN pg_catalog.current_setting('" .. TX_MARK .. "', true) = $1 " ..
+  "THEN true ELSE pg_catalog.current_setting('moonshift.transaction_ended_early')::bool END"
 
 --- Whether a pg error means the connection is gone: libpq lost it, or the server is
 -- ending the session (57P01 terminated by an administrator, 57P02 crash, 08xxx).
 function runner.connection_error(err)
-  local state = err and err.sqlstate or ""
-  return err ~= nil and (err.kind == "connection_lost" or state:match("^57P0[123]") ~= nil or
-    state:match("^08") ~= nil)
+  return err ~= nil and (err.kind == "connection_lost" or sqlstate.connection_gone(err.sqlstate))
 end
 
 --- Test-only: MOONSHIFT_TEST_PAUSE=<point>:<version> stops here for a minute, so a spec
@@ -55,18 +53,16 @@ function runner.new(opts)
 end
 
 
---- Refuses statements that would break the one-transaction guarantee.
+--- Refuses statements that would break the one-transaction guarantee (source refuses
+-- them when it reads the files; this is the same check for migrations built otherwise).
 -- @return true | nil, err (kind usage)
 function runner.check_statements(statements, path)
   for _, stmt in ipairs(statements) do
-    local head = hooks.statement_head(stmt.text)
-    for _, pattern in ipairs(TX_CONTROL) do
-      if head:find(pattern) then
-        return nil, errors.new("usage", fmt("%s:%d: %s: moonshift runs each migration in its " ..
-          "own transaction and records it in the same one; remove this statement (or mark " ..
-          "the migration -- moonshift:no-transaction)", path, stmt.line,
-          head:match("^[%a ]+"):gsub("%s+$", ""):upper()))
-      end
+    local name = statement.transaction_control(stmt.text)
+    if name then
+      return nil, errors.new("usage", fmt("%s:%d: %s: moonshift runs each migration in its " ..
+        "own transaction and records it in the same one; remove this statement (or mark " ..
+        "the migration -- moonshift:no-transaction)", path, stmt.line, name))
     end
   end
   return true
@@ -162,9 +158,18 @@ function Runner:_await()
   end
 end
 
+-- The notices the server sent since the last call, kept under the item that caused them.
+function Runner:_collect_notices(item)
+  local list = self.conn:notices()
+  if (list[1] or list.dropped) and self.notices then
+    self.notices[#self.notices + 1] = { item = item, list = list }
+  end
+end
+
 -- Sends items[i..j] ({ text, params }) as one pipeline and reads every result, timing
--- each by its arrival. Returns true | nil, index of the first failure, its error.
-function Runner:_pipeline(items, i, j, timings)
+-- each by its arrival and keeping its command tag. Returns true | nil, index of the first
+-- failure, its error.
+function Runner:_pipeline(items, i, j, timings, tags)
   local conn = self.conn
   local ok, err = conn:pipeline_enter()
   if not ok then return nil, i, err end
@@ -189,6 +194,8 @@ function Runner:_pipeline(items, i, j, timings)
     if res == nil and not failed_at and not (rerr and rerr.aborted) then
       failed_at, failure = k, rerr
     end
+    if res then tags[k] = res.command end
+    self:_collect_notices(items[k])
     if res == nil and rerr and rerr.kind == "connection_lost" then break end
     -- each query's results end with false (libpq's NULL result)
     local done = conn:get_result()
@@ -208,15 +215,16 @@ end
 
 --- Runs items ({ text, params, kind, copy_data }) on the open transaction, pipelined
 -- between COPYs, or one by one (autocommit).
--- @return timings (ms per item) | nil, index, err
+-- @return timings (ms per item), command tags (per pipelined item) | nil, index, err
 function Runner:run_items(items, one_by_one)
-  local timings = {}
+  local timings, tags = {}, {}
   local i = 1
   while i <= #items do
     local item = items[i]
     if item.kind == "copy" then
       local started = fs.clock_ms()
       local ok, err = self.conn:copy_in(item.text, item.copy_data or "")
+      self:_collect_notices(item)
       if not ok then return nil, i, err end
       timings[i] = fs.clock_ms() - started
       i = i + 1
@@ -235,18 +243,19 @@ function Runner:run_items(items, one_by_one)
       else
         ok, err = self.conn:exec(item.text)
       end
+      self:_collect_notices(item)
       if not ok then return nil, i, err end
       timings[i] = fs.clock_ms() - started
       i = i + 1
     else
       local j = i
       while j < #items and items[j + 1].kind ~= "copy" do j = j + 1 end
-      local ok, k, err = self:_pipeline(items, i, j, timings)
-      if not ok then return nil, k or i, err end
+      local ok, k, err = self:_pipeline(items, i, j, timings, tags)
+      if not ok then return nil, k or i, err, tags end
       i = j + 1
     end
   end
-  return timings
+  return timings, tags
 end
 
 function Runner:_exec(text, ...)
@@ -262,19 +271,23 @@ function Runner:_exec(text, ...)
 end
 
 -- The timeouts of a migration: its companion's, else the run's; with `session`, in the same
--- statement, what every session sets (one statement instead of three in each pipeline).
-function Runner:_timeouts_item(m, is_local, session)
+-- statement, what every session sets (one statement instead of three in each pipeline);
+-- with `mark`, the transaction-local mark that TX_GUARD checks before the history row.
+function Runner:_timeouts_item(m, is_local, session, mark)
   local companion = m.companion or {}
   local lt = companion.lock_timeout_ms or self.cfg.lock_timeout_ms
   local st = companion.statement_timeout_ms or self.cfg.statement_timeout_ms
   -- Unset means the server's own setting (role, database, config) stays in force.
-  return { text = "SELECT " .. (session and db.SESSION_SETTINGS .. ", " or "") ..
+  local item = { text = "SELECT " .. (session and db.SESSION_SETTINGS .. ", " or "") ..
     "pg_catalog.set_config('lock_timeout', " ..
     "COALESCE($1, pg_catalog.current_setting('lock_timeout')), $3), " ..
     "pg_catalog.set_config('statement_timeout', " ..
-    "COALESCE($2, pg_catalog.current_setting('statement_timeout')), $3)",
+    "COALESCE($2, pg_catalog.current_setting('statement_timeout')), $3)" ..
+    (mark and ", pg_catalog.set_config('" .. TX_MARK .. "', $4, true)" or ""),
     params = table.pack(lt and (tostring(lt) .. "ms") or pg.null,
-      st and (tostring(st) .. "ms") or pg.null, is_local) }
+      st and (tostring(st) .. "ms") or pg.null, is_local, mark or nil) }
+  if not mark then item.params.n = 3 end
+  return item
 end
 
 -- The bookkeeping of a finished migration, as pipeline items.
@@ -320,7 +333,7 @@ function Runner:_verify_sql(m)
 end
 
 -- The steps of one migration in order: items sent to the server, and Lua hooks between.
-function Runner:_steps(m, direction, statements, begun)
+function Runner:_steps(m, direction, statements, begun, mark)
   local steps = {}
   local function items(list, statement_items)
     for i, it in ipairs(list) do
@@ -341,8 +354,8 @@ function Runner:_steps(m, direction, statements, begun)
   -- `SET ROLE` without LOCAL must not change what the next one does.
   -- Behind a pooler the settings are LOCAL instead: session state would outlive this
   -- client on a server connection that others use next.
-  local head = { { text = "RESET ALL" }, self:_timeouts_item(m, true, true) }
-  if self.pooled then head = { self:_timeouts_item(m, true) } end
+  local head = { { text = "RESET ALL" }, self:_timeouts_item(m, true, true, mark) }
+  if self.pooled then head = { self:_timeouts_item(m, true, false, mark) } end
   if not begun then table.insert(head, 1, { text = "BEGIN" }) end
   items(head)
   global_hook("before_each")
@@ -360,121 +373,207 @@ function Runner:_steps(m, direction, statements, begun)
   return steps
 end
 
--- One transactional attempt: BEGIN, timeouts, hooks, the statements, the history row and
--- event, pipelined wherever no Lua runs between them; then, once every result is in and
--- the transaction is sound, COMMIT on its own, so a runner killed before that point
--- leaves nothing committed.
-function Runner:_transactional(m, direction, statements, path)
-  local started = fs.clock_ms()
-  local begun = self.single
-  if self.cfg.lock == "table" and not self.single then
-    -- For transaction poolers: the lock lives only inside this transaction, so take it and
-    -- check that no other runner applied this migration meanwhile, before sending the rest.
-    local ok, _, lerr = self:run_items({ { text = "BEGIN" }, self.history:lock_item() }, false)
-    if not ok then
-      if self.conn:status() ~= "idle" then self.conn:exec("ROLLBACK") end
-      return nil, errors.wrap("sql", lerr, "cannot lock the history table"), lerr
-    end
-    begun = true
-    local row = self.history:applied_row(m.version)
-    if (direction == "up") == (row ~= nil) then
-      self.conn:exec("ROLLBACK")
-      return { duration_ms = 0, timings = {}, skipped = true }
-    end
+-- For transaction poolers (lock = "table"): the lock lives only inside the migration's
+-- transaction, so take it and check that no other runner did this migration meanwhile,
+-- before sending the rest. Returns true (begun), "skipped", or nil, err, cause.
+function Runner:_lock_table(m, direction)
+  local ok, _, lerr = self:run_items({ { text = "BEGIN" }, self.history:lock_item() }, false)
+  if not ok then
+    if self.conn:status() ~= "idle" then self.conn:exec("ROLLBACK") end
+    return nil, errors.wrap("sql", lerr, "cannot lock the history table"), lerr
   end
-  local steps = self:_steps(m, direction, statements, begun)
-  local books, berr = self:_bookkeeping(m, direction, nil, { statements = #statements })
-  if not books then
-    if begun and not self.single then self.conn:exec("ROLLBACK") end
-    return nil, errors.wrap("internal", berr)
+  local row = self.history:applied_row(m.version)
+  if (direction == "up") == (row ~= nil) then
+    self.conn:exec("ROLLBACK")
+    return "skipped"
   end
-  for _, b in ipairs(books) do steps[#steps + 1] = { item = b } end
+  return true
+end
 
-  local function abort(e, cause)
-    if self.conn:status() ~= "idle" and not self.single then self.conn:exec("ROLLBACK") end
-    return nil, e, cause
+-- Runs a hook step (or the .verify.sql) inside the migration's transaction.
+function Runner:_hook_step(m, direction, step)
+  local ok, err
+  if step.verify_sql then
+    ok, err = self:_verify_sql(m)
+  else
+    local ctx = hooks.ctx({ conn = self.conn, expect = "intrans", migration = m,
+      direction = direction, plan = self.plan_ids, ui = self.ui, cfg = self.cfg,
+      dry_run = false })
+    ok, err = hooks.call(step.what, step.hook, ctx, self.cfg)
   end
-  local step_ms = {}
+  self.emit("hook", { id = m.id, hook = step.what or ".verify.sql", ok = ok and true or false,
+    message = err and err.message or nil, traceback = err and err.traceback or nil })
+  if ok and self.conn:status() ~= "intrans" then
+    ok, err = nil, errors.new("hook", fmt("%s ended moonshift's transaction (status %s)",
+      step.what or "verify", self.conn:status()))
+  end
+  if not ok then
+    err.message = fmt("%s failed; rolled back, nothing of it was applied\n  %s", m.id,
+      err.message)
+    return nil, err
+  end
+  return true
+end
+
+-- The error of a failed batch of pipelined steps.
+function Runner:_batch_error(m, path, failed, err, run)
+  if runner.connection_error(err) then
+    return errors.new("connect", fmt("lost the connection during %s: %s. The server rolls " ..
+      "back an unfinished transaction, so %s is not applied; check `moonshift status` once " ..
+      "the server is reachable", m.id, tostring(err.message), m.id))
+  end
+  if failed.guard then return self:_ended_early(m, path, run) end
+  if failed.statement then
+    return statement_error(m, path, failed.item, err, "rolled back, nothing of it was applied")
+  end
+  return errors.wrap("sql", err, m.id .. " failed and was rolled back")
+end
+
+-- Runs the steps of a transactional migration: items pipelined wherever no Lua runs between
+-- them, hooks in between. Returns per-statement timings | nil, err, cause.
+function Runner:_run_steps(m, direction, steps, path)
+  local run = { step_ms = {}, tags = {} } -- tags: each statement's command tag
   local i = 1
   while i <= #steps do
-    local step = steps[i]
-    if step.sql_marker then
-      i = i + 1
-    elseif step.item then
+    if steps[i].item or steps[i].sql_marker then
       local j = i
       while steps[j + 1] and (steps[j + 1].item or steps[j + 1].sql_marker) do j = j + 1 end
-      local batch = {}
-      local at_step = {}
+      local batch, at_step = {}, {}
       for k = i, j do
         if steps[k].item then
           batch[#batch + 1] = steps[k].item
           at_step[#batch] = steps[k]
         end
       end
-      local timings, at, err = self:run_items(batch, false)
-      if not timings then
-        local failed = at_step[at]
-        if runner.connection_error(err) then
-          return abort(errors.new("connect", fmt("lost the connection during %s: %s. The " ..
-            "server rolls back an unfinished transaction, so %s is not applied; check " ..
-            "`moonshift status` once the server is reachable", m.id, tostring(err.message),
-            m.id)), err)
-        end
-        if failed.statement then
-          return abort(statement_error(m, path, failed.item, err,
-            "rolled back, nothing of it was applied"), err)
-        end
-        return abort(errors.wrap("sql", err, m.id .. " failed and was rolled back"), err)
-      end
+      local timings, second, err, failed_tags = self:run_items(batch, false)
+      local tags = timings and second or failed_tags or {}
       for b, st in pairs(at_step) do
-        if st.statement then step_ms[st.statement] = timings[b] end
+        if st.statement then
+          run.tags[st.statement] = tags[b]
+          if timings then run.step_ms[st.statement] = timings[b] end
+        end
+      end
+      if not timings then
+        return nil, self:_batch_error(m, path, at_step[second], err, run), err
       end
       i = j + 1
     else
-      local ok, err
-      if step.verify_sql then
-        ok, err = self:_verify_sql(m)
-      else
-        local ctx = hooks.ctx({ conn = self.conn, expect = "intrans", migration = m,
-          direction = direction, plan = self.plan_ids, ui = self.ui, cfg = self.cfg,
-          dry_run = false })
-        ok, err = hooks.call(step.what, step.hook, ctx, self.cfg)
-      end
-      self.emit("hook", { id = m.id, hook = step.what or ".verify.sql", ok = ok and true or false,
-        message = err and err.message or nil, traceback = err and err.traceback or nil })
-      if ok and self.conn:status() ~= "intrans" then
-        ok, err = nil, errors.new("hook", fmt("%s ended moonshift's transaction (status %s)",
-          step.what or "verify", self.conn:status()))
-      end
-      if not ok then
-        err.message = fmt("%s failed; rolled back, nothing of it was applied\n  %s", m.id,
-          err.message)
-        return abort(err)
-      end
+      local ok, err = self:_hook_step(m, direction, steps[i])
+      if not ok then return nil, err end
       i = i + 1
     end
   end
-  if self.conn:status() ~= "intrans" then
-    return abort(errors.new("sql", fmt("%s: the transaction is %s before COMMIT; rolled back",
-      m.id, self.conn:status())))
+  return run.step_ms
+end
+
+-- COMMIT of a migration's transaction, on its own: nil, err, cause when it fails.
+function Runner:_commit(m, direction, path)
+  local ok, cerr = self.conn:exec("COMMIT")
+  runner.test_pause("after_commit", m)
+  if ok then return true end
+  if runner.connection_error(cerr) then
+    return nil, errors.new("connect", fmt("lost the connection while COMMIT of %s was in " ..
+      "flight (%s); %s", m.id, tostring(cerr.message):gsub("%s+$", ""),
+      self:_commit_outcome(m, direction))), cerr
+  end
+  return nil, errors.new("sql", fmt("%s failed at COMMIT (a deferred constraint or " ..
+    "trigger); rolled back, nothing of it was applied\n  ERROR %s: %s%s", m.id,
+    tostring(cerr.sqlstate), tostring(cerr.message),
+    cerr.detail and ("\n  DETAIL: " .. cerr.detail) or ""), { sqlstate = cerr.sqlstate,
+    version = m.version, file = config.display_path(path) }), cerr
+end
+
+-- One transactional attempt: BEGIN, timeouts, hooks, the statements, the guard, the
+-- history row and event; then, once every result is in and the transaction is sound,
+-- COMMIT on its own, so a runner killed before that point leaves nothing committed.
+function Runner:_transactional(m, direction, statements, path)
+  local started = fs.clock_ms()
+  local begun = self.single
+  if self.cfg.lock == "table" and not self.single then
+    local locked, lerr, cause = self:_lock_table(m, direction)
+    if not locked then return nil, lerr, cause end
+    if locked == "skipped" then return { duration_ms = 0, timings = {}, skipped = true } end
+    begun = true
+  end
+  self.marks = (self.marks or 0) + 1
+  local mark = fmt("%s/%s/%d", tostring(self.run_id), m.version, self.marks)
+  local steps = self:_steps(m, direction, statements, begun, mark)
+  local books, berr = self:_bookkeeping(m, direction, nil, { statements = #statements })
+  if not books then
+    if begun and not self.single then self.conn:exec("ROLLBACK") end
+    return nil, errors.wrap("internal", berr)
+  end
+  steps[#steps + 1] = { item = { text = TX_GUARD, params = table.pack(mark) }, guard = true }
+  for _, b in ipairs(books) do steps[#steps + 1] = { item = b } end
+  local step_ms, err, cause = self:_run_steps(m, direction, steps, path)
+  if step_ms and self.conn:status() ~= "intrans" then
+    step_ms, err = nil, self:_ended_early(m, path, { tags = {} })
+  end
+  if not step_ms then
+    if self.conn:status() ~= "idle" and not self.single then self.conn:exec("ROLLBACK") end
+    return nil, err, cause
   end
   if not self.single then
-    local ok, cerr = self.conn:exec("COMMIT")
-    runner.test_pause("after_commit", m)
-    if not ok then
-      if runner.connection_error(cerr) then
-        return nil, errors.new("connect", fmt("lost the connection while COMMIT of %s was in " ..
-          "flight (%s); %s", m.id, tostring(cerr.message):gsub("%s+$", ""),
-          self:_commit_outcome(m, direction))), cerr
-      end
-      return nil, errors.new("sql", fmt("%s failed at COMMIT (a deferred constraint or " ..
-        "trigger); rolled back, nothing of it was applied\n  ERROR %s: %s%s", m.id,
-        tostring(cerr.sqlstate), tostring(cerr.message),
-        cerr.detail and ("\n  DETAIL: " .. cerr.detail) or ""), { sqlstate = cerr.sqlstate,
-        version = m.version, file = config.display_path(path) }), cerr
-    end
+    local ok, cerr, ccause = self:_commit(m, direction, path)
+    if not ok then return nil, cerr, ccause end
   end
   return { duration_ms = fs.clock_ms() - started, timings = step_ms }
+end
+
+-- The migration's own transaction was ended by something in it that the checks did not
+-- catch (the guard found its mark gone): says what was committed, from the statements'
+-- command tags, and leaves a dirty marker unless nothing was.
+function Runner:_ended_early(m, path, run)
+  local stmts = path == m.up_path and m.statements or m.down_statements or {}
+  local at, tag
+  for k = 1, #stmts do
+    if run.tags[k] and statement.ENDS_TRANSACTION[run.tags[k]] then
+      at, tag = k, run.tags[k]
+      break
+    end
+  end
+  local where = at and fmt("%s:%d", config.display_path(path), stmts[at].line) or nil
+  local fields = { version = m.version, file = config.display_path(path),
+    line = at and stmts[at].line or nil, ended_early = true }
+  if tag == "ROLLBACK" then
+    return errors.new("sql", fmt("%s: the statement at %s (ROLLBACK) ended the transaction " ..
+      "moonshift began for it; what ran before it was rolled back, what ran after it was " ..
+      "rolled back too, so nothing of it was applied", m.id, where), fields)
+  end
+  if self.conn:status() ~= "idle" then self.conn:exec("ROLLBACK") end
+  local h = self.history
+  local ok = self.conn:exec("BEGIN") and h:record(m, "dirty", nil, self.run_id) and
+    h:event("fail", m, self.run_id, { ended_early = tag or "unknown" }) and
+    self.conn:exec("COMMIT")
+  if not ok and self.conn:status() ~= "idle" then self.conn:exec("ROLLBACK") end
+  local what = at and fmt("the statement at %s (%s) ended the transaction moonshift began " ..
+    "for it: statements 1 to %d of %d (up to line %d) ARE %s, the rest was rolled back",
+    where, tag, at, #stmts, stmts[at].end_line or stmts[at].line,
+    tag == "COMMIT" and "committed" or "held by a prepared transaction") or
+    "something in it ended the transaction moonshift began for it: what ran before that " ..
+    "point may be committed, the rest was rolled back"
+  return errors.new("sql", fmt("%s: %s. %s. Check the database, then `moonshift force %s` " ..
+    "(done) or `moonshift force %s --not-applied` (to run it again)", m.id, what,
+    ok and fmt("%s is marked dirty", m.id) or "marking it dirty failed too; see `moonshift " ..
+    "status`", m.version, m.version), fields)
+end
+
+-- Shows the server's notices (RAISE NOTICE, ...) of a migration with the file and line of
+-- the statement that sent them, and logs them.
+function Runner:_report_notices(m, direction)
+  local path = config.display_path(direction == "up" and m.up_path or m.down_path)
+  for _, batch in ipairs(self.notices or {}) do
+    local line = batch.item and batch.item.line -- statements have one, moonshift's items not
+    for _, n in ipairs(batch.list) do
+      self.emit("notice", { id = m.id, file = path, line = line, severity = n.severity,
+        sqlstate = n.sqlstate, message = n.message, detail = n.detail, hint = n.hint })
+    end
+    if batch.list.dropped then
+      self.emit("notice", { id = m.id, file = path, severity = "NOTICE",
+        message = fmt("%d more notices were dropped", batch.list.dropped) })
+    end
+  end
+  self.notices = nil
 end
 
 -- After a connection lost during COMMIT, whether it committed: reconnects (a bounded number
@@ -621,14 +720,17 @@ function Runner:run(m, direction)
   local attempt = 0
   while true do
     local result, err, cause
+    self.conn:notices() -- anything before (CREATE ... IF NOT EXISTS of the history) is not its
+    self.notices = {}
     if transactional then
       result, err, cause = self:_transactional(m, direction, statements, path)
     else
       result, err, cause = self:_autocommit(m, direction, statements, path)
     end
+    self:_report_notices(m, direction)
     if result then return result end
-    local sqlstate = cause and cause.sqlstate
-    if not (transactional and not self.single and RETRYABLE[sqlstate]
+    local state = cause and cause.sqlstate
+    if not (transactional and not self.single and RETRYABLE[state]
         and attempt < self.cfg.lock_retries) then
       return nil, err
     end
@@ -636,7 +738,7 @@ function Runner:run(m, direction)
     local delay = math.min(10000, 500 * 2 ^ (attempt - 1))
     delay = math.floor(delay / 2 + math.random() * delay / 2)
     self.emit("retry", { migration = m, attempt = attempt, of = self.cfg.lock_retries,
-      sqlstate = sqlstate, delay_ms = delay })
+      sqlstate = state, delay_ms = delay })
     proc.sleep(delay)
   end
 end

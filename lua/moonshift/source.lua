@@ -25,6 +25,7 @@ local hash = require("moonshift.hash")
 local host = require("moonshift.host")
 local records = require("moonshift.records")
 local sql = require("moonshift.sql")
+local statement = require("moonshift.statement")
 local version = require("moonshift.version")
 local errors = require("moonshift.errors")
 
@@ -42,35 +43,6 @@ local FORMATS = { auto = true, native = true, flyway = true, dbmate = true, dies
   goose = true }
 
 local DIRECTIVE = "`-- moonshift:no-transaction`"
-
--- Statements PostgreSQL refuses inside a transaction block: a pattern on the statement's
--- lowercased head (comments and whitespace stripped, spaces collapsed) and its name.
-local NO_TRANSACTION = {
-  { "^create unique index concurrently%f[^%w_]", "CREATE INDEX CONCURRENTLY" },
-  { "^create index concurrently%f[^%w_]", "CREATE INDEX CONCURRENTLY" },
-  { "^drop index concurrently%f[^%w_]", "DROP INDEX CONCURRENTLY" },
-  { "^reindex[ (].-%f[%w_]concurrently%f[^%w_]", "REINDEX CONCURRENTLY" },
-  { "^reindex schema%f[^%w_]", "REINDEX SCHEMA" },
-  { "^reindex %b() ?schema%f[^%w_]", "REINDEX SCHEMA" },
-  { "^reindex database%f[^%w_]", "REINDEX DATABASE" },
-  { "^reindex %b() ?database%f[^%w_]", "REINDEX DATABASE" },
-  { "^reindex system%f[^%w_]", "REINDEX SYSTEM" },
-  { "^reindex %b() ?system%f[^%w_]", "REINDEX SYSTEM" },
-  { "^vacuum%f[^%w_]", "VACUUM" },
-  { "^create database%f[^%w_]", "CREATE DATABASE" },
-  { "^drop database%f[^%w_]", "DROP DATABASE" },
-  { "^create tablespace%f[^%w_]", "CREATE TABLESPACE" },
-  { "^drop tablespace%f[^%w_]", "DROP TABLESPACE" },
-  { "^alter system%f[^%w_]", "ALTER SYSTEM" },
-}
-
--- The first two words a statement needs for NO_TRANSACTION to be worth checking (`true`:
--- any second word), so that the usual CREATE TABLE costs two matches.
-local NO_TRANSACTION_HEADS = {
-  create = { index = true, unique = true, database = true, tablespace = true },
-  drop = { index = true, database = true, tablespace = true },
-  alter = { system = true }, reindex = true, vacuum = true,
-}
 
 -- Files a diesel migration directory may hold, and what each is.
 local DIESEL_FILES = {
@@ -473,54 +445,6 @@ local function write_cache(cache)
   if data ~= cache.data then write_private(cache.path, data) end
 end
 
--- The position after a statement's leading whitespace and comments (-- lines, nested /* */).
-local function head_pos(text)
-  local pos = 1
-  while true do
-    local s = text:match("^%s*()", pos)
-    local two = text:sub(s, s + 1)
-    if two == "--" then
-      local nl = text:find("\n", s, true)
-      pos = nl and nl + 1 or #text + 1
-    elseif two == "/*" then
-      local depth, i = 1, s + 2
-      while depth > 0 and i <= #text do
-        local c = text:find("[/*]", i)
-        if not c then
-          i = #text + 1
-        elseif text:sub(c, c + 1) == "/*" then
-          depth, i = depth + 1, c + 2
-        elseif text:sub(c, c + 1) == "*/" then
-          depth, i = depth - 1, c + 2
-        else
-          i = c + 1
-        end
-      end
-      pos = i
-    else
-      return s
-    end
-  end
-end
-
--- The name of a statement that cannot run in a transaction block, and the position of its
--- first keyword; nil for any other statement.
-local function no_transaction_name(text)
-  local pos = head_pos(text)
-  local word = text:match("^%a+", pos)
-  local second = word and NO_TRANSACTION_HEADS[word:lower()]
-  if not second then return nil end
-  if second ~= true then
-    local w2 = text:match("^%a+%s+(%a+)", pos)
-    if not w2 or not second[w2:lower()] then return nil end
-  end
-  local head = text:sub(pos, pos + 200):lower():gsub("%s+", " ")
-  for _, rule in ipairs(NO_TRANSACTION) do
-    if head:find(rule[1]) then return rule[2], pos end
-  end
-  return nil
-end
-
 -- The name of a psql meta-command statement, like `\i`.
 local function meta_name(stmt)
   local m = type(stmt.meta) == "string" and stmt.meta or stmt.text
@@ -545,10 +469,17 @@ function Loader:statements(path, text, offset, transaction)
         stmt.line, meta_name(stmt)), path)
       ok = false
     elseif transaction then
-      local name, pos = no_transaction_name(stmt.text)
+      local name, pos = statement.no_transaction(stmt.text)
       if name then
         self:problem(fmt("%s:%d: %s cannot run inside a transaction; add %s to this " ..
           "migration", path, line_of(stmt.text, pos) + stmt.line - 1, name, DIRECTIVE), path)
+        ok = false
+      end
+      name, pos = statement.transaction_control(stmt.text)
+      if name then
+        self:problem(fmt("%s:%d: %s: moonshift runs each migration in its own transaction " ..
+          "and records it in the same one; remove this statement (or add %s to this " ..
+          "migration)", path, line_of(stmt.text, pos) + stmt.line - 1, name, DIRECTIVE), path)
         ok = false
       end
     end

@@ -1,0 +1,105 @@
+-- What a statement is, from its first words as the C lexer reads them (sql.head): the one
+-- classifier that source, runner and hooks share, so that a COMMIT behind a nested comment,
+-- in any case, is seen the same way everywhere.
+local sql = require("moonshift.sql")
+
+local statement = {}
+
+-- Each rule: a pattern on the head (words lowercased, comments dropped, one space between
+-- tokens, punctuation a token of its own) and the name shown to the user.
+local W = "%f[^%w_$]" -- the end of a word
+
+-- Statements that end, begin or hand over a transaction. BEGIN never starts a statement
+-- otherwise (BEGIN ATOMIC is inside CREATE FUNCTION).
+local TRANSACTION_CONTROL = {
+  { "^begin" .. W, "BEGIN" }, { "^start transaction" .. W, "START TRANSACTION" },
+  { "^commit" .. W, "COMMIT" }, { "^end" .. W, "END" }, { "^abort" .. W, "ABORT" },
+  { "^rollback" .. W, "ROLLBACK" }, { "^prepare transaction" .. W, "PREPARE TRANSACTION" },
+}
+
+-- Statements PostgreSQL refuses inside a transaction block.
+local NO_TRANSACTION = {
+  { "^create unique index concurrently" .. W, "CREATE INDEX CONCURRENTLY" },
+  { "^create index concurrently" .. W, "CREATE INDEX CONCURRENTLY" },
+  { "^drop index concurrently" .. W, "DROP INDEX CONCURRENTLY" },
+  { "^reindex .-%f[%w_]concurrently" .. W, "REINDEX CONCURRENTLY" },
+  { "^reindex schema" .. W, "REINDEX SCHEMA" },
+  { "^reindex %( .-%) schema" .. W, "REINDEX SCHEMA" },
+  { "^reindex database" .. W, "REINDEX DATABASE" },
+  { "^reindex %( .-%) database" .. W, "REINDEX DATABASE" },
+  { "^reindex system" .. W, "REINDEX SYSTEM" },
+  { "^reindex %( .-%) system" .. W, "REINDEX SYSTEM" },
+  { "^vacuum" .. W, "VACUUM" },
+  { "^create database" .. W, "CREATE DATABASE" },
+  { "^drop database" .. W, "DROP DATABASE" },
+  { "^create tablespace" .. W, "CREATE TABLESPACE" },
+  { "^drop tablespace" .. W, "DROP TABLESPACE" },
+  { "^alter system" .. W, "ALTER SYSTEM" },
+}
+
+-- What a hook may not send besides transaction control: it would change who we are or
+-- drop the run lock.
+local HOOK_DENIED = {
+  { "^set session authorization" .. W, "SET SESSION AUTHORIZATION" },
+  { "^set role" .. W, "SET ROLE" }, { "^set session role" .. W, "SET ROLE" },
+  { "^set local role" .. W, "SET ROLE" }, { "^reset all" .. W, "RESET ALL" },
+  { "^reset role" .. W, "RESET ROLE" }, { "^reset session authorization" .. W,
+    "RESET SESSION AUTHORIZATION" }, { "^discard" .. W, "DISCARD" },
+}
+
+local function match(rules, head)
+  for _, rule in ipairs(rules) do
+    if head:find(rule[1]) then return rule[2] end
+  end
+  return nil
+end
+
+--- A statement's first words (see sql.head) and the offset of the first one.
+-- @param text string: one statement
+-- @return string head, integer|nil offset (1-based; nil when it holds only comments)
+function statement.head(text)
+  return sql.head(text, 16)
+end
+
+--- The name of a transaction-control statement (BEGIN, COMMIT, ...), or nil.
+-- @param text string: one statement
+-- @return string|nil name, integer|nil offset of its first word
+function statement.transaction_control(text)
+  local head, at = sql.head(text, 3)
+  return match(TRANSACTION_CONTROL, head), at
+end
+
+--- The name of a statement that cannot run inside a transaction block, or nil.
+-- @return string|nil name, integer|nil offset of its first word
+function statement.no_transaction(text)
+  local head, at = sql.head(text, 16)
+  return match(NO_TRANSACTION, head), at
+end
+
+--- Why a hook may not send this statement (its name), or nil when it may.
+-- @return string|nil
+function statement.denied_in_hook(text)
+  local head = sql.head(text, 4)
+  local name = match(TRANSACTION_CONTROL, head) or match(HOOK_DENIED, head)
+  if name then return name end
+  if text:lower():find("pg_advisory_unlock", 1, true) then return "pg_advisory_unlock" end
+  return nil
+end
+
+--- The first statement of a script (as sql.split cuts it) that a hook may not send.
+-- @return string|nil name
+function statement.first_denied_in_hook(script)
+  local stmts = sql.split(script)
+  if not stmts then return statement.denied_in_hook(script) end
+  for _, stmt in ipairs(stmts) do
+    local name = statement.denied_in_hook(stmt.text)
+    if name then return name end
+  end
+  return nil
+end
+
+--- Command tags after which the migration's own transaction is over (PQcmdStatus).
+statement.ENDS_TRANSACTION = { COMMIT = true, ROLLBACK = true, ["PREPARE TRANSACTION"] = true,
+  ["COMMIT PREPARED"] = true, ["ROLLBACK PREPARED"] = true }
+
+return statement
