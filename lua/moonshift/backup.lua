@@ -5,6 +5,7 @@ local pg = require("moonshift.pg")
 local proc = require("moonshift.proc")
 local host = require("moonshift.host")
 local redact = require("moonshift.redact")
+local connection = require("moonshift.db")
 
 local fmt = string.format
 local floor = math.floor
@@ -141,16 +142,8 @@ local function conninfo_string(params)
 end
 
 -- pg_dump's stderr made fit for an error message: no passwords, bounded, trimmed.
-local function clean_stderr(s, password)
-  s = redact.secrets(s or "")
-  if password and #password >= 3 then
-    local i = s:find(password, 1, true)
-    while i do
-      s = s:sub(1, i - 1) .. "***" .. s:sub(i + #password)
-      i = s:find(password, i + 3, true)
-    end
-  end
-  s = s:gsub("%s+$", "")
+local function clean_stderr(s, conninfo, password)
+  s = connection.scrub(s or "", conninfo, password):gsub("%s+$", "")
   if #s > MAX_STDERR then s = "..." .. s:sub(-MAX_STDERR) end
   return s
 end
@@ -418,7 +411,8 @@ function backup.run(opts)
   local function give_up(message, res)
     local bytes = size_of(partial)
     fs.remove(partial)
-    local stderr = res and clean_stderr(res.stderr, params.password or pre.env.PGPASSWORD)
+    local stderr = res and clean_stderr(res.stderr, opts.conninfo,
+      params.password or pre.env.PGPASSWORD)
     local text = fmt("backup failed: %s (%d bytes written to %s, removed)", message, bytes,
       partial)
     if stderr and stderr ~= "" then text = text .. "\n" .. stderr end
@@ -459,7 +453,7 @@ function backup.run(opts)
   if not list then return give_up("cannot run " .. tools.pg_restore .. ": " .. tostring(lerr)) end
   if list.code ~= 0 or not list.stdout:find("; Archive created at", 1, true) then
     return give_up(fmt("the dump does not read back: pg_restore --list %s: %s",
-      describe_exit(list), clean_stderr(list.stderr)), res)
+      describe_exit(list), clean_stderr(list.stderr, opts.conninfo)), res)
   end
 
   local ok, serr = sync(partial)
@@ -471,7 +465,7 @@ function backup.run(opts)
   return {
     path = path, name = path:match("[^/]+$"), size = size, tools = tools,
     elapsed_ms = floor(fs.clock_ms() - started),
-    stderr = clean_stderr(res.stderr, params.password or pre.env.PGPASSWORD),
+    stderr = clean_stderr(res.stderr, opts.conninfo, params.password or pre.env.PGPASSWORD),
     restore_command = backup.restore_command(opts.conninfo or "", path,
       { pg_restore = tools.pg_restore, environ = opts.environ }),
   }

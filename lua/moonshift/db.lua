@@ -24,10 +24,15 @@ function db.application_name()
   return fmt("moonshift/%s/%s/%d", host.version, fs.hostname(), proc.getpid()):sub(1, 63)
 end
 
+--- The shortest password (or piece of one) db.scrub masks: shorter ones would garble
+-- every message they happen to occur in, and are no secret anyway.
+db.MIN_MASKED = 3
+
 -- Every spelling of the password in a connection string, for scrubbing messages: libpq
 -- quotes a malformed URI's pieces ("invalid percent-encoded token: \"s3cret%\"").
-local function password_candidates(conninfo)
+local function password_candidates(conninfo, extra)
   local out = {}
+  for _, pw in ipairs(extra) do out[#out + 1] = pw end
   local userinfo = conninfo:match("^%a[%w+.-]*://([^/?#]*)@")
   local pw = userinfo and userinfo:match("^[^:]*:(.*)$")
   if pw and pw ~= "" then out[#out + 1] = pw end
@@ -40,18 +45,29 @@ local function password_candidates(conninfo)
   local more = {}
   for _, v in ipairs(out) do
     more[#more + 1] = v:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
-    for i = #v - 1, 4, -1 do more[#more + 1] = v:sub(1, i) end -- a token cut at a bad escape
+    for i = #v - 1, db.MIN_MASKED, -1 do more[#more + 1] = v:sub(1, i) end -- cut at a bad escape
   end
   for _, v in ipairs(more) do out[#out + 1] = v end
   table.sort(out, function(a, b) return #a > #b end)
   return out
 end
 
---- A message with any password from conninfo removed (beyond redact.secrets' patterns).
-function db.scrub(msg, conninfo)
+--- A message with every password removed: redact.secrets' patterns, any password that
+-- conninfo holds, and the passwords given (PGPASSWORD, say). The one scrubber: connection
+-- errors, pg_dump's stderr and the run log all go through it.
+-- @param msg string
+-- @param conninfo string|nil
+-- @param ... string|nil: further passwords known to be in play
+-- @return string
+function db.scrub(msg, conninfo, ...)
   msg = redact.secrets(msg)
-  for _, pw in ipairs(password_candidates(conninfo or "")) do
-    if #pw >= 4 then
+  local extra = {}
+  for i = 1, select("#", ...) do
+    local pw = select(i, ...)
+    if type(pw) == "string" then extra[#extra + 1] = pw end
+  end
+  for _, pw in ipairs(password_candidates(conninfo or "", extra)) do
+    if #pw >= db.MIN_MASKED then
       local s, e = msg:find(pw, 1, true)
       while s do
         msg = msg:sub(1, s - 1) .. "***" .. msg:sub(e + 1)

@@ -9,9 +9,11 @@ local fmt = string.format
 
 local lock = {}
 
--- Key space 'moon' + hash of the qualified tracking table, so two projects in one
--- database (different tables) do not block each other.
-local CLASS = 1836019566
+--- The advisory lock's class id: 'moon' as a 32-bit integer. The object id is the hash of
+-- the qualified tracking table, so two projects in one database (different tables) do not
+-- block each other.
+lock.CLASS = 0x6d6f6f6e
+local CLASS = lock.CLASS
 local POLL_MS = 200
 
 local Lock = {}

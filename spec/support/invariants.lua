@@ -5,7 +5,7 @@ local helpers = require("spec.helpers")
 
 local invariants = {}
 
-local MOONSHIFT_LOCK_CLASS = 1836019566
+local MOONSHIFT_LOCK_CLASS = require("moonshift.lock").CLASS
 
 -- Waits for the server to notice dead clients (their backends end) for up to `ms`.
 local function settle(uri, ms)
