@@ -14,7 +14,7 @@ local errors = require("moonshift.errors")
 local ui_mod = require("moonshift.ui")
 local hooks = require("moonshift.hooks")
 local json = require("moonshift.json")
-local config = require("moonshift.config")
+local paths = require("moonshift.paths")
 local runlog = require("moonshift.runlog")
 local host = require("moonshift.host")
 local backup = require("moonshift.backup")
@@ -250,7 +250,7 @@ function Session:open_log(direction, list)
       "ORDER BY id DESC LIMIT 1", self.history.events), prev.run_id)
     local last = rows and rows[1]
     self.ui:warn(fmt("previous run %s ended without a final status (%s); the database shows %s",
-      prev.run_id, config.display_path(prev.path), last and fmt("%s %s at %s", last.name,
+      prev.run_id, paths.display(prev.path), last and fmt("%s %s at %s", last.name,
       last.action == "apply" and "applied" or last.action, last.at) or "nothing it changed"))
   end
   local info = self.conn:info()
@@ -258,7 +258,7 @@ function Session:open_log(direction, list)
     from = self.status.current and self.status.current.version or "0", run_id = self.run_id })
   if not log then return nil, err end
   self.log, self.ui.log = log, log
-  self.ui:info("run log: " .. config.display_path(log.path))
+  self.ui:info("run log: " .. paths.display(log.path))
   local plan_files = json.array()
   for _, m in ipairs(list or {}) do
     local path = direction == "down" and m.down_path or m.up_path
@@ -360,7 +360,7 @@ local function print_dry_run(s, list, direction)
     local path = direction == "up" and m.up_path or m.down_path
     local stmts = direction == "up" and m.statements or m.down_statements
     s.ui:result(fmt("-- [%d/%d] %s %s (%s, %d statements%s)", i, #list,
-      direction == "up" and "apply" or "revert", m.id, config.display_path(path), #stmts,
+      direction == "up" and "apply" or "revert", m.id, paths.display(path), #stmts,
       m.transaction == false and ", no transaction" or ""))
     for _, stmt in ipairs(stmts) do
       local text = stmt.text:gsub("%s+$", "")
@@ -442,7 +442,7 @@ local function execute(s, list, direction, opts)
     if not g then return true end
     local o = { ui = s.ui, cfg = s.cfg, plan = ids, direction = direction }
     for k, v in pairs(extra or {}) do o[k] = v end
-    return hooks.call(config.display_path(g.path), g.fn, hooks.ctx(o), s.cfg)
+    return hooks.call(paths.display(g.path), g.fn, hooks.ctx(o), s.cfg)
   end
   s.ui:event("run_start", { run_id = s.run_id, direction = direction, target = s.label,
     plan = json.array(ids) })
@@ -527,7 +527,7 @@ local function execute(s, list, direction, opts)
       return failed(m, err)
     end
     local stmts = direction == "up" and m.statements or m.down_statements
-    local file = config.display_path(direction == "up" and m.up_path or m.down_path)
+    local file = paths.display(direction == "up" and m.up_path or m.down_path)
     for k = 1, #stmts do
       if res.timings[k] then
         s.ui:event("statement", { id = m.id, file = file, line = stmts[k].line,
@@ -605,7 +605,7 @@ function Session:backup()
     return nil, errors.wrap("backup", err, "nothing was migrated")
   end
   self.restore_command = res.restore_command
-  self.ui:info(fmt("backup: %s (%s, %s)", config.display_path(res.path),
+  self.ui:info(fmt("backup: %s (%s, %s)", paths.display(res.path),
     res.size >= 1048576 and fmt("%.1f MB", res.size / 1048576) or fmt("%d kB", res.size // 1024),
     ui_mod.duration(res.elapsed_ms)))
   self.ui:event("backup", { path = res.path, size = res.size, elapsed_ms = res.elapsed_ms,
@@ -652,7 +652,7 @@ function commands.up(cfg, ui, opts)
     if want_backup and cfg.backup and cfg.backup.keep then
       for _, path in ipairs(backup.prune(backup_dir(cfg), cfg.backup.keep,
         s.conn:info().dbname) or {}) do
-        ui:info("pruned old backup " .. config.display_path(path))
+        ui:info("pruned old backup " .. paths.display(path))
       end
     end
     res.current, res.target = current_id(s.status), s.label
@@ -873,7 +873,7 @@ function commands.verify(cfg, ui, opts)
         s.conn:exec("SAVEPOINT moonshift_verify")
         local vok, verr = true, nil
         if companion.verify then
-          vok, verr = hooks.call(config.display_path(m.companion_path) .. " verify",
+          vok, verr = hooks.call(paths.display(m.companion_path) .. " verify",
             companion.verify, hooks.ctx({ conn = s.conn, expect = "intrans", migration = m,
               direction = "up", ui = ui, cfg = cfg }), cfg)
         end
@@ -942,7 +942,7 @@ function commands.workflow(cfg, ui, opts)
     for k in pairs(cfg.workflows or {}) do names[#names + 1] = tostring(k) end
     table.sort(names)
     return nil, errors.new("usage", fmt("no workflow %q in %s%s", opts.name,
-      cfg.path and config.display_path(cfg.path) or "migrate.lua (none found)",
+      cfg.path and paths.display(cfg.path) or "migrate.lua (none found)",
       #names > 0 and (" (has: " .. table.concat(names, ", ") .. ")") or ""))
   end
   return run_user("workflow " .. opts.name, wf, cfg, ui, opts.args)
@@ -956,7 +956,7 @@ function commands.script(cfg, ui, opts)
   if not src then return nil, errors.new("usage", "cannot read " .. err) end
   local chunk, lerr = load(src, "@" .. opts.file, "t", env)
   if not chunk then return nil, errors.new("usage", lerr) end
-  return run_user(config.display_path(opts.file), function(ms, args)
+  return run_user(paths.display(opts.file), function(ms, args)
     env.ms, env.args = ms, args
     return chunk(ms, args)
   end, cfg, ui, opts.args)

@@ -2,6 +2,7 @@
 local fs = require("moonshift.fs")
 local errors = require("moonshift.errors")
 local sandbox = require("moonshift.sandbox")
+local ui = require("moonshift.ui")
 
 local fmt = string.format
 
@@ -53,30 +54,6 @@ local function check_keys(file, path)
   return true
 end
 
-local UNITS = { ms = 1, s = 1000, sec = 1000, min = 60000, m = 60000, h = 3600000 }
-
-local working_dir -- it never changes during a run: resolved once
-
---- A path as an operator wants to read it: relative to the current directory when under it.
-function config.display_path(path)
-  working_dir = working_dir or fs.realpath(".")
-  local wd = working_dir
-  if path and wd and path:sub(1, #wd + 1) == wd .. "/" then return path:sub(#wd + 2) end
-  return path
-end
-
---- Parses a duration ("500ms", "5s", "2min", "1h"; a bare number is seconds) into ms.
--- @return integer ms | nil, err
-function config.duration_ms(v)
-  if v == nil or v == false then return nil end
-  if type(v) == "number" then return math.floor(v * 1000) end
-  local n, unit = tostring(v):match("^%s*([%d.]+)%s*(%a*)%s*$")
-  local scale = unit and UNITS[unit ~= "" and unit:lower() or "s"]
-  if not scale or not tonumber(n) then
-    return nil, fmt("invalid duration %q (use e.g. 500ms, 5s, 2min)", tostring(v))
-  end
-  return math.floor(tonumber(n) * scale)
-end
 
 -- KEY=VALUE lines; "export " and quotes allowed; # comments.
 local function read_env_file(path)
@@ -186,7 +163,7 @@ function config.load(opts)
   cfg.cache_dir = cache_dir ~= "" and cache_dir or nil
   cfg.hooks = absolute(root, cfg.hooks)
   for _, k in ipairs({ "lock_wait", "lock_timeout", "statement_timeout" }) do
-    local ms, err = config.duration_ms(cfg[k])
+    local ms, err = ui.parse_duration(cfg[k])
     if err then return nil, errors.new("usage", k .. ": " .. err) end
     cfg[k .. "_ms"] = ms
   end

@@ -5,7 +5,8 @@ local pg = require("moonshift.pg")
 local host = require("moonshift.host")
 local errors = require("moonshift.errors")
 local sandbox = require("moonshift.sandbox")
-local config = require("moonshift.config")
+local paths = require("moonshift.paths")
+local ui = require("moonshift.ui")
 local statement = require("moonshift.statement")
 
 local fmt = string.format
@@ -93,7 +94,7 @@ end
 --- The ctx a hook receives.
 -- @param opts table: conn, expect, migration, direction, plan, ui, cfg, dry_run, error
 function hooks.ctx(opts)
-  local ui = opts.ui
+  local out = opts.ui
   local m = opts.migration
   local ctx = {
     db = opts.conn and hooks.db(opts.conn, opts.expect) or nil,
@@ -102,13 +103,13 @@ function hooks.ctx(opts)
     error = opts.error,
     results = opts.results,
     log = {
-      info = function(msg) ui:info(tostring(msg)) end,
-      warn = function(msg) ui:warn(tostring(msg)) end,
+      info = function(msg) out:info(tostring(msg)) end,
+      warn = function(msg) out:warn(tostring(msg)) end,
     },
   }
   if m then
     ctx.migration = { version = m.version, name = m.name, id = m.id,
-      path = config.display_path(opts.direction == "down" and m.down_path or m.up_path),
+      path = paths.display(opts.direction == "down" and m.down_path or m.up_path),
       checksum = m.checksum, direction = opts.direction or "up" }
   end
   local env = opts.cfg and opts.cfg.env or os.getenv
@@ -137,7 +138,7 @@ end
 -- memory cap on the allocator. Returns true | nil, err (kind hook or verify).
 -- @param what string: "0007_backfill.lua pre", for messages
 function hooks.call(what, fn, ctx, cfg)
-  local limit_ms = config.duration_ms(cfg and cfg.hook_timeout or "60s") or 60000
+  local limit_ms = ui.parse_duration(cfg and cfg.hook_timeout or "60s") or 60000
   local mem = cfg and cfg.hook_memory
   local mem_bytes = type(mem) == "number" and math.floor(mem) or
     (tonumber(tostring(mem or ""):match("^(%d+)%s*[Mm][Bb]?$") or "256") * 1024 * 1024)
@@ -153,7 +154,7 @@ function hooks.call(what, fn, ctx, cfg)
       local where = debug.getinfo(2, "Sl")
       error(errors.new("hook", fmt("%s:%d: hook exceeded its time limit of %s (hook_timeout)",
         where and where.short_src or "?", where and where.currentline or 0,
-        require("moonshift.ui").duration(limit_ms)), { limit = true }), 0)
+        ui.duration(limit_ms)), { limit = true }), 0)
     end
   end, "", 10000)
   local previous = host.memory_limit(host.memory_used() + mem_bytes)
@@ -173,7 +174,7 @@ function hooks.call(what, fn, ctx, cfg)
   if overran and not (errors.is(e) and e.limit) then
     -- the watchdog cancelled what the hook was waiting for
     e = errors.new("hook", fmt("hook exceeded its time limit of %s (hook_timeout); what it " ..
-      "was waiting for was cancelled: %s", require("moonshift.ui").duration(limit_ms),
+      "was waiting for was cancelled: %s", ui.duration(limit_ms),
       tostring(errors.is(e) and e.message or e)), { limit = true })
   end
   return nil, hooks.failure(what, e, tb)
@@ -183,28 +184,28 @@ end
 -- @return table | nil, err (kind usage)
 function hooks.load_companion(path)
   local env = sandbox.env()
-  local t, err = sandbox.dofile(path, env, config.display_path(path))
-  if err then return nil, errors.new("usage", "cannot load " .. config.display_path(path) ..
+  local t, err = sandbox.dofile(path, env, paths.display(path))
+  if err then return nil, errors.new("usage", "cannot load " .. paths.display(path) ..
     ": " .. err) end
   if type(t) ~= "table" then
-    return nil, errors.new("usage", config.display_path(path) .. " must return a table")
+    return nil, errors.new("usage", paths.display(path) .. " must return a table")
   end
   for k, v in pairs(t) do
     local want = COMPANION_KEYS[k]
     if not want then
-      return nil, errors.new("usage", fmt("%s: unknown key %q", config.display_path(path),
+      return nil, errors.new("usage", fmt("%s: unknown key %q", paths.display(path),
         tostring(k)))
     end
     if not want:find(type(v), 1, true) then
       return nil, errors.new("usage", fmt("%s: %s must be a %s, not a %s",
-        config.display_path(path), k, want:gsub("|", " or "), type(v)))
+        paths.display(path), k, want:gsub("|", " or "), type(v)))
     end
   end
   for _, k in ipairs({ "lock_timeout", "statement_timeout" }) do
     if t[k] ~= nil then
-      local ms, derr = config.duration_ms(t[k])
+      local ms, derr = ui.parse_duration(t[k])
       if not ms then
-        return nil, errors.new("usage", fmt("%s: %s: %s", config.display_path(path), k, derr))
+        return nil, errors.new("usage", fmt("%s: %s: %s", paths.display(path), k, derr))
       end
       t[k .. "_ms"] = ms
     end
@@ -219,12 +220,12 @@ function hooks.load_global(dir)
   for _, name in ipairs(hooks.GLOBAL) do
     local path = dir .. "/" .. name .. ".lua"
     if fs.exists(path) then
-      local fn, err = sandbox.dofile(path, sandbox.env(), config.display_path(path))
+      local fn, err = sandbox.dofile(path, sandbox.env(), paths.display(path))
       if err then
-        return nil, errors.new("usage", "cannot load " .. config.display_path(path) .. ": " .. err)
+        return nil, errors.new("usage", "cannot load " .. paths.display(path) .. ": " .. err)
       end
       if type(fn) ~= "function" then
-        return nil, errors.new("usage", config.display_path(path) .. " must return a function")
+        return nil, errors.new("usage", paths.display(path) .. " must return a function")
       end
       out[name] = { fn = fn, path = path }
     end

@@ -1,7 +1,7 @@
 -- Compares the migrations on disk with the history and decides what a command will do.
 local version = require("moonshift.version")
 local errors = require("moonshift.errors")
-local config = require("moonshift.config")
+local paths = require("moonshift.paths")
 
 local fmt = string.format
 
@@ -98,7 +98,7 @@ function plan.check_runnable(st, cfg)
       fmt(".\n  %s (%s) ran at %s (run %s) with sha256 %s; the file now has %s.\n  " ..
       "Restore the files (git), or put the change in a new migration; if the edit is " ..
       "harmless, `moonshift stamp` records the files as they are", d.migration.id,
-      config.display_path(d.migration.up_path), tostring(d.row.applied_at),
+      paths.display(d.migration.up_path), tostring(d.row.applied_at),
       tostring(d.row.run_id), d.row.checksum:sub(1, 12), d.migration.checksum:sub(1, 12)))
   end
   if st.missing[1] then
@@ -134,7 +134,7 @@ local function by_requires(list)
       local d = by_key[version.key(tostring(r))]
       if not d then
         return nil, errors.new("usage", fmt("%s requires %s, which is not a migration in %s",
-          m.id, tostring(r), config.display_path(m.up_path):match("^(.*)/") or "."))
+          m.id, tostring(r), paths.display(m.up_path):match("^(.*)/") or "."))
       end
       if d ~= m then
         deps[m] = deps[m] + 1
@@ -245,7 +245,7 @@ function plan.down(st, count, to)
   for _, m in ipairs(out) do
     if not m.down_path then
       local expected = m.format == "native" and
-        (" (" .. config.display_path(m.up_path):gsub("%.up%.sql$", ".down.sql") .. ")") or ""
+        (" (" .. paths.display(m.up_path):gsub("%.up%.sql$", ".down.sql") .. ")") or ""
       return nil, errors.new("refused", fmt("%s has no down script%s, so it cannot be " ..
         "reverted; nothing was changed", m.id, expected))
     end

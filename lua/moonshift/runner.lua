@@ -4,7 +4,7 @@ local pg = require("moonshift.pg")
 local db = require("moonshift.db")
 local proc = require("moonshift.proc")
 local errors = require("moonshift.errors")
-local config = require("moonshift.config")
+local paths = require("moonshift.paths")
 local hooks = require("moonshift.hooks")
 local sql = require("moonshift.sql")
 local statement = require("moonshift.statement")
@@ -124,7 +124,7 @@ end
 --- The error of a failed statement: file:line:col, SQLSTATE, message, detail, hint.
 local function statement_error(m, path, stmt, err, state_text)
   local source = path == m.up_path and m.up_sql or m.down_sql
-  path = config.display_path(path)
+  path = paths.display(path)
   local line, col = locate(stmt, err.position, source)
   local parts = {
     fmt("%s failed; %s", m.id, state_text),
@@ -310,7 +310,7 @@ end
 -- Runs a migration's .verify.sql: every statement must succeed, and a last result of one
 -- boolean must be true (Sqitch style).
 function Runner:_verify_sql(m)
-  local path = config.display_path(m.verify_path)
+  local path = paths.display(m.verify_path)
   local stmts, serr = sql.split(m.verify_sql)
   if not stmts then
     return nil, errors.new("usage", fmt("%s:%s", path, tostring(serr)))
@@ -344,11 +344,11 @@ function Runner:_steps(m, direction, statements, begun, mark)
     if fn then steps[#steps + 1] = { hook = fn, what = fmt("%s %s", path, name) } end
   end
   local companion = m.companion or {}
-  local cpath = m.companion_path and config.display_path(m.companion_path) or "?"
+  local cpath = m.companion_path and paths.display(m.companion_path) or "?"
   local global = self.hooks or {}
   local function global_hook(name)
     local g = global[name]
-    if g then hook(name, g.fn, config.display_path(g.path)) end
+    if g then hook(name, g.fn, paths.display(g.path)) end
   end
   -- Each migration starts from a clean session: one that ran `SET search_path` or
   -- `SET ROLE` without LOCAL must not change what the next one does.
@@ -480,7 +480,7 @@ function Runner:_commit(m, direction, path)
     "trigger); rolled back, nothing of it was applied\n  ERROR %s: %s%s", m.id,
     tostring(cerr.sqlstate), tostring(cerr.message),
     cerr.detail and ("\n  DETAIL: " .. cerr.detail) or ""), { sqlstate = cerr.sqlstate,
-    version = m.version, file = config.display_path(path) }), cerr
+    version = m.version, file = paths.display(path) }), cerr
 end
 
 -- One transactional attempt: BEGIN, timeouts, hooks, the statements, the guard, the
@@ -532,8 +532,8 @@ function Runner:_ended_early(m, path, run)
       break
     end
   end
-  local where = at and fmt("%s:%d", config.display_path(path), stmts[at].line) or nil
-  local fields = { version = m.version, file = config.display_path(path),
+  local where = at and fmt("%s:%d", paths.display(path), stmts[at].line) or nil
+  local fields = { version = m.version, file = paths.display(path),
     line = at and stmts[at].line or nil, ended_early = true }
   if tag == "ROLLBACK" then
     return errors.new("sql", fmt("%s: the statement at %s (ROLLBACK) ended the transaction " ..
@@ -561,7 +561,7 @@ end
 -- Shows the server's notices (RAISE NOTICE, ...) of a migration with the file and line of
 -- the statement that sent them, and logs them.
 function Runner:_report_notices(m, direction)
-  local path = config.display_path(direction == "up" and m.up_path or m.down_path)
+  local path = paths.display(direction == "up" and m.up_path or m.down_path)
   for _, batch in ipairs(self.notices or {}) do
     local line = batch.item and batch.item.line -- statements have one, moonshift's items not
     for _, n in ipairs(batch.list) do

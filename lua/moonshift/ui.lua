@@ -99,4 +99,19 @@ function ui.duration(ms)
   return fmt("%d min %d s", ms // 60000, (ms % 60000) // 1000)
 end
 
+local UNITS = { ms = 1, s = 1000, sec = 1000, min = 60000, m = 60000, h = 3600000 }
+
+--- Parses a duration ("500ms", "5s", "2min", "1h"; a bare number is seconds) into ms.
+-- @return integer ms | nil, err
+function ui.parse_duration(v)
+  if v == nil or v == false then return nil end
+  if type(v) == "number" then return math.floor(v * 1000) end
+  local n, unit = tostring(v):match("^%s*([%d.]+)%s*(%a*)%s*$")
+  local scale = unit and UNITS[unit ~= "" and unit:lower() or "s"]
+  if not scale or not tonumber(n) then
+    return nil, fmt("invalid duration %q (use e.g. 500ms, 5s, 2min)", tostring(v))
+  end
+  return math.floor(tonumber(n) * scale)
+end
+
 return ui
