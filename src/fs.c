@@ -368,8 +368,13 @@ static int fs_fingerprint_begin(lua_State *L) {
 static int fs_fsync(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return support_error(L, errno, path);
+    if (fd < 0) {
+        int err = errno;
+        if (err == EACCES) /* a file we may only write can still be flushed */
+            fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0)
+            return support_error(L, err, path);
+    }
     int rc = fsync(fd);
     int err = errno;
     close(fd);
