@@ -125,11 +125,15 @@ void job_abandon(struct job *job, void (*done)(void *arg)) {
     free(job);
 }
 
-int job_exit(int code) {
+int job_pending(void) {
     pthread_mutex_lock(&jobs_lock);
-    int running = collect_ended();
+    int pending = collect_ended();
     pthread_mutex_unlock(&jobs_lock);
-    if (!running)
+    return pending;
+}
+
+int job_exit(int code) {
+    if (!job_pending())
         return code;
     /* A thread is still in a library whose exit handler would free its state under it (the
      * Kerberos one aborted in k5_mutex_lock): end without exit handlers. */

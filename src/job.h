@@ -19,6 +19,10 @@ void job_wait(struct job *job);
  * job's thread, or here if run has already returned) and the job is freed. */
 void job_abandon(struct job *job, void (*done)(void *arg));
 
+/* Collects the abandoned jobs that have ended; whether a job's thread is still there
+ * (running, or started and neither waited for nor abandoned). */
+int job_pending(void);
+
 /* For main's return: collects the abandoned jobs that have ended and returns code. If one
  * is still running, flushes stdout and stderr and ends the process with _exit(code)
  * instead, without exit handlers. */
