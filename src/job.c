@@ -19,7 +19,7 @@ struct job {
     struct job *next; /* in `abandoned` */
 };
 
-/* Guards ran, done, ended and the list. Abandoned jobs stay joinable and are joined once
+/* Guards ran, done, ended, the list and the count. Abandoned jobs stay joinable and are joined once
  * ended (at the next start, or at exit): a thread that has left our code still runs its
  * thread-local destructors (OpenSSL's, Kerberos's) after it, and only the join says those
  * are over. */
@@ -86,8 +86,7 @@ struct job *job_start(void (*run)(void *arg), void *arg) {
         pthread_mutex_lock(&jobs_lock);
         unjoined++;
         pthread_mutex_unlock(&jobs_lock);
-    }
-    if (!job->threaded) {
+    } else {
         run(arg);
         job->ran = 1;
     }
@@ -137,7 +136,6 @@ int job_exit(int code) {
         return code;
     /* A thread is still in a library whose exit handler would free its state under it (the
      * Kerberos one aborted in k5_mutex_lock): end without exit handlers. */
-    fflush(stdout);
-    fflush(stderr);
+    fflush(NULL); /* stdout, stderr, and any file os.exit left open */
     _exit(code);
 }

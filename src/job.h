@@ -24,7 +24,7 @@ void job_abandon(struct job *job, void (*done)(void *arg));
 int job_pending(void);
 
 /* For main's return: collects the abandoned jobs that have ended and returns code. If one
- * is still running, flushes stdout and stderr and ends the process with _exit(code)
+ * is still running, flushes every stdio stream and ends the process with _exit(code)
  * instead, without exit handlers. */
 int job_exit(int code);
 
