@@ -248,6 +248,35 @@ describe("moonshift.fs", function()
     end)
   end)
 
+  describe("fsync", function()
+    it("flushes a file and a directory", function()
+      local path = dir .. "/dump"
+      write_file(path, "data")
+      assert.is_true(fs.fsync(path))
+      assert.is_true(fs.fsync(dir))
+      assert.equal("data", read_file(path))
+    end)
+
+    it("flushes a file it may only write", function()
+      local path = dir .. "/write-only"
+      write_file(path, "data")
+      assert(fs.chmod(path, 128)) -- 0o200
+      assert.is_true(fs.fsync(path))
+    end)
+
+    it("returns nil, message and code for a missing path", function()
+      local path = dir .. "/missing"
+      local ok, msg, code = fs.fsync(path)
+      assert.is_nil(ok)
+      assert.truthy(msg:find(path, 1, true))
+      assert.equal("ENOENT", code)
+    end)
+
+    it("raises without a path", function()
+      assert.has_error(function() fs.fsync() end)
+    end)
+  end)
+
   describe("mkdir_p", function()
     it("creates nested directories with the mode", function()
       local path = dir .. "/a/b//c/"

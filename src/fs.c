@@ -7,7 +7,6 @@
 #include <limits.h>
 #include <lua.h>
 #include <openssl/evp.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +16,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "job.h"
 #include "modules.h"
+#include "support.h"
 
 #define FILE_META "moonshift.fs.file"
 #define DIR_META "moonshift.fs.dir"
@@ -32,23 +33,6 @@ struct file {
 struct dir {
     DIR *d;
 };
-
-/* nil, "<what>: <strerror>", "ENOENT"-style code. Callers pass an errno saved right after
- * the failing call, before any Lua API call could have changed it. */
-static int push_error(lua_State *L, int err, const char *what) {
-    const char *code = strerrorname_np(err);
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", what, strerror(err));
-    lua_pushstring(L, code ? code : "EUNKNOWN");
-    return 3;
-}
-
-static int push_result(lua_State *L, int rc, const char *what) {
-    if (rc != 0)
-        return push_error(L, errno, what);
-    lua_pushboolean(L, 1);
-    return 1;
-}
 
 static mode_t check_mode(lua_State *L, int arg, lua_Integer def) {
     lua_Integer mode = luaL_optinteger(L, arg, def);
@@ -96,7 +80,7 @@ static int fs_list(lua_State *L) {
     g->d = NULL;
     luaL_setmetatable(L, DIR_META);
     if ((g->d = opendir(path)) == NULL)
-        return push_error(L, errno, path);
+        return support_error(L, errno, path);
     lua_newtable(L); // [guard, names]
     lua_Integer n = 0;
     struct dirent *e;
@@ -110,7 +94,7 @@ static int fs_list(lua_State *L) {
     closedir(g->d);
     g->d = NULL;
     if (err)
-        return push_error(L, err, path);
+        return support_error(L, err, path);
     /* table.sort compares with strcoll; sort the (table-anchored) strings with strcmp. */
     const char **v = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *v, 0);
     for (lua_Integer i = 1; i <= n; i++) {
@@ -142,7 +126,7 @@ static int fs_stat(lua_State *L) {
     int follow = lua_isnoneornil(L, 2) || lua_toboolean(L, 2);
     struct stat st;
     if ((follow ? stat(path, &st) : lstat(path, &st)) != 0)
-        return push_error(L, errno, path);
+        return support_error(L, errno, path);
     const char *type = S_ISREG(st.st_mode)   ? "file"
                        : S_ISDIR(st.st_mode) ? "directory"
                        : S_ISLNK(st.st_mode) ? "link"
@@ -283,66 +267,59 @@ static int fp_dir(struct fingerprint *fp, int dfd, int depth) {
  * symlink, of its target; the entries of subdirectories too, one level down. Equal
  * fingerprints mean no file was added, removed, renamed or written in between, except
  * within one timestamp tick of `newest`, the latest mtime or ctime seen (seconds). */
-/* A fingerprint being taken: by fs.fingerprint, or on a thread by fs.fingerprint_begin. */
+/* A fingerprint being taken: by fs.fingerprint, or as a job by fs.fingerprint_begin. */
 struct fp_job {
     char *path;
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int len;
     double newest;
     int err;
-    int started; /* a thread is running it, and must be joined */
-    pthread_t thread;
+    struct job *job; /* NULL once waited for */
 };
 
-static void *fp_run(void *arg) {
-    struct fp_job *job = arg;
+static void fp_run(void *arg) {
+    struct fp_job *fj = arg;
     struct fingerprint fp = {EVP_MD_CTX_new(), 0};
-    int dfd = open(job->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int dfd = open(fj->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0) {
-        job->err = errno;
+        fj->err = errno;
     } else if (fp.md == NULL || !EVP_DigestInit_ex(fp.md, EVP_sha256(), NULL)) {
-        job->err = ENOMEM;
+        fj->err = ENOMEM;
         close(dfd);
-    } else if ((job->err = fp_dir(&fp, dfd, 1)) == 0 && /* fp_dir closes dfd */
-               !EVP_DigestFinal_ex(fp.md, job->md, &job->len)) {
-        job->err = EIO;
+    } else if ((fj->err = fp_dir(&fp, dfd, 1)) == 0 && /* fp_dir closes dfd */
+               !EVP_DigestFinal_ex(fp.md, fj->md, &fj->len)) {
+        fj->err = EIO;
     }
     EVP_MD_CTX_free(fp.md);
-    job->newest = fp.newest;
-    return NULL;
+    fj->newest = fp.newest;
 }
 
 /* [..] -> [.., hex, newest] | [.., nil, err, code] */
-static int fp_push(lua_State *L, struct fp_job *job) {
-    if (job->err)
-        return push_error(L, job->err, job->path);
-    push_hex(L, job->md, job->len);
-    lua_pushnumber(L, (lua_Number)job->newest);
+static int fp_push(lua_State *L, struct fp_job *fj) {
+    if (fj->err)
+        return support_error(L, fj->err, fj->path);
+    push_hex(L, fj->md, fj->len);
+    lua_pushnumber(L, (lua_Number)fj->newest);
     return 2;
 }
 
 static int fs_fingerprint(lua_State *L) {
-    struct fp_job job;
-    memset(&job, 0, sizeof job);
-    job.path = (char *)luaL_checkstring(L, 1);
-    fp_run(&job);
-    return fp_push(L, &job);
+    struct fp_job fj;
+    memset(&fj, 0, sizeof fj);
+    fj.path = (char *)luaL_checkstring(L, 1);
+    fp_run(&fj);
+    return fp_push(L, &fj);
 }
 
-/* Waits for the job's thread, if any (once). */
-static void fp_job_join(struct fp_job *job) {
-    if (job->started)
-        pthread_join(job->thread, NULL);
-    job->started = 0;
-}
-
-/* Waits for the job's thread and frees the job; its box then holds nothing. */
+/* Waits for the job (a fingerprint is bounded local work) and frees it; its box then
+ * holds nothing. */
 static void fp_job_free(struct fp_job **box) {
-    struct fp_job *job = *box;
+    struct fp_job *fj = *box;
     *box = NULL;
-    fp_job_join(job);
-    free(job->path);
-    free(job);
+    if (fj->job)
+        job_wait(fj->job);
+    free(fj->path);
+    free(fj);
 }
 
 static int fp_job_gc(lua_State *L) {
@@ -356,29 +333,54 @@ static int fp_job_gc(lua_State *L) {
 static int fp_job_wait(lua_State *L) {
     struct fp_job **box = luaL_checkudata(L, 1, FINGERPRINT_META);
     luaL_argcheck(L, *box != NULL, 1, "fingerprint already collected");
-    fp_job_join(*box);
-    int n = fp_push(L, *box);
+    struct fp_job *fj = *box;
+    job_wait(fj->job);
+    fj->job = NULL;
+    int n = fp_push(L, fj);
     fp_job_free(box);
     return n;
 }
 
 /* fs.fingerprint_begin(dir) -> job
- * Takes fs.fingerprint(dir) on a thread of its own (which blocks every signal: the main
- * thread keeps handling them) while the caller works; job:wait() returns it. */
+ * Takes fs.fingerprint(dir) as a background job (job.h) while the caller works;
+ * job:wait() returns it. */
 static int fs_fingerprint_begin(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     struct fp_job **box = lua_newuserdatauv(L, sizeof *box, 0);
     *box = NULL;
     luaL_setmetatable(L, FINGERPRINT_META);
-    struct fp_job *job = calloc(1, sizeof *job);
-    if (job == NULL || (job->path = strdup(path)) == NULL) {
-        free(job);
+    struct fp_job *fj = calloc(1, sizeof *fj);
+    if (fj == NULL || (fj->path = strdup(path)) == NULL) {
+        free(fj);
         return luaL_error(L, "not enough memory");
     }
-    *box = job;
-    job->started = start_quiet_thread(&job->thread, fp_run, job) == 0;
-    if (!job->started) /* no thread: take it now */
-        fp_run(job);
+    if ((fj->job = job_start(fp_run, fj)) == NULL) {
+        free(fj->path);
+        free(fj);
+        return luaL_error(L, "not enough memory");
+    }
+    *box = fj;
+    return 1;
+}
+
+/* fs.fsync(path) -> true | nil, msg, code
+ * Flushes a file, or a directory (its entries: a rename into it), to stable storage. */
+static int fs_fsync(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int err = errno;
+        if (err == EACCES) /* a file we may only write can still be flushed */
+            fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0)
+            return support_error(L, err, path);
+    }
+    int rc = fsync(fd);
+    int err = errno;
+    close(fd);
+    if (rc != 0)
+        return support_errorf(L, err, "%s: fsync", path);
+    lua_pushboolean(L, 1);
     return 1;
 }
 
@@ -387,7 +389,7 @@ static int fs_read(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     struct file *f = new_file(L); /* closes the fd if the buffer below runs out of memory */
     if ((f->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-        return push_error(L, errno, path);
+        return support_error(L, errno, path);
     /* Reads in chunks of the file's size (at least 64 KiB): LUAL_BUFFERSIZE is 1 KiB, a
      * read(2) per KiB. The size is a hint only; the file may grow or shrink meanwhile. */
     struct stat st;
@@ -405,7 +407,7 @@ static int fs_read(lua_State *L) {
             int err = errno;
             close(f->fd);
             f->fd = -1;
-            return push_error(L, err, path);
+            return support_error(L, err, path);
         }
         if (n == 0)
             break;
@@ -471,9 +473,9 @@ done:
     }
     if (renamed) {
         lua_pushfstring(L, "%s: written, but syncing directory %s failed", path, dir);
-        return push_error(L, err, lua_tostring(L, -1));
+        return support_error(L, err, lua_tostring(L, -1));
     }
-    return push_error(L, err, path);
+    return support_error(L, err, path);
 }
 
 /* fs.open_excl(path [, mode]) -> file: a new file that cannot be a planted name or link. */
@@ -485,13 +487,13 @@ static int fs_open_excl(lua_State *L) {
     lua_setiuservalue(L, -2, 1); /* the path, for error messages */
     f->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (f->fd < 0)
-        return push_error(L, errno, path);
+        return support_error(L, errno, path);
     if (fchmod(f->fd, mode) != 0) { /* umask narrowed the open() mode; set it exactly */
         int err = errno;
         close(f->fd);
         f->fd = -1;
         unlink(path);
-        return push_error(L, err, path);
+        return support_error(L, err, path);
     }
     return 1;
 }
@@ -506,7 +508,7 @@ static struct file *check_open(lua_State *L) {
 static int file_error(lua_State *L, int err, const char *op) {
     lua_getiuservalue(L, 1, 1);
     lua_pushfstring(L, "%s: %s", lua_tostring(L, -1), op);
-    return push_error(L, err, lua_tostring(L, -1));
+    return support_error(L, err, lua_tostring(L, -1));
 }
 
 static int file_write(lua_State *L) {
@@ -566,16 +568,16 @@ static int fs_mkdir_p(lua_State *L) {
         p[i] = '\0';
         if (mkdir(p, mode) == 0) {
             if (chmod(p, mode) != 0) /* mkdir's mode was narrowed by the umask */
-                return push_error(L, errno, p);
+                return support_error(L, errno, p);
         } else {
             /* Not only EEXIST: a read-only or unreadable parent can report EROFS/EACCES
              * for a directory that is there. */
             int err = errno;
             struct stat st;
             if (stat(p, &st) != 0)
-                return push_error(L, err, p);
+                return support_error(L, err, p);
             if (!S_ISDIR(st.st_mode))
-                return push_error(L, ENOTDIR, p);
+                return support_error(L, ENOTDIR, p);
         }
         p[i] = saved;
     }
@@ -588,7 +590,7 @@ static int fs_mkdtemp(lua_State *L) {
     char *tmpl = scratch(L, luaL_checkstring(L, 1), 6);
     strcat(tmpl, "XXXXXX");
     if (mkdtemp(tmpl) == NULL)
-        return push_error(L, errno, tmpl);
+        return support_error(L, errno, tmpl);
     lua_pushstring(L, tmpl);
     return 1;
 }
@@ -598,7 +600,7 @@ static int fs_remove(lua_State *L) {
     int rc = unlink(path);
     if (rc != 0 && errno == EISDIR)
         rc = rmdir(path);
-    return push_result(L, rc, path);
+    return support_result(L, rc == 0, path);
 }
 
 /* Removes everything inside the open directory dfd, never following a symlink: entries
@@ -660,7 +662,7 @@ static int fs_remove_tree(lua_State *L) {
             lua_pushboolean(L, 1);
             return 1;
         }
-        return push_error(L, errno, path);
+        return support_error(L, errno, path);
     }
     int err = 0;
     if (!S_ISDIR(st.st_mode)) {
@@ -678,7 +680,7 @@ static int fs_remove_tree(lua_State *L) {
         return 1;
     }
     lua_pushfstring(L, "%s%s", path, rel);
-    return push_error(L, err, lua_tostring(L, -1));
+    return support_error(L, err, lua_tostring(L, -1));
 }
 
 static int fs_rename(lua_State *L) {
@@ -687,7 +689,7 @@ static int fs_rename(lua_State *L) {
     if (rename(from, to) != 0) {
         int err = errno;
         lua_pushfstring(L, "%s -> %s", from, to);
-        return push_error(L, err, lua_tostring(L, -1));
+        return support_error(L, err, lua_tostring(L, -1));
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -697,7 +699,7 @@ static int fs_chmod(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     luaL_checkinteger(L, 2);
     mode_t mode = check_mode(L, 2, 0);
-    return push_result(L, chmod(path, mode), path);
+    return support_result(L, chmod(path, mode) == 0, path);
 }
 
 /* fs.chown(path, uid, gid): nil (or -1) leaves that id unchanged; links are followed. */
@@ -705,13 +707,13 @@ static int fs_chown(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     lua_Integer uid = luaL_optinteger(L, 2, -1);
     lua_Integer gid = luaL_optinteger(L, 3, -1);
-    return push_result(L, chown(path, (uid_t)uid, (gid_t)gid), path);
+    return support_result(L, chown(path, (uid_t)uid, (gid_t)gid) == 0, path);
 }
 
 static int fs_symlink(lua_State *L) {
     const char *target = luaL_checkstring(L, 1);
     const char *path = luaL_checkstring(L, 2);
-    return push_result(L, symlink(target, path), path);
+    return support_result(L, symlink(target, path) == 0, path);
 }
 
 static int fs_readlink(lua_State *L) {
@@ -720,7 +722,7 @@ static int fs_readlink(lua_State *L) {
         char *buf = lua_newuserdatauv(L, cap, 0);
         ssize_t n = readlink(path, buf, cap);
         if (n < 0)
-            return push_error(L, errno, path);
+            return support_error(L, errno, path);
         if ((size_t)n < cap) {
             lua_pushlstring(L, buf, (size_t)n);
             return 1;
@@ -733,7 +735,7 @@ static int fs_realpath(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     char *buf = lua_newuserdatauv(L, PATH_MAX, 0);
     if (realpath(path, buf) == NULL)
-        return push_error(L, errno, path);
+        return support_error(L, errno, path);
     lua_pushstring(L, buf);
     return 1;
 }
@@ -762,7 +764,7 @@ static int fs_now(lua_State *L) {
 static int fs_hostname(lua_State *L) {
     char name[HOST_NAME_MAX + 1];
     if (gethostname(name, sizeof name) != 0)
-        return push_error(L, errno, "gethostname");
+        return support_error(L, errno, "gethostname");
     name[HOST_NAME_MAX] = '\0';
     lua_pushstring(L, name);
     return 1;
@@ -791,36 +793,24 @@ static int fs_exists(lua_State *L) {
 }
 
 static void create_meta(lua_State *L) {
-    static const luaL_Reg methods[] = {
+    static const luaL_Reg file_methods[] = {
         {"write", file_write},
         {"fsync", file_fsync},
         {"close", file_close},
         {NULL, NULL},
     };
-    static const luaL_Reg metamethods[] = {
-        {"__index", NULL}, /* placeholder, set below */
-        {"__gc", file_close}, {"__close", file_close}, {"__tostring", file_tostring}, {NULL, NULL},
+    static const luaL_Reg file_metamethods[] = {
+        {"__gc", file_close},
+        {"__close", file_close},
+        {"__tostring", file_tostring},
+        {NULL, NULL},
     };
-    luaL_newmetatable(L, FILE_META);
-    luaL_setfuncs(L, metamethods, 0);
-    luaL_newlibtable(L, methods);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
-
-    luaL_newmetatable(L, DIR_META);
-    lua_pushcfunction(L, dir_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
-
-    luaL_newmetatable(L, FINGERPRINT_META);
-    lua_pushcfunction(L, fp_job_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, fp_job_wait);
-    lua_setfield(L, -2, "wait");
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    static const luaL_Reg dir_metamethods[] = {{"__gc", dir_gc}, {NULL, NULL}};
+    static const luaL_Reg fp_methods[] = {{"wait", fp_job_wait}, {NULL, NULL}};
+    static const luaL_Reg fp_metamethods[] = {{"__gc", fp_job_gc}, {NULL, NULL}};
+    support_new_meta(L, FILE_META, file_methods, file_metamethods);
+    support_new_meta(L, DIR_META, NULL, dir_metamethods);
+    support_new_meta(L, FINGERPRINT_META, fp_methods, fp_metamethods);
 }
 
 int luaopen_moonshift_fs(lua_State *L) {
@@ -829,6 +819,7 @@ int luaopen_moonshift_fs(lua_State *L) {
         {"stat", fs_stat},
         {"fingerprint", fs_fingerprint},
         {"fingerprint_begin", fs_fingerprint_begin},
+        {"fsync", fs_fsync},
         {"read", fs_read},
         {"write_atomic", fs_write_atomic},
         {"open_excl", fs_open_excl},

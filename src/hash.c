@@ -9,7 +9,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "job.h"
 #include "modules.h"
+#include "support.h"
 
 /* Files are streamed through a fixed buffer, so hashing a dump costs constant memory. */
 #define CHUNK (64 * 1024)
@@ -24,11 +26,13 @@ void push_hex(lua_State *L, const unsigned char *md, unsigned int n) {
     lua_pushlstring(L, hex, 2 * (size_t)n);
 }
 
+/* An OpenSSL failure has no errno: it is reported as EIO with its own message. */
 static int push_failure(lua_State *L, const char *path, int err) {
-    const char *code = err ? strerrorname_np(err) : NULL;
+    if (err)
+        return support_error(L, err, path);
     lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", path, err ? strerror(err) : "OpenSSL digest failure");
-    lua_pushstring(L, code ? code : "EIO");
+    lua_pushfstring(L, "%s: OpenSSL digest failure", path);
+    lua_pushliteral(L, "EIO");
     return 3;
 }
 
@@ -95,30 +99,27 @@ static int hash_openssl_version(lua_State *L) {
 /* OpenSSL's first digest reads its configuration and loads its default provider, ~3 ms
  * here: a thread does it while the Lua modules load, and the first checksum a command
  * needs (its cache's name) no longer waits for it. */
-static pthread_t warm_thread;
-static int warming;
+static struct job *warming;
 
-static void *warm_up(void *arg) {
+static void warm_up(void *arg) {
     (void)arg;
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int n;
     EVP_Digest("", 0, md, &n, EVP_sha256(), NULL);
-    return NULL;
 }
 
 void hash_warm_up_begin(void) {
-    /* OpenSSL's exit handler frees its tables under any thread still using them, and a
-     * connection given up on (a pending connect closed) may be mid-handshake when the
-     * process exits: that crashed a run that had already failed. Nothing needs the
-     * cleanup, so it is turned off before anything else starts OpenSSL. */
+    /* OpenSSL's exit handler frees its tables under any thread still using them. job_exit
+     * keeps our threads out of the way of exit handlers, but the cleanup is not needed
+     * either, so it stays off (turned off before anything else starts OpenSSL). */
     OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);
-    warming = start_quiet_thread(&warm_thread, warm_up, NULL) == 0;
+    warming = job_start(warm_up, NULL); /* NULL (no memory): the first digest warms up */
 }
 
 void hash_warm_up_end(void) {
     if (warming)
-        pthread_join(warm_thread, NULL);
-    warming = 0;
+        job_wait(warming);
+    warming = NULL;
 }
 
 int luaopen_moonshift_hash(lua_State *L) {

@@ -5,14 +5,15 @@
 #include <lua.h>
 #include <math.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "job.h"
 #include "modules.h"
 #include "redact.h"
+#include "support.h"
 
 #define CONN_META "moonshift.pg.conn"
 #define RESULT_META "moonshift.pg.result"
@@ -678,41 +679,35 @@ static int pg_lconnect(lua_State *L) {
     return finish_connection(L, c, pg);
 }
 
-/* A connection being made on a thread of its own (pg.connect_begin). Shared with that
- * thread, so it is malloc'd: a caller that stops waiting leaves the thread to free it. */
+/* A connection being made as a background job (pg.connect_begin). Shared with the job's
+ * thread, so it is malloc'd: a caller that stops waiting abandons the job, which then
+ * finishes the connection and frees this. */
 struct pending {
-    pthread_mutex_t lock;
-    pthread_t thread;
-    int started, done, abandoned;
+    struct job *job;
     struct connect_params params;
     PGconn *pg;
 };
 
 static void pending_free(struct pending *p) {
     params_free(&p->params);
-    pthread_mutex_destroy(&p->lock);
     free(p);
 }
 
-static void *pending_run(void *arg) {
+static void pending_run(void *arg) {
     struct pending *p = arg;
-    PGconn *pg = connect_with(&p->params);
-    pthread_mutex_lock(&p->lock);
-    int abandoned = p->abandoned;
-    p->pg = pg, p->done = 1;
-    pthread_mutex_unlock(&p->lock);
-    if (abandoned) {
-        PQfinish(pg);
-        pending_free(p);
-    }
-    return NULL;
+    p->pg = connect_with(&p->params);
+}
+
+static void pending_discard(void *arg) {
+    struct pending *p = arg;
+    PQfinish(p->pg);
+    pending_free(p);
 }
 
 /* pg.connect_begin(conninfo [, opts]) -> pending
- * Starts pg.connect on a thread of its own (which blocks every signal: the main thread
- * keeps handling them), so that the server sets up the session while the caller works;
- * pending:wait() returns what pg.connect would. pending:close(), or collecting it, gives
- * up on it without waiting. */
+ * Starts pg.connect as a background job (job.h), so that the server sets up the session
+ * while the caller works; pending:wait() returns what pg.connect would. pending:close(),
+ * or collecting it, gives up on it without waiting. */
 static int pg_lconnect_begin(lua_State *L) {
     lua_settop(L, 2);
     struct pending **box = lua_newuserdatauv(L, sizeof *box, 0); // [conninfo, opts, box]
@@ -723,13 +718,11 @@ static int pg_lconnect_begin(lua_State *L) {
         free(p);
         return luaL_error(L, "not enough memory");
     }
-    pthread_mutex_init(&p->lock, NULL);
-    *box = p;
-    p->started = start_quiet_thread(&p->thread, pending_run, p) == 0;
-    if (!p->started) { /* no thread: connect now, as pg.connect does */
-        p->pg = connect_with(&p->params);
-        p->done = 1;
+    if ((p->job = job_start(pending_run, p)) == NULL) {
+        pending_free(p);
+        return luaL_error(L, "not enough memory");
     }
+    *box = p;
     lua_settop(L, 3);
     return 1; // box
 }
@@ -739,10 +732,9 @@ static int pending_wait(lua_State *L) {
     struct pending *p = *box;
     luaL_argcheck(L, p != NULL, 1, "connection already waited for or closed");
     struct conn *c = new_conn(L);
-    if (p->started)
-        pthread_join(p->thread, NULL);
-    PGconn *pg = p->pg;
     *box = NULL;
+    job_wait(p->job);
+    PGconn *pg = p->pg;
     pending_free(p);
     return finish_connection(L, c, pg);
 }
@@ -751,25 +743,8 @@ static int pending_close(lua_State *L) {
     struct pending **box = luaL_checkudata(L, 1, PENDING_META);
     struct pending *p = *box;
     *box = NULL;
-    if (p == NULL)
-        return 0;
-    if (!p->started) {
-        PQfinish(p->pg);
-        pending_free(p);
-        return 0;
-    }
-    pthread_mutex_lock(&p->lock);
-    int done = p->done;
-    p->abandoned = !done;
-    pthread_t thread = p->thread;
-    pthread_mutex_unlock(&p->lock);
-    if (done) {
-        pthread_join(thread, NULL);
-        PQfinish(p->pg);
-        pending_free(p);
-    } else {
-        pthread_detach(thread); /* it frees p when its connect returns */
-    }
+    if (p)
+        job_abandon(p->job, pending_discard);
     return 0;
 }
 
@@ -1157,48 +1132,29 @@ static const luaL_Reg methods[] = {
 };
 
 static const luaL_Reg metamethods[] = {
-    {"__index", NULL}, /* the methods table */
-    {"__gc", conn_close}, {"__close", conn_close}, {"__tostring", conn_tostring}, {NULL, NULL},
+    {"__gc", conn_close},
+    {"__close", conn_close},
+    {"__tostring", conn_tostring},
+    {NULL, NULL},
 };
 
 static void create_meta(lua_State *L) {
-    luaL_newmetatable(L, CONN_META);
-    luaL_setfuncs(L, metamethods, 0);
-    luaL_newlibtable(L, methods);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    support_new_meta(L, CONN_META, methods, metamethods);
+    static const luaL_Reg result_metamethods[] = {{"__gc", result_gc}, {NULL, NULL}};
+    support_new_meta(L, RESULT_META, NULL, result_metamethods);
+    static const luaL_Reg mem_metamethods[] = {{"__gc", mem_gc}, {NULL, NULL}};
+    support_new_meta(L, MEM_META, NULL, mem_metamethods);
+    static const luaL_Reg options_metamethods[] = {{"__gc", options_gc}, {NULL, NULL}};
+    support_new_meta(L, OPTIONS_META, NULL, options_metamethods);
 
-    luaL_newmetatable(L, RESULT_META);
-    lua_pushcfunction(L, result_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
-
-    luaL_newmetatable(L, MEM_META);
-    lua_pushcfunction(L, mem_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
-
-    luaL_newmetatable(L, OPTIONS_META);
-    lua_pushcfunction(L, options_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
-
-    luaL_newmetatable(L, PENDING_META);
     static const luaL_Reg pending_methods[] = {
         {"wait", pending_wait}, {"close", pending_close}, {NULL, NULL}};
-    luaL_newlib(L, pending_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, pending_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, pending_close);
-    lua_setfield(L, -2, "__close");
-    lua_pop(L, 1);
+    static const luaL_Reg pending_metamethods[] = {
+        {"__gc", pending_close}, {"__close", pending_close}, {NULL, NULL}};
+    support_new_meta(L, PENDING_META, pending_methods, pending_metamethods);
 
-    luaL_newmetatable(L, ERROR_META);
-    lua_pushcfunction(L, error_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
+    static const luaL_Reg error_metamethods[] = {{"__tostring", error_tostring}, {NULL, NULL}};
+    support_new_meta(L, ERROR_META, NULL, error_metamethods);
 }
 
 int luaopen_moonshift_pg(lua_State *L) {

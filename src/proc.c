@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "modules.h"
+#include "support.h"
 
 #define PROCESS_META "moonshift.proc.process"
 #define CHUNK (64 * 1024)
@@ -75,14 +76,6 @@ enum stage { ST_SETUP, ST_SETGROUPS, ST_SETGID, ST_SETUID, ST_CHDIR, ST_EXEC };
 struct report {
     int stage, err;
 };
-
-static int push_error(lua_State *L, int err, const char *what) {
-    const char *code = strerrorname_np(err);
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s: %s", what, strerror(err));
-    lua_pushstring(L, code ? code : "EUNKNOWN");
-    return 3;
-}
 
 static int64_t now_ms(void) {
     struct timespec ts;
@@ -441,7 +434,7 @@ fail:;
     default:
         lua_pushfstring(L, "%s: cannot start", r->prog);
     }
-    return push_error(L, e, lua_tostring(L, -1));
+    return support_error(L, e, lua_tostring(L, -1));
 }
 
 /* ---- talking to the child ---- */
@@ -628,15 +621,6 @@ static void push_outcome(lua_State *L, int idx, struct process *p, int timed_out
     lua_setiuservalue(L, idx, 2);
 }
 
-int start_quiet_thread(pthread_t *thread, void *(*run)(void *), void *arg) {
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old); /* the new thread inherits this mask */
-    int err = pthread_create(thread, NULL, run, arg);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    return err;
-}
-
 /* proc.run(argv [, opts]) -> result | nil, msg, code */
 static int proc_run(lua_State *L) {
     struct request r;
@@ -655,7 +639,7 @@ static int proc_run(lua_State *L) {
     if (rc < 0) {
         int e = errno;
         release(p);
-        return push_error(L, e, r.prog);
+        return support_error(L, e, r.prog);
     }
     push_outcome(L, idx, p, timed_out);
     release(p);
@@ -694,9 +678,11 @@ static int process_kill(lua_State *L) {
     int sig = check_signal(L, 2, SIGTERM);
     try_reap(p, WNOHANG);
     if (p->reaped) /* its pid may already belong to someone else */
-        return push_error(L, ESRCH, lua_pushfstring(L, "process %d has exited", (int)p->pid));
-    if (kill(p->group ? -p->pid : p->pid, sig) != 0)
-        return push_error(L, errno, lua_pushfstring(L, "kill %d", (int)p->pid));
+        return support_errorf(L, ESRCH, "process %d has exited", (int)p->pid);
+    if (kill(p->group ? -p->pid : p->pid, sig) != 0) {
+        int err = errno;
+        return support_errorf(L, err, "kill %d", (int)p->pid);
+    }
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -714,8 +700,10 @@ static int process_wait(lua_State *L) {
         deadline = deadline_after(ms);
     }
     int rc = pump(p, deadline);
-    if (rc < 0)
-        return push_error(L, errno, lua_pushfstring(L, "process %d", (int)p->pid));
+    if (rc < 0) {
+        int err = errno;
+        return support_errorf(L, err, "process %d", (int)p->pid);
+    }
     if (rc == 1) {
         lua_pushnil(L);
         lua_pushliteral(L, "timeout");
@@ -754,8 +742,10 @@ static int proc_kill(lua_State *L) {
     /* 0 and -1 would signal our own group or every process we may signal. */
     luaL_argcheck(L, pid != 0 && pid != -1 && pid >= INT_MIN && pid <= INT_MAX, 1, "bad pid");
     int sig = check_signal(L, 2, SIGTERM);
-    if (kill((pid_t)pid, sig) != 0)
-        return push_error(L, errno, lua_pushfstring(L, "kill %I", pid));
+    if (kill((pid_t)pid, sig) != 0) {
+        int err = errno;
+        return support_errorf(L, err, "kill %I", (LUAI_UACINT)pid);
+    }
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -808,7 +798,7 @@ static int proc_getpwnam(lua_State *L) {
             lua_pushliteral(L, "ENOENT");
             return 3;
         }
-        return push_error(L, err, lua_pushfstring(L, "user %s", name));
+        return support_errorf(L, err, "user %s", name);
     }
     lua_createtable(L, 0, 5);
     lua_pushinteger(L, pw->pw_uid);
@@ -830,18 +820,12 @@ static void create_meta(lua_State *L) {
         {"running", process_running}, {"close", process_close}, {NULL, NULL},
     };
     static const luaL_Reg metamethods[] = {
-        {"__index", NULL}, /* set below */
         {"__gc", process_close},
         {"__close", process_close},
         {"__tostring", process_tostring},
         {NULL, NULL},
     };
-    luaL_newmetatable(L, PROCESS_META);
-    luaL_setfuncs(L, metamethods, 0);
-    luaL_newlibtable(L, methods);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    support_new_meta(L, PROCESS_META, methods, metamethods);
 }
 
 int luaopen_moonshift_proc(lua_State *L) {

@@ -221,14 +221,6 @@ local function size_of(path)
   return st and st.size or 0
 end
 
--- fs has no fsync(path) -> true | nil, msg (file or directory) yet; until it does, the
--- dump's contents rely on pg_dump's own fsync (the default since PostgreSQL 10, we never
--- pass --no-sync) and the rename into place is not made durable.
-local function sync(path)
-  if not fs.fsync then return true end
-  return fs.fsync(path)
-end
-
 local function describe_exit(res)
   if res.timed_out then return "did not finish in time and was killed" end
   if res.signal then
@@ -456,11 +448,15 @@ function backup.run(opts)
       describe_exit(list), clean_stderr(list.stderr, opts.conninfo)), res)
   end
 
-  local ok, serr = sync(partial)
+  -- pg_dump syncs its own output too (we never pass --no-sync); this covers any pg_dump and
+  -- orders the data before the rename.
+  local ok, serr = fs.fsync(partial)
   if not ok then return give_up("fsync failed: " .. tostring(serr), res) end
   ok, serr = fs.rename(partial, path)
   if not ok then return give_up("rename failed: " .. tostring(serr), res) end
-  sync(pre.dir) -- the file is complete and listed; a lost rename only loses its name
+  -- Makes the rename durable. A failure is not fatal: the file is complete and listed, and a
+  -- lost rename only loses its name.
+  fs.fsync(pre.dir)
 
   return {
     path = path, name = path:match("[^/]+$"), size = size, tools = tools,
