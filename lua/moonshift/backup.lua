@@ -560,4 +560,13 @@ function backup.prune(dir, keep, db)
   return removed
 end
 
+--- The backup directory of a configuration (backup = { dir }), absolute.
+-- @param cfg table: root, backup
+-- @return string
+function backup.dir_for(cfg)
+  local dir = (cfg.backup and cfg.backup.dir) or "moonshift-backups"
+  if dir:sub(1, 1) ~= "/" then dir = cfg.root .. "/" .. dir end
+  return dir
+end
+
 return backup

@@ -309,7 +309,7 @@ end
 
 -- Runs a migration's .verify.sql: every statement must succeed, and a last result of one
 -- boolean must be true (Sqitch style).
-function Runner:_verify_sql(m)
+function Runner:verify_sql(m)
   local path = paths.display(m.verify_path)
   local stmts, serr = sql.split(m.verify_sql)
   if not stmts then
@@ -394,7 +394,7 @@ end
 function Runner:_hook_step(m, direction, step)
   local ok, err
   if step.verify_sql then
-    ok, err = self:_verify_sql(m)
+    ok, err = self:verify_sql(m)
   else
     local ctx = hooks.ctx({ conn = self.conn, expect = "intrans", migration = m,
       direction = direction, plan = self.plan_ids, ui = self.ui, cfg = self.cfg,
@@ -651,7 +651,7 @@ function Runner:_autocommit(m, direction, statements, path)
       elseif in_phase and (step.hook or step.verify_sql) then
         local hok, herr
         if step.verify_sql then
-          hok, herr = self:_verify_sql(m)
+          hok, herr = self:verify_sql(m)
         else
           hok, herr = hooks.call(step.what, step.hook, hooks.ctx({ conn = self.conn,
             expect = "idle", migration = m, direction = direction, plan = self.plan_ids,

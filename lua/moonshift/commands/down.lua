@@ -1,0 +1,46 @@
+-- `moonshift down`: reverts applied migrations (the newest, N of them, down to --to, --all).
+local execute = require("moonshift.execute")
+local plan = require("moonshift.plan")
+local report = require("moonshift.report")
+
+local fmt = string.format
+
+local down = { summary = "Revert applied migrations (default: the newest).",
+  uses = { "connection", "lock", "timeouts", "log", "confirm" } }
+
+function down.arguments(cmd)
+  cmd:argument("count", "How many to revert."):args("?"):convert(math.tointeger)
+  cmd:option("--to", "Revert down to (not including) this version.")
+  cmd:flag("--all", "Revert everything.")
+end
+
+function down.options(args)
+  return { count = args.count, to = args.to, all = args.all, dry_run = args.dry_run,
+    auto_confirm = args.auto_confirm }
+end
+
+--- Reverts applied migrations: the last opts.count (default 1), all above opts.to, or all.
+-- @return { done, current, target, reverted = true } | nil, err
+function down.run(cfg, ui, opts)
+  local res, err = execute.change(cfg, ui, opts, {
+    plan = function(s)
+      local ok, err = plan.check_runnable(s.status, { allow_out_of_order = true })
+      if not ok then return nil, err end
+      local to
+      if opts.to then
+        to, err = execute.target(s, opts.to)
+        if not to then return nil, err end
+      end
+      local list, lerr = plan.down(s.status, opts.all and math.huge or (opts.count or 1), to)
+      if not list then return nil, lerr end
+      return list, "down", fmt("Revert %s on %s (%s)?", report.plural(#list, "migration"),
+        s.label, list[1] and list[1].id or "")
+    end,
+  })
+  if res and not res.nothing and not res.dry_run then res.reverted = true end
+  return res, err
+end
+
+down.print = report.run
+
+return down

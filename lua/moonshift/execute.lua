@@ -1,0 +1,319 @@
+-- A run that changes the database: plan -> confirm -> backup -> runner -> report -> events.
+-- up, down, goto and redo differ only in how they plan (execute.change takes that part).
+local fs = require("moonshift.fs")
+local pg = require("moonshift.pg")
+local host = require("moonshift.host")
+local session = require("moonshift.session")
+local plan = require("moonshift.plan")
+local version = require("moonshift.version")
+local errors = require("moonshift.errors")
+local hooks = require("moonshift.hooks")
+local json = require("moonshift.json")
+local paths = require("moonshift.paths")
+local backup = require("moonshift.backup")
+local sqlstate = require("moonshift.sqlstate")
+local ui_mod = require("moonshift.ui")
+
+local fmt = string.format
+
+local execute = {}
+
+-- While a migration runs: a live line with its elapsed time and, for CREATE INDEX and
+-- CLUSTER / VACUUM FULL, the phase and blocks done; and who blocks it, for the lock
+-- timeout message. Read on the lock connection, which is otherwise idle.
+local PROGRESS_SQL = [[
+  SELECT (SELECT p.phase || COALESCE(' ' || p.blocks_done || '/' ||
+                                     NULLIF(p.blocks_total, 0) || ' blocks', '')
+          FROM pg_catalog.pg_stat_progress_create_index p WHERE p.pid = $1) AS index_phase,
+         (SELECT p.phase || COALESCE(' ' || p.heap_blks_scanned || '/' ||
+                                     NULLIF(p.heap_blks_total, 0) || ' blocks', '')
+          FROM pg_catalog.pg_stat_progress_cluster p WHERE p.pid = $1) AS cluster_phase,
+         (SELECT pg_catalog.string_agg(pg_catalog.format('pid %s (application_name %s, %s, ' ||
+                   'since %s)', a.pid, COALESCE(NULLIF(a.application_name, ''), '?'), a.state,
+                   pg_catalog.to_char(COALESCE(a.xact_start, a.query_start) AT TIME ZONE 'UTC',
+                                      'YYYY-MM-DD HH24:MI:SS"Z"')), '; ')
+          FROM pg_catalog.pg_stat_activity a
+          WHERE a.pid = ANY (pg_catalog.pg_blocking_pids($1))) AS blockers]]
+
+-- The state of one run: the session, the list, its direction and what is done so far.
+local Run = {}
+Run.__index = Run
+
+function Run:ticker(i, m)
+  local s = self.s
+  local started, probed = fs.clock_ms(), 0
+  local pid = s.conn:backend_pid()
+  local phase = ""
+  return function()
+    local now = fs.clock_ms()
+    if s.lock_conn and now - probed >= 1000 then
+      probed = now
+      local rows = s.lock_conn:query(PROGRESS_SQL, pid)
+      local row = rows and rows[1]
+      if row then
+        local p = row.index_phase ~= pg.null and row.index_phase or
+          (row.cluster_phase ~= pg.null and row.cluster_phase or nil)
+        phase = p and ("  " .. p) or ""
+        if row.blockers ~= pg.null then self.last_blocker = row.blockers end
+      end
+    end
+    s.ui:live(fmt("[%d/%d] %s  running  %s%s", i, #self.list, m.id,
+      ui_mod.duration(now - started), phase))
+  end
+end
+
+-- A global hook (before_run, after_run, on_error), if the project has it.
+function Run:global(name, extra)
+  local g = self.s.hooks[name]
+  if not g then return true end
+  local o = { ui = self.s.ui, cfg = self.s.cfg, plan = self.ids, direction = self.direction }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return hooks.call(paths.display(g.path), g.fn, hooks.ctx(o), self.s.cfg)
+end
+
+-- What an operator needs beside a failure's message: which timeout fired, who blocked.
+function Run:explain(m, err)
+  local s = self.s
+  if err.sqlstate == sqlstate.QUERY_CANCELED then
+    local rows = s.conn:query("SELECT setting, source FROM pg_catalog.pg_settings " ..
+      "WHERE name = 'statement_timeout'")
+    local row = rows and rows[1]
+    local ms = (m.companion or {}).statement_timeout_ms or s.cfg.statement_timeout_ms
+    local mine = ms and ui_mod.duration(ms) or nil
+    err.message = err.message .. fmt("\n  statement_timeout was %s (%s); change it with " ..
+      "--statement-timeout or statement_timeout in migrate.lua or the migration's .lua",
+      mine or (row and (row.setting .. "ms") or "?"),
+      mine and "set by moonshift" or ("from the server's " .. (row and row.source or "?")))
+  end
+  if err.sqlstate == sqlstate.LOCK_NOT_AVAILABLE and self.last_blocker then
+    err.message = err.message .. "\n  blocked by " .. self.last_blocker
+  end
+end
+
+-- Ends the run at a failure of m: the message made complete, on_error, the events.
+function Run:failed(m, err)
+  local s = self.s
+  local sig, code = host.interrupted()
+  if sig and err.kind ~= "interrupted" then
+    err = errors.new("interrupted", fmt("interrupted (SIG%s) during %s; %s", sig, m.id,
+      m.transaction == false and "it is not transactional and is left dirty; see " ..
+      "`moonshift status`" or "rolled back, nothing of it was applied"))
+  end
+  if err.kind == "interrupted" then err.exit_code = code end
+  self:explain(m, err)
+  if s.restore_command then
+    err.message = err.message .. "\n  to return to the state before this run:\n    " ..
+      s.restore_command
+  end
+  if self.runner.single then
+    s.conn:exec("ROLLBACK")
+    err.message = err.message .. "\n  --single-transaction: the whole run was rolled back"
+    self.done = {}
+  end
+  -- on_error sees the failure after the rollback, and no database handle
+  local ok, herr = self:global("on_error", { migration = m, error = {
+    migration = m.id, version = m.version, kind = err.kind, message = err.message,
+    file = err.file, line = err.line, sqlstate = err.sqlstate, statement = err.statement } })
+  if not ok then s.ui:warn(tostring(herr)) end
+  s.ui:event("migration_failed", { id = m.id, version = m.version, file = err.file,
+    line = err.line, column = err.column, sqlstate = err.sqlstate, message = err.message,
+    kind = err.kind, sql = err.statement, detail = err.detail, hint = err.hint,
+    traceback = err.traceback, restore_command = s.restore_command })
+  s.ui:event("run_failed", { kind = err.kind, message = err.message, done = #self.done })
+  err.done = self.done
+  return nil, err
+end
+
+-- Refuses, before anything runs, what the connection or the options cannot do.
+function Run:preflight(opts)
+  local s = self.s
+  for _, m in ipairs(s.pooled and self.list or {}) do
+    local tx = self.direction == "down" and m.down_transaction or m.transaction
+    if tx == false then
+      return nil, errors.new("connect", fmt("%s runs outside a transaction, which a " ..
+        "transaction pooler would spread over server connections with its session " ..
+        "settings; run it with a direct connection; nothing was changed", m.id))
+    end
+  end
+  for _, m in ipairs(opts.single_transaction and self.list or {}) do
+    if m.transaction == false then
+      return nil, errors.new("usage", m.id .. " is not transactional, so it cannot run " ..
+        "inside --single-transaction; nothing was changed")
+    end
+  end
+  return true
+end
+
+-- The version left current once m is reverted (golang-migrate compat keeps it).
+function Run:previous_version(m)
+  local prev
+  for _, a in ipairs(self.s.status.applied) do
+    if version.compare(a.version, m.version) < 0 and
+        (not prev or version.compare(a.version, prev) > 0) then prev = a.version end
+  end
+  return prev
+end
+
+-- Runs one migration of the list; nil, err ends the run.
+function Run:step(i, m)
+  local s, r, direction = self.s, self.runner, self.direction
+  if direction == "down" then r.previous_version = self:previous_version(m) end
+  s.ui:event("migration_start", { id = m.id, version = m.version, direction = direction,
+    file = direction == "up" and m.up_path or m.down_path, checksum = m.checksum })
+  if host.interrupted() then
+    return self:failed(m, errors.new("interrupted", fmt("interrupted before %s; nothing of " ..
+      "it was applied", m.id)))
+  end
+  self.last_blocker = nil
+  r.on_tick = self:ticker(i, m)
+  local res, err = r:run(m, direction)
+  if not res then
+    s.ui:step(i, #self.list, m.id, "FAILED")
+    return self:failed(m, err)
+  end
+  local stmts = direction == "up" and m.statements or m.down_statements
+  local file = paths.display(direction == "up" and m.up_path or m.down_path)
+  for k = 1, #stmts do
+    if res.timings[k] then
+      s.ui:event("statement", { id = m.id, file = file, line = stmts[k].line,
+        elapsed_ms = res.timings[k] })
+    end
+  end
+  s.ui:step(i, #self.list, m.id, res.skipped and "skipped (another runner did it)" or
+    (direction == "up" and "ok" or "reverted"), not res.skipped and res.duration_ms or nil)
+  s.ui:event("migration_done", { id = m.id, version = m.version, elapsed_ms = res.duration_ms })
+  self.done[#self.done + 1] = { id = m.id, version = m.version, duration_ms = res.duration_ms }
+  -- The lock lives on its own connection, which no migration can touch; what can go wrong
+  -- is that connection dropping, so look at most once a second (and at the end).
+  local now = fs.clock_ms()
+  local check = s.lock and (i == #self.list or now - (self.lock_checked or 0) >= 1000)
+  if check then self.lock_checked = now end
+  if check and not s.lock:held() then
+    return self:failed(m, errors.new("refused", fmt("the run lock was lost after %s (its " ..
+      "connection dropped); stopped before the next migration. Re-run to continue", m.id)))
+  end
+  return true
+end
+
+--- Runs a list of migrations in one direction, one transaction each (or all in one with
+-- opts.single_transaction); repeatables follow an up that has no target.
+-- @return { done, duration_ms, run_id } | nil, err (with err.done: what stayed committed)
+function execute.run(s, list, direction, opts)
+  local ids = {}
+  for i, m in ipairs(list) do ids[i] = m.id end
+  local run = setmetatable({ s = s, list = list, direction = direction, ids = ids, done = {},
+    started = fs.clock_ms() }, Run)
+  local ok, err = run:preflight(opts)
+  if not ok then return nil, err end
+  ok, err = s.history:ensure()
+  if not ok then return nil, err end
+  if not s.log then
+    ok, err = s:open_log(direction, list)
+    if not ok then return nil, err end
+  end
+  run.runner = s:runner(ids)
+  s.ui:event("run_start", { run_id = s.run_id, direction = direction, target = s.label,
+    plan = json.array(ids) })
+  ok, err = run:global("before_run", { conn = s.conn, expect = "idle" })
+  if not ok then return nil, err end
+  if opts.single_transaction then
+    ok, err = s.conn:exec("BEGIN")
+    if not ok then return nil, errors.wrap("sql", err) end
+    run.runner.single = true
+  end
+  for i, m in ipairs(list) do
+    ok, err = run:step(i, m)
+    if not ok then return nil, err end
+  end
+  for _, rep in ipairs(direction == "up" and not opts.to and s.status.repeatables or {}) do
+    local res, rerr = run.runner:run(rep, "up")
+    if not res then return run:failed(rep, rerr) end
+    s.ui:step(#run.done + 1, #run.done + 1, rep.id, "ok", res.duration_ms)
+    run.done[#run.done + 1] = { id = rep.id, duration_ms = res.duration_ms }
+  end
+  if run.runner.single then
+    ok, err = s.conn:exec("COMMIT")
+    if not ok then return run:failed(list[#list], errors.wrap("sql", err, "COMMIT failed")) end
+  end
+  ok, err = s:refresh()
+  if not ok then return nil, err end
+  local res = { done = run.done, duration_ms = fs.clock_ms() - run.started, run_id = s.run_id }
+  ok, err = run:global("after_run", { results = run.done })
+  if not ok then return nil, err end
+  s.ui:event("run_done", { run_id = s.run_id, done = #run.done, elapsed_ms = res.duration_ms,
+    current = s.status.current and s.status.current.version or nil })
+  return res
+end
+
+--- Prints the plan and the SQL of each migration (--dry-run).
+-- @return { dry_run = true, planned = n }
+function execute.print_dry_run(s, list, direction)
+  for i, m in ipairs(list) do
+    local path = direction == "up" and m.up_path or m.down_path
+    local stmts = direction == "up" and m.statements or m.down_statements
+    s.ui:result(fmt("-- [%d/%d] %s %s (%s, %d statements%s)", i, #list,
+      direction == "up" and "apply" or "revert", m.id, paths.display(path), #stmts,
+      m.transaction == false and ", no transaction" or ""))
+    for _, stmt in ipairs(stmts) do
+      local text = stmt.text:gsub("%s+$", "")
+      if stmt.kind == "sql" and text:sub(-1) ~= ";" then text = text .. ";" end
+      s.ui:result(text)
+    end
+  end
+  return { dry_run = true, planned = #list }
+end
+
+--- The migration a version names, or nil when no version is given.
+-- @return migration | nil | nil, err
+function execute.target(s, v)
+  if not v then return nil end
+  return plan.find(s.set, v)
+end
+
+-- Checks, before connecting or locking, what a backup needs: pg_dump, the directory.
+local function backup_preflight(cfg)
+  local pre, err = backup.preflight({ conninfo = cfg.database, dir = backup.dir_for(cfg),
+    pg_dump = cfg.backup and cfg.backup.pg_dump })
+  if not pre then return nil, err end
+  return true
+end
+execute.backup_preflight = backup_preflight
+
+--- The skeleton every change shares: session -> plan -> (nothing? dry run?) -> confirm ->
+-- backup -> run -> result. `how` plans: how.plan(s) returns the list, its direction, the
+-- question to confirm and whether to run even an empty list (or nil, err);
+-- how.run(s, list, direction, opts) may replace the run (redo runs twice),
+-- how.dry_run(s, list, direction) the dry run, how.after(s, res) follows a success.
+-- @param opts table: dry_run, auto_confirm, backup (pg_dump first), and what how reads
+-- @return result { done, current, target, ... } | nil, err
+function execute.change(cfg, ui, opts, how)
+  if opts.backup and not opts.dry_run then
+    local ok, err = backup_preflight(cfg)
+    if not ok then return nil, err end
+  end
+  return session.with(cfg, ui, { change = not opts.dry_run }, function(s)
+    local list, direction, question, anyway = how.plan(s)
+    if not list then return nil, direction end
+    local ok, err = s:prepare(list)
+    if not ok then return nil, err end
+    if #list == 0 and not anyway then
+      return { done = {}, current = s:current_id(), nothing = true, target = s.label }
+    end
+    if opts.dry_run then return (how.dry_run or execute.print_dry_run)(s, list, direction) end
+    ok, err = s:confirm(opts, question)
+    if not ok then return nil, err end
+    if opts.backup then
+      ok, err = s:open_log(direction, list)
+      if not ok then return nil, err end
+      ok, err = s:backup()
+      if not ok then return nil, err end
+    end
+    local res, rerr = (how.run or execute.run)(s, list, direction, opts)
+    if not res then return nil, rerr end
+    if how.after then how.after(s, res) end
+    res.current, res.target = s:current_id(), s.label
+    return res
+  end)
+end
+
+return execute

@@ -1,0 +1,49 @@
+-- What the commands print: the status listing and a run's one-line result.
+local ui_mod = require("moonshift.ui")
+
+local fmt = string.format
+
+local report = {}
+
+--- "1 migration", "3 migrations".
+function report.plural(n, word)
+  return fmt("%d %s%s", n, word, n == 1 and "" or "s")
+end
+
+--- The status listing (status, check), in one write: 10,000 flushed lines cost ~40 ms.
+function report.status(ui, st)
+  local lines = { fmt("%s: %s", st.target, st.current and ("at " .. st.current_id) or
+    "nothing applied") }
+  local function add(...) lines[#lines + 1] = fmt(...) end
+  for _, m in ipairs(st.applied) do add("  applied  %-40s %s", m.id, m.applied_at or "") end
+  for _, m in ipairs(st.dirty) do
+    add("  DIRTY    %-40s started %s, run %s", m.id, m.started_at, tostring(m.run_id))
+  end
+  for _, m in ipairs(st.drift) do add("  CHANGED  %-40s file differs from what ran", m.id) end
+  for _, m in ipairs(st.missing) do add("  MISSING  %-40s applied, no file", m.id) end
+  for _, m in ipairs(st.pending) do add("  pending  %s", m.id) end
+  for _, m in ipairs(st.repeatables) do add("  pending  %s (repeatable)", m.id) end
+  add("%d applied, %d pending%s", #st.applied, #st.pending,
+    (#st.dirty + #st.drift + #st.missing > 0) and
+      fmt(", %d dirty, %d changed, %d missing", #st.dirty, #st.drift, #st.missing) or "")
+  ui:result(table.concat(lines, "\n"))
+end
+
+--- A run's result (up, down, goto, redo); exit code 0.
+function report.run(ui, res)
+  if ui.json then return 0 end
+  if res.dry_run then
+    ui:info(fmt("dry run: %s planned, nothing changed", report.plural(res.planned, "migration")))
+  elseif res.nothing then
+    ui:result(fmt("nothing to do: %s is at %s", res.target, res.current))
+  elseif res.redo then
+    ui:result(fmt("redid %s on %s", res.redo, res.target))
+  else
+    ui:result(fmt("%s %s on %s in %s; now at %s", res.reverted and "reverted" or "applied",
+      report.plural(#res.done, "migration"), res.target, ui_mod.duration(res.duration_ms),
+      res.current))
+  end
+  return 0
+end
+
+return report
