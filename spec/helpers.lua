@@ -157,11 +157,16 @@ function helpers.shared_cluster()
   return shared
 end
 
---- A new, empty database on cluster c; returns its URI and name.
-function helpers.fresh_db(c)
+-- A new, empty database on cluster c: its URI and name.
+local function new_database(c)
   db_counter = db_counter + 1
   local name = string.format("spec_%d_%d", proc.getpid(), db_counter)
   return assert(c:create_database(name)), name
+end
+
+--- A new, empty database on cluster c; returns its URI.
+function helpers.fresh_db(c)
+  return (new_database(c))
 end
 
 -- Drops a database, ending any session still in it first (a child killed above leaves none,
@@ -184,7 +189,7 @@ function helpers.database(opts)
   local db = {}
   busted.before_each(function()
     db.cluster = helpers.shared_cluster()
-    db.uri, db.name = helpers.fresh_db(db.cluster)
+    db.uri, db.name = new_database(db.cluster)
     db.dir = helpers.tmpdir()
     if opts.files then helpers.write_files(db.dir, opts.files) end
     db.outer, current = current, db
