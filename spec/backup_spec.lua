@@ -166,11 +166,10 @@ describe("backup.run", function()
   end
 
   lazy_setup(function()
-    c = helpers.cluster()
+    c = helpers.shared_cluster()
     local conn <close> = assert(pg.connect(c.uri))
     server_version = conn:server_version()
   end)
-  lazy_teardown(function() if c then c:stop() end end)
   before_each(function()
     tmp = helpers.tmpdir()
     dir = tmp .. "/backups"

@@ -1,6 +1,7 @@
 -- config: durations, migrate.lua discovery and validation, and where the database comes from.
 local config = require("moonshift.config")
 local ui = require("moonshift.ui")
+local proc = require("moonshift.proc")
 local helpers = require("spec.helpers")
 
 describe("config", function()
@@ -16,13 +17,20 @@ describe("config", function()
 
   it("loads migrate.lua given with -c, resolving paths beside it", function()
     local dir = helpers.tmpdir()
+    local unset = "MOONSHIFT_SPEC_UNSET_" .. proc.getpid()
     helpers.write_files(dir, { ["migrate.lua"] =
-      "return { migrations = 'db/migrations', lock_timeout = '3s', database = env('X', 'dflt') }\n" })
+      "return { migrations = 'db/migrations', lock_timeout = '3s', database = env('" .. unset ..
+      "', 'postgresql:///dflt') }\n" })
     local cfg = assert(config.load({ config = dir .. "/migrate.lua" }))
     helpers.rmdir(dir)
     assert.matches("/db/migrations$", cfg.migrations)
     assert.are.equal(3000, cfg.lock_timeout_ms)
-    assert.is_truthy(cfg.database)
+    -- env() in migrate.lua gives its default for an unset variable; the file's database is
+    -- used unless MOONSHIFT_DATABASE_URL or DATABASE_URL (which win) are set around the specs
+    local outer = os.getenv("MOONSHIFT_DATABASE_URL") and "MOONSHIFT_DATABASE_URL" or
+      os.getenv("DATABASE_URL") and "DATABASE_URL"
+    assert.are.equal(outer and os.getenv(outer) or "postgresql:///dflt", cfg.database)
+    assert.are.equal(outer or "migrate.lua", cfg.database_source)
   end)
 
   it("rejects unknown keys, wrong types and over-long names", function()

@@ -8,6 +8,64 @@ local helpers = {}
 
 local db_counter = 0
 
+-- What the harness started and undoes: the shared cluster, clusters of specs' own (stopped
+-- at the end of the run too, in case a spec's teardown never ran), children spawned during
+-- the current test, and the current test's database and project directory (helpers.ms).
+local shared
+local clusters = {}
+local children = {}
+local current
+
+local function busted_api()
+  local ok, busted = pcall(require, "busted")
+  if ok and type(busted) == "table" and busted.subscribe then return busted end
+  return nil
+end
+
+-- Kills the children spawned so far that still run (a test that failed half-way).
+local function kill_children()
+  for i = #children, 1, -1 do
+    local h = children[i]
+    if h:running() then
+      h:kill("KILL")
+      h:wait(10000)
+    end
+    children[i] = nil
+  end
+end
+
+-- Stops every cluster the harness started and kills what specs spawned; safe to call twice.
+local function stop_everything()
+  kill_children()
+  for i = #clusters, 1, -1 do
+    pcall(clusters[i].stop, clusters[i])
+    clusters[i] = nil
+  end
+  shared = nil
+end
+
+-- busted publishes `exit` once every file ran, whatever failed or raised (specs' errors are
+-- caught by busted), before it calls os.exit. Subscribed on the first cluster, so a run of
+-- unit specs only never touches a server.
+local exit_subscribed = false
+local function stop_at_exit()
+  if exit_subscribed then return end
+  exit_subscribed = true
+  local busted = busted_api()
+  if busted then
+    busted.subscribe({ "exit" }, function()
+      stop_everything()
+      return nil, true
+    end)
+  end
+end
+
+local function track(c)
+  clusters[#clusters + 1] = c
+  stop_at_exit()
+  return c
+end
+
 --- Path of the moonshift binary under test.
 function helpers.bin()
   local bin = os.getenv("MOONSHIFT_BIN")
@@ -59,10 +117,13 @@ function helpers.run(args, opts)
 end
 
 --- Starts moonshift in the background (for signals and kills); returns the process handle.
+-- One still running when the test's helpers.database() context ends is killed then.
 function helpers.spawn(args, dir, env)
   local argv = { helpers.bin() }
   for _, a in ipairs(args) do argv[#argv + 1] = a end
-  return assert(proc.spawn(argv, { cwd = dir, env = helpers.env(env) }))
+  local h = assert(proc.spawn(argv, { cwd = dir, env = helpers.env(env) }))
+  children[#children + 1] = h
+  return h
 end
 
 --- Waits until a backend other than ours runs an active query LIKE pattern (for min_ms or more).
@@ -79,16 +140,84 @@ function helpers.wait_for_query(uri, pattern, min_ms)
   error("no backend ran " .. pattern)
 end
 
---- Starts a throwaway cluster (stop it in lazy_teardown).
+--- Starts a throwaway cluster of the spec's own, for what the shared one cannot be used for
+-- (other server settings, TCP, a standby, killing or restarting the server). Stop it in
+-- lazy_teardown or when the test ends; the end of the run stops it too if nothing did.
+-- @param opts table|nil: as moonshift.cluster.start
+-- @return Cluster
 function helpers.cluster(opts)
-  return assert(cluster.start(opts))
+  return track(assert(cluster.start(opts)))
+end
+
+--- The one throwaway cluster of this busted run, shared by the e2e specs: started on first
+-- use, stopped and removed when busted ends (also after failures and errors).
+-- @return Cluster
+function helpers.shared_cluster()
+  if not shared then shared = helpers.cluster() end
+  return shared
+end
+
+-- A new, empty database on cluster c: its URI and name.
+local function new_database(c)
+  db_counter = db_counter + 1
+  local name = string.format("spec_%d_%d", proc.getpid(), db_counter)
+  return assert(c:create_database(name)), name
 end
 
 --- A new, empty database on cluster c; returns its URI.
 function helpers.fresh_db(c)
-  db_counter = db_counter + 1
-  local name = string.format("spec_%d_%d", proc.getpid(), db_counter)
-  return assert(c:create_database(name))
+  return (new_database(c))
+end
+
+-- Drops a database, ending any session still in it first (a child killed above leaves none,
+-- but a connection a test opened and lost may).
+local function drop_database(c, name)
+  if c.stopped then return end
+  local conn <close> = assert(pg.connect(c.uri))
+  assert(conn:exec("DROP DATABASE IF EXISTS " .. conn:escape_identifier(name) .. " WITH (FORCE)"))
+end
+
+--- Call in a describe block: each of its tests gets a fresh database on the shared cluster
+-- and a fresh project directory (opts.files written into it). After the test, the moonshift
+-- processes it spawned and still running are killed, the database is dropped and the
+-- directory removed. helpers.ms runs the binary against both.
+-- @param opts table|nil: files ({ [relative path] = content }, as helpers.write_files)
+-- @return table: its uri, name and dir are the current test's; cluster the shared cluster
+function helpers.database(opts)
+  opts = opts or {}
+  local busted = assert(busted_api(), "helpers.database() needs busted")
+  local db = {}
+  busted.before_each(function()
+    db.cluster = helpers.shared_cluster()
+    db.uri, db.name = new_database(db.cluster)
+    db.dir = helpers.tmpdir()
+    if opts.files then helpers.write_files(db.dir, opts.files) end
+    db.outer, current = current, db
+  end)
+  busted.after_each(function()
+    kill_children()
+    if current == db then current = db.outer end
+    db.outer = nil
+    local dir, name = db.dir, db.name
+    db.uri, db.name, db.dir = nil, nil, nil
+    helpers.rmdir(dir)
+    if name then drop_database(db.cluster, name) end
+  end)
+  return db
+end
+
+--- Runs moonshift with args against the current test's database (--database=...), in its
+-- project directory (from helpers.database()), and returns what helpers.run returns.
+-- @param args table: the arguments, without --database
+-- @param opts table|nil: as helpers.run; cwd defaults to the project directory
+function helpers.ms(args, opts)
+  assert(current and current.uri, "helpers.ms needs helpers.database() in an enclosing describe")
+  local argv = table.move(args, 1, #args, 1, {})
+  argv[#argv + 1] = "--database=" .. current.uri
+  local o = {}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  o.cwd = o.cwd or current.dir
+  return helpers.run(argv, o)
 end
 
 --- Runs one query on a URI and returns its rows.
@@ -128,6 +257,68 @@ function helpers.schema_fingerprint(uri)
     for _, row in ipairs(helpers.query(uri, q)) do parts[#parts + 1] = row.x end
   end
   return table.concat(parts, "\n")
+end
+
+-- The run's seed: MOONSHIFT_SPEC_SEED, else chosen once and printed.
+local seed
+
+--- The seed of this run's random choices (kill points, soak rounds): MOONSHIFT_SPEC_SEED
+-- when set, else one chosen on first use and printed, so that a failure can be replayed
+-- with MOONSHIFT_SPEC_SEED=<seed>.
+-- @return integer
+function helpers.seed()
+  if seed then return seed end
+  local given = os.getenv("MOONSHIFT_SPEC_SEED")
+  if given and given ~= "" then
+    seed = math.tointeger(tonumber(given))
+    assert(seed, "MOONSHIFT_SPEC_SEED must be an integer, not " .. given)
+  else
+    seed = (os.time() * 1000003 + proc.getpid() * 7919 + math.floor(fs.clock_ms())) % 2147483647
+    io.stderr:write(string.format("spec seed: MOONSHIFT_SPEC_SEED=%d\n", seed))
+  end
+  return seed
+end
+
+--- A random generator seeded from helpers.seed() (not math.random, whose sequence other
+-- code shares). Take one per test, so that replaying a test alone draws the same numbers.
+-- @return table: int(lo, hi) an integer in [lo, hi]; seed the run's seed; note(text) text
+--   with the seed and how to replay it, for failure messages
+function helpers.random()
+  local s = helpers.seed()
+  local state = s ~ 0x5DEECE66D
+  local rng = { seed = s }
+  -- splitmix64 (Lua integers wrap at 64 bits; >> is a logical shift)
+  local function next64()
+    state = state + 0x9E3779B97F4A7C15
+    local z = state
+    z = (z ~ (z >> 30)) * 0xBF58476D1CE4E5B9
+    z = (z ~ (z >> 27)) * 0x94D049BB133111EB
+    return z ~ (z >> 31)
+  end
+  function rng.int(lo, hi)
+    assert(math.type(lo) == "integer" and math.type(hi) == "integer" and lo <= hi, "bad range")
+    return lo + (next64() >> 1) % (hi - lo + 1)
+  end
+  function rng.note(text)
+    return string.format("%s(seed %d; replay with MOONSHIFT_SPEC_SEED=%d)",
+      text and (text .. " ") or "", s, s)
+  end
+  return rng
+end
+
+--- The path of a corpus in ../shared/corpora (beside the repository). When it is missing:
+-- with CI=true in the environment that is an error (raised); otherwise nil and a note (also
+-- printed) for pending().
+-- @param name string: e.g. "harbor"
+-- @return string | nil, note
+function helpers.corpus(name)
+  local path = (fs.realpath(helpers.root() .. "/..") or (helpers.root() .. "/..")) ..
+    "/shared/corpora/" .. name
+  if fs.exists(path) then return path end
+  local why = "the " .. name .. " corpus is missing: " .. path
+  if os.getenv("CI") == "true" then error(why .. " (CI=true: a missing corpus fails)", 2) end
+  io.stderr:write("note: ", why, "; skipped (with CI=true it would fail)\n")
+  return nil, why
 end
 
 --- A fresh temp directory (remove it with helpers.rmdir).

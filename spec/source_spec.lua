@@ -3,6 +3,7 @@
 local fs = require("moonshift.fs")
 local hash = require("moonshift.hash")
 local source = require("moonshift.source")
+local helpers = require("spec.helpers")
 
 local function write_file(path, data)
   local f = assert(io.open(path, "wb"))
@@ -831,12 +832,8 @@ describe("moonshift.source", function()
 
   describe("the harbor corpus", function()
     it("reads 39 migrations, 0001 to 0190, all transactional", function()
-      local root = fs.realpath("..")
-      local corpus = root and root .. "/shared/corpora/harbor"
-      if not corpus or not fs.exists(corpus) then
-        pending("no corpus at ../shared/corpora/harbor")
-        return
-      end
+      local corpus, missing = helpers.corpus("harbor") -- raises with CI=true
+      if not corpus then return pending(missing) end
       local set = assert(source.load(corpus))
       assert.equal("native", set.format)
       assert.equal(39, #set.migrations)

@@ -69,11 +69,10 @@ INSERT INTO dupes VALUES (1), (1);
 ]]
 
 describe("moonshift.verify", function()
-  local c, conn, ctx
+  local conn, ctx
 
   lazy_setup(function()
-    c = helpers.cluster()
-    conn = assert(pg.connect(helpers.fresh_db(c)))
+    conn = assert(pg.connect(helpers.fresh_db(helpers.shared_cluster())))
     ctx = { db = adapter(conn) }
     ctx.db:exec(SCHEMA)
     -- Fails on the duplicates and leaves an invalid index behind.
@@ -84,7 +83,6 @@ describe("moonshift.verify", function()
 
   lazy_teardown(function()
     if conn then conn:close() end
-    if c then c:stop() end
   end)
 
   -- The verification failure fn raises: kind verify, with the given fields.

@@ -7,104 +7,97 @@ local helpers = require("spec.helpers")
 local value = helpers.value
 
 describe("backups and the run log #e2e", function()
-  local c, dir, uri
+  local db = helpers.database({ files = {
+    ["migrations/0001_a.up.sql"] = "CREATE TABLE a (id int PRIMARY KEY, v text);\n" ..
+      "INSERT INTO a SELECT g, 'x' || g FROM generate_series(1, 50) g;\n",
+    ["migrations/0002_b.up.sql"] = "CREATE TABLE b (id int);\n",
+    ["migrations/0003_bad.up.sql"] = "ALTER TABLE a ADD COLUMN w int;\nDELETE FROM a WHERE id > 10;\n" ..
+      "SELECT nosuch FROM a;\n",
+  } })
 
   -- Debian's pg_dump 15 cannot dump a newer server (the version matrix runs 18)
   local server_newer
 
   lazy_setup(function()
-    c = helpers.cluster()
+    local c = helpers.shared_cluster()
     server_newer = tonumber(helpers.value(c.uri, "SHOW server_version_num")) >= 160000
   end)
-  lazy_teardown(function() if c then c:stop() end end)
-  before_each(function()
-    dir = helpers.tmpdir()
-    uri = helpers.fresh_db(c)
-    helpers.write_files(dir, {
-      ["migrations/0001_a.up.sql"] = "CREATE TABLE a (id int PRIMARY KEY, v text);\n" ..
-        "INSERT INTO a SELECT g, 'x' || g FROM generate_series(1, 50) g;\n",
-      ["migrations/0002_b.up.sql"] = "CREATE TABLE b (id int);\n",
-      ["migrations/0003_bad.up.sql"] = "ALTER TABLE a ADD COLUMN w int;\nDELETE FROM a WHERE id > 10;\n" ..
-        "SELECT nosuch FROM a;\n",
-    })
-  end)
-  after_each(function() helpers.rmdir(dir) end)
 
   local function dump_schema(dbname)
-    local env = c:env()
+    local env = db.cluster:env()
     env.PGDATABASE = dbname
-    local res = assert(proc.run({ c.bin_dir .. "/pg_dump", "--schema-only" }, { env = helpers.env(env) }))
+    local res = assert(proc.run({ db.cluster.bin_dir .. "/pg_dump", "--schema-only" }, { env = helpers.env(env) }))
     return (res.stdout:gsub("\n\\[%a]*restrict [^\n]*", ""))
   end
 
   it("backs up first, and the printed restore command returns the database to before the run", function()
-    assert.are.equal(0, helpers.run({ "up", "-y", "--to", "2", "-d", uri }, { cwd = dir }).code)
+    assert.are.equal(0, helpers.run({ "up", "-y", "--to", "2", "-d", db.uri }, { cwd = db.dir }).code)
     if server_newer then
-      local res = helpers.run({ "up", "-y", "--backup-first", "-d", uri }, { cwd = dir })
+      local res = helpers.run({ "up", "-y", "--backup-first", "-d", db.uri }, { cwd = db.dir })
       assert.are.equal(10, res.code)
       assert.matches("pg_dump 15%.%d+ at %S+ is older than the server %(1[6-9]", res.stderr)
-      assert.are.equal(2, value(uri, "SELECT count(*) FROM moonshift_migrations"))
+      assert.are.equal(2, value(db.uri, "SELECT count(*) FROM moonshift_migrations"))
       return
     end
-    local dbname = uri:match("^postgresql:///([^?]+)")
+    local dbname = db.uri:match("^postgresql:///([^?]+)")
     local before = dump_schema(dbname)
-    local res = helpers.run({ "up", "-y", "--backup-first", "-d", uri }, { cwd = dir })
+    local res = helpers.run({ "up", "-y", "--backup-first", "-d", db.uri }, { cwd = db.dir })
     assert.are.equal(6, res.code)
     assert.matches("backup: moonshift%-backups/" .. dbname .. "%-v0002%-%d+T%d+Z%.dump", res.stderr)
     local restore = res.stderr:match("to return to the state before this run:\n%s+([^\n]+)")
     assert.is_truthy(restore, res.stderr)
     assert.matches("pg_restore'? %-%-clean %-%-if%-exists", restore)
-    local files = fs.list(dir .. "/moonshift-backups")
+    local files = fs.list(db.dir .. "/moonshift-backups")
     local dump
-    for _, f in ipairs(files) do if f:match("%.dump$") then dump = dir .. "/moonshift-backups/" .. f end end
+    for _, f in ipairs(files) do if f:match("%.dump$") then dump = db.dir .. "/moonshift-backups/" .. f end end
     assert.are.equal(tonumber("600", 8), fs.stat(dump).mode)
-    assert.are.equal(tonumber("700", 8), fs.stat(dir .. "/moonshift-backups").mode)
+    assert.are.equal(tonumber("700", 8), fs.stat(db.dir .. "/moonshift-backups").mode)
     -- a later change the restore must undo
-    helpers.query(uri, "DELETE FROM a")
-    local r = assert(proc.run({ "sh", "-c", restore }, { cwd = dir, env = helpers.env(c:env()) }))
+    helpers.query(db.uri, "DELETE FROM a")
+    local r = assert(proc.run({ "sh", "-c", restore }, { cwd = db.dir, env = helpers.env(db.cluster:env()) }))
     assert.are.equal(0, r.code, r.stderr)
-    assert.are.equal(50, value(uri, "SELECT count(*) FROM a"))
+    assert.are.equal(50, value(db.uri, "SELECT count(*) FROM a"))
     assert.are.equal(before, dump_schema(dbname))
-    local list = helpers.run({ "backups", "--json", "-d", uri }, { cwd = dir })
+    local list = helpers.run({ "backups", "--json", "-d", db.uri }, { cwd = db.dir })
     assert.are.equal(0, list.code, list.stderr)
     assert.are.equal("0002", cjson.decode(list.stdout)[1].version)
   end)
 
   it("exits 10 and changes nothing when the backup cannot be written", function()
-    helpers.write_files(dir, { ["not-a-dir"] = "x", ["migrate.lua"] =
+    helpers.write_files(db.dir, { ["not-a-dir"] = "x", ["migrate.lua"] =
       "return { backup = { dir = 'not-a-dir/backups', before_run = true } }\n" })
-    local res = helpers.run({ "up", "-y", "-d", uri }, { cwd = dir })
+    local res = helpers.run({ "up", "-y", "-d", db.uri }, { cwd = db.dir })
     assert.are.equal(10, res.code)
     assert.matches("not%-a%-dir", res.stderr)
-    assert.are.equal(0, value(uri, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"))
+    assert.are.equal(0, value(db.uri, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"))
   end)
 
   it("gives pg_dump the password only through its environment", function()
-    local fake = dir .. "/fake_pg_dump"
-    helpers.write_files(dir, { ["fake_pg_dump"] = "#!/bin/sh\n" ..
+    local fake = db.dir .. "/fake_pg_dump"
+    helpers.write_files(db.dir, { ["fake_pg_dump"] = "#!/bin/sh\n" ..
       "if [ \"$1\" = --version ]; then echo 'pg_dump (PostgreSQL) 99.0'; exit 0; fi\n" ..
-      "printf '%s\\n' \"$@\" > " .. dir .. "/argv\nenv > " .. dir .. "/environ\nexit 1\n",
+      "printf '%s\\n' \"$@\" > " .. db.dir .. "/argv\nenv > " .. db.dir .. "/environ\nexit 1\n",
       ["pg_restore"] = "#!/bin/sh\nexit 1\n",
       ["migrate.lua"] = "return { backup = { pg_dump = '" .. fake .. "' } }\n" })
     assert(fs.chmod(fake, tonumber("755", 8)))
-    assert(fs.chmod(dir .. "/pg_restore", tonumber("755", 8)))
-    local secret = uri:gsub("^postgresql://", "postgresql://postgres:canarySECRET@")
-    local res = helpers.run({ "up", "-y", "--backup-first", "-d", secret }, { cwd = dir })
+    assert(fs.chmod(db.dir .. "/pg_restore", tonumber("755", 8)))
+    local secret = db.uri:gsub("^postgresql://", "postgresql://postgres:canarySECRET@")
+    local res = helpers.run({ "up", "-y", "--backup-first", "-d", secret }, { cwd = db.dir })
     assert.are.equal(10, res.code)
-    assert.is_nil(fs.read(dir .. "/argv"):find("canarySECRET", 1, true))
-    assert.matches("PGPASSWORD=canarySECRET", fs.read(dir .. "/environ"))
+    assert.is_nil(fs.read(db.dir .. "/argv"):find("canarySECRET", 1, true))
+    assert.matches("PGPASSWORD=canarySECRET", fs.read(db.dir .. "/environ"))
     assert.is_nil((res.stdout .. res.stderr):find("canarySECRET", 1, true))
-    assert.are.equal(0, value(uri, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"))
+    assert.are.equal(0, value(db.uri, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"))
   end)
 
   it("writes a run log whose failure records have every field", function()
-    assert.are.equal(0, helpers.run({ "up", "-y", "--to", "1", "-d", uri }, { cwd = dir }).code)
-    local secret = uri:gsub("^postgresql://", "postgresql://postgres:canarySECRET@")
+    assert.are.equal(0, helpers.run({ "up", "-y", "--to", "1", "-d", db.uri }, { cwd = db.dir }).code)
+    local secret = db.uri:gsub("^postgresql://", "postgresql://postgres:canarySECRET@")
     local res = helpers.run({ "up", "-y", server_newer and "-q" or "--backup-first", "-d", secret,
-      "--log-file", dir .. "/run.log" }, { cwd = dir })
+      "--log-file", db.dir .. "/run.log" }, { cwd = db.dir })
     assert.are.equal(6, res.code)
-    assert.are.equal(tonumber("600", 8), fs.stat(dir .. "/run.log").mode)
-    local text = fs.read(dir .. "/run.log")
+    assert.are.equal(tonumber("600", 8), fs.stat(db.dir .. "/run.log").mode)
+    local text = fs.read(db.dir .. "/run.log")
     assert.is_nil(text:find("canarySECRET", 1, true))
     local by = {}
     for line in text:gmatch("[^\n]+") do
@@ -132,12 +125,12 @@ describe("backups and the run log #e2e", function()
   end)
 
   it("records a hook's traceback in the run log, not on the terminal", function()
-    helpers.write_files(dir, { ["migrations/0002_b.lua"] =
+    helpers.write_files(db.dir, { ["migrations/0002_b.lua"] =
       "return { pre = function() local x = nil; return x.y end }\n" })
-    local res = helpers.run({ "up", "-y", "-d", uri, "--log-file", dir .. "/run.log" }, { cwd = dir })
+    local res = helpers.run({ "up", "-y", "-d", db.uri, "--log-file", db.dir .. "/run.log" }, { cwd = db.dir })
     assert.are.equal(7, res.code)
     assert.matches("0002_b%.lua:1: attempt to index", res.stderr)
     assert.is_nil(res.stderr:find("stack traceback", 1, true))
-    assert.matches("stack traceback", fs.read(dir .. "/run.log"))
+    assert.matches("stack traceback", fs.read(db.dir .. "/run.log"))
   end)
 end)

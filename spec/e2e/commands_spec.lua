@@ -5,21 +5,13 @@ local helpers = require("spec.helpers")
 local value = helpers.value
 
 describe("backup, -c, --migrations, new --timestamp and demo #e2e", function()
-  local c, dir, uri
-
-  lazy_setup(function() c = helpers.cluster() end)
-  lazy_teardown(function() if c then c:stop() end end)
-  before_each(function()
-    dir = helpers.tmpdir()
-    uri = helpers.fresh_db(c)
-  end)
-  after_each(function() helpers.rmdir(dir) end)
+  local db = helpers.database()
 
   it("backup dumps the database now and prints the file and how to restore it", function()
-    helpers.write_files(dir, { ["migrations/0001_a.up.sql"] = "CREATE TABLE a (id int);\n" })
-    assert.are.equal(0, helpers.run({ "up", "-y", "-d", uri }, { cwd = dir }).code)
-    local res = helpers.run({ "backup", "-d", uri }, { cwd = dir })
-    if tonumber(value(uri, "SHOW server_version_num")) >= 160000 then
+    helpers.write_files(db.dir, { ["migrations/0001_a.up.sql"] = "CREATE TABLE a (id int);\n" })
+    assert.are.equal(0, helpers.run({ "up", "-y", "-d", db.uri }, { cwd = db.dir }).code)
+    local res = helpers.run({ "backup", "-d", db.uri }, { cwd = db.dir })
+    if tonumber(value(db.uri, "SHOW server_version_num")) >= 160000 then
       assert.are.equal(10, res.code) -- Debian's pg_dump 15 cannot dump a newer server
       assert.matches("older than the server", res.stderr)
       return
@@ -32,37 +24,37 @@ describe("backup, -c, --migrations, new --timestamp and demo #e2e", function()
   end)
 
   it("takes the config from -c and the directory from --migrations", function()
-    helpers.write_files(dir, {
+    helpers.write_files(db.dir, {
       ["conf/project.lua"] = "return { migrations = '../db', table = 'schema_history' }\n",
       ["db/0001_a.up.sql"] = "CREATE TABLE a (id int);\n",
       ["other/0001_b.up.sql"] = "CREATE TABLE b (id int);\n",
     })
-    local res = helpers.run({ "up", "-y", "-c", "conf/project.lua", "-d", uri }, { cwd = dir })
+    local res = helpers.run({ "up", "-y", "-c", "conf/project.lua", "-d", db.uri }, { cwd = db.dir })
     assert.are.equal(0, res.code, res.stderr)
-    assert.are.equal(1, value(uri, "SELECT count(*) FROM schema_history"))
-    res = helpers.run({ "status", "--migrations", "other", "-d", uri, "--table", "h2" }, { cwd = dir })
+    assert.are.equal(1, value(db.uri, "SELECT count(*) FROM schema_history"))
+    res = helpers.run({ "status", "--migrations", "other", "-d", db.uri, "--table", "h2" }, { cwd = db.dir })
     assert.are.equal(0, res.code, res.stderr)
     assert.matches("pending  0001_b", res.stdout)
-    local missing = helpers.run({ "status", "-c", "nope.lua", "-d", uri }, { cwd = dir })
+    local missing = helpers.run({ "status", "-c", "nope.lua", "-d", db.uri }, { cwd = db.dir })
     assert.are.equal(2, missing.code)
     assert.matches("config file not found: nope%.lua", missing.stderr)
   end)
 
   it("new --timestamp numbers the first migration by UTC time", function()
-    local res = helpers.run({ "new", "--timestamp", "init" }, { cwd = dir })
+    local res = helpers.run({ "new", "--timestamp", "init" }, { cwd = db.dir })
     assert.are.equal(0, res.code, res.stderr)
     assert.matches("migrations/%d%d%d%d%d%d%d%d%d%d%d%d%d%d_init%.up%.sql", res.stdout)
   end)
 
   it("globals are strict in the tool: reading an undeclared one is a bug, exit 1", function()
-    local lua = dir .. "/lua"
+    local lua = db.dir .. "/lua"
     local files = {}
     for _, name in ipairs(assert(fs.list(helpers.root() .. "/lua/moonshift"))) do
       files["lua/moonshift/" .. name] = assert(fs.read(helpers.root() .. "/lua/moonshift/" .. name))
     end
     files["lua/moonshift/ui.lua"] = "local _ = colour_is_a_typo\n" .. files["lua/moonshift/ui.lua"]
-    helpers.write_files(dir, files)
-    local res = helpers.run({ "status", "-d", uri }, { cwd = dir, env = { MOONSHIFT_LUA_DIR = lua } })
+    helpers.write_files(db.dir, files)
+    local res = helpers.run({ "status", "-d", db.uri }, { cwd = db.dir, env = { MOONSHIFT_LUA_DIR = lua } })
     assert.are.equal(1, res.code)
     assert.matches("undeclared global 'colour_is_a_typo'", res.stderr)
   end)

@@ -31,38 +31,29 @@ local LAYOUTS = {
 }
 
 describe("migration layouts #e2e", function()
-  local c
-
-  lazy_setup(function() c = helpers.cluster() end)
-  lazy_teardown(function() if c then c:stop() end end)
+  local db = helpers.database()
+  local ms = helpers.ms
 
   for _, layout in ipairs({ "native", "flyway", "dbmate", "diesel" }) do
     it("reads the " .. layout .. " layout through up, status, down, goto and redo", function()
-      local dir = helpers.tmpdir()
-      helpers.write_files(dir, LAYOUTS[layout])
-      local uri = helpers.fresh_db(c)
-      local function ms(...)
-        local argv = { ... }
-        argv[#argv + 1] = "--database=" .. uri
-        return helpers.run(argv, { cwd = dir })
-      end
-      local up = ms("up", "-y")
+      helpers.write_files(db.dir, LAYOUTS[layout])
+      local uri = db.uri
+      local up = ms({ "up", "-y" })
       assert.are.equal(0, up.code, up.stderr)
       assert.matches("applied 2 migrations", up.stdout)
       assert.are.equal("b", value(uri, "SELECT to_regclass('b')::text"))
-      local st = ms("status", "--json")
+      local st = ms({ "status", "--json" })
       assert.are.equal(0, st.code, st.stderr)
       assert.matches('"pending":%[%]', st.stdout)
-      assert.are.equal(0, ms("redo", "-y").code)
-      assert.are.equal(0, ms("down", "--all", "-y").code)
+      assert.are.equal(0, ms({ "redo", "-y" }).code)
+      assert.are.equal(0, ms({ "down", "--all", "-y" }).code)
       assert.is_nil(value(uri, "SELECT to_regclass('a')::text"))
       local first = value(uri, "SELECT version FROM moonshift_events WHERE action = 'apply' ORDER BY id LIMIT 1")
-      local go = ms("goto", first, "-y")
+      local go = ms({ "goto", first, "-y" })
       assert.are.equal(0, go.code, go.stderr)
       assert.are.equal("a", value(uri, "SELECT to_regclass('a')::text"))
       assert.is_nil(value(uri, "SELECT to_regclass('b')::text"))
-      assert.are.equal(0, ms("check").code == 3 and 0 or 1)
-      helpers.rmdir(dir)
+      assert.are.equal(0, ms({ "check" }).code == 3 and 0 or 1)
     end)
   end
 end)

@@ -7,53 +7,44 @@ local value = helpers.value
 local spawn, wait_for_query = helpers.spawn, helpers.wait_for_query
 
 describe("run lock and kills #e2e", function()
-  local c, dir, uri
-
-  lazy_setup(function() c = helpers.cluster() end)
-  lazy_teardown(function() if c then c:stop() end end)
-  before_each(function()
-    dir = helpers.tmpdir()
-    uri = helpers.fresh_db(c)
-    helpers.write_files(dir, {
-      ["migrations/0001_a.up.sql"] = "CREATE TABLE a (id int);\n",
-      ["migrations/0002_slow.up.sql"] = "CREATE TABLE slow (id int);\nSELECT pg_sleep(1.5);\n",
-      ["migrations/0003_c.up.sql"] = "CREATE TABLE c (id int);\n",
-      ["migrations/0004_d.up.sql"] = "CREATE TABLE d (id int);\n",
-      ["migrations/0005_e.up.sql"] = "CREATE TABLE e (id int);\n",
-    })
-  end)
-  after_each(function() helpers.rmdir(dir) end)
+  local db = helpers.database({ files = {
+    ["migrations/0001_a.up.sql"] = "CREATE TABLE a (id int);\n",
+    ["migrations/0002_slow.up.sql"] = "CREATE TABLE slow (id int);\nSELECT pg_sleep(1.5);\n",
+    ["migrations/0003_c.up.sql"] = "CREATE TABLE c (id int);\n",
+    ["migrations/0004_d.up.sql"] = "CREATE TABLE d (id int);\n",
+    ["migrations/0005_e.up.sql"] = "CREATE TABLE e (id int);\n",
+  } })
 
   it("two runners at once apply each migration exactly once", function()
-    local a = spawn({ "up", "-y", "-d", uri }, dir)
-    local b = spawn({ "up", "-y", "-d", uri }, dir)
+    local a = spawn({ "up", "-y", "-d", db.uri }, db.dir)
+    local b = spawn({ "up", "-y", "-d", db.uri }, db.dir)
     local ra, rb = a:wait(60000), b:wait(60000)
     assert.are.equal(0, ra.code, ra.stderr)
     assert.are.equal(0, rb.code, rb.stderr)
-    assert.are.equal(5, value(uri, "SELECT count(*) FROM moonshift_events WHERE action = 'apply'"))
-    assert.are.equal(5, value(uri, "SELECT count(*) FROM moonshift_migrations"))
+    assert.are.equal(5, value(db.uri, "SELECT count(*) FROM moonshift_events WHERE action = 'apply'"))
+    assert.are.equal(5, value(db.uri, "SELECT count(*) FROM moonshift_migrations"))
     local outputs = ra.stdout .. rb.stdout
     assert.matches("applied 5 migrations", outputs)
     assert.matches("nothing to do", outputs)
   end)
 
   it("with lock = \"table\", two runners at once still apply each migration once", function()
-    helpers.write_files(dir, { ["migrate.lua"] = "return { lock = 'table' }\n" })
-    assert.are.equal(0, helpers.run({ "status", "-d", uri }, { cwd = dir }).code)
-    local a = spawn({ "up", "-y", "-d", uri }, dir)
-    local b = spawn({ "up", "-y", "-d", uri }, dir)
+    helpers.write_files(db.dir, { ["migrate.lua"] = "return { lock = 'table' }\n" })
+    assert.are.equal(0, helpers.run({ "status", "-d", db.uri }, { cwd = db.dir }).code)
+    local a = spawn({ "up", "-y", "-d", db.uri }, db.dir)
+    local b = spawn({ "up", "-y", "-d", db.uri }, db.dir)
     local ra, rb = a:wait(60000), b:wait(60000)
     assert.are.equal(0, ra.code, ra.stderr)
     assert.are.equal(0, rb.code, rb.stderr)
-    assert.are.equal(5, value(uri, "SELECT count(*) FROM moonshift_events WHERE action = 'apply'"))
-    assert.are.equal(5, value(uri, "SELECT count(*) FROM moonshift_migrations"))
-    assert.are.equal(0, value(uri, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"))
+    assert.are.equal(5, value(db.uri, "SELECT count(*) FROM moonshift_events WHERE action = 'apply'"))
+    assert.are.equal(5, value(db.uri, "SELECT count(*) FROM moonshift_migrations"))
+    assert.are.equal(0, value(db.uri, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"))
   end)
 
   it("gives up after --lock-wait with exit 5, naming the holder", function()
-    local a = spawn({ "up", "-y", "-d", uri }, dir)
-    wait_for_query(uri, "%pg_sleep%")
-    local res = helpers.run({ "up", "-y", "-d", uri, "--lock-wait", "300ms" }, { cwd = dir })
+    local a = spawn({ "up", "-y", "-d", db.uri }, db.dir)
+    wait_for_query(db.uri, "%pg_sleep%")
+    local res = helpers.run({ "up", "-y", "-d", db.uri, "--lock-wait", "300ms" }, { cwd = db.dir })
     assert.are.equal(5, res.code)
     assert.matches("another moonshift run holds the lock", res.stderr)
     assert.matches("application_name moonshift/", res.stderr)
@@ -62,56 +53,56 @@ describe("run lock and kills #e2e", function()
 
   it("a runner that waited for the lock reads the files again: one added meanwhile is applied",
     function()
-    local a = spawn({ "up", "-y", "-d", uri }, dir)
-    wait_for_query(uri, "%pg_sleep%")
-    local b = spawn({ "up", "-y", "-d", uri }, dir) -- reads five files, then waits for a
+    local a = spawn({ "up", "-y", "-d", db.uri }, db.dir)
+    wait_for_query(db.uri, "%pg_sleep%")
+    local b = spawn({ "up", "-y", "-d", db.uri }, db.dir) -- reads five files, then waits for a
     local waiting = 0
     for _ = 1, 300 do -- b has tried the lock, so it has read its files
-      waiting = value(uri, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 " ..
+      waiting = value(db.uri, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 " ..
         "AND application_name LIKE $2", "%pg_try_advisory_lock%", "moonshift/%/" .. b:pid())
       if waiting > 0 then break end
       proc.sleep(50)
     end
     assert.are.equal(1, waiting)
-    helpers.write_files(dir, { ["migrations/0006_f.up.sql"] = "CREATE TABLE f (id int);\n" })
+    helpers.write_files(db.dir, { ["migrations/0006_f.up.sql"] = "CREATE TABLE f (id int);\n" })
     local ra, rb = a:wait(60000), b:wait(60000)
     assert.are.equal(0, ra.code, ra.stderr)
     assert.are.equal(0, rb.code, rb.stderr)
     assert.matches("applied 5 migrations", ra.stdout)
     assert.matches("applied 1 migration ", rb.stdout)
-    assert.are.equal("f", value(uri, "SELECT to_regclass('f')::text"))
-    assert.are.equal(6, value(uri, "SELECT count(*) FROM moonshift_migrations"))
+    assert.are.equal("f", value(db.uri, "SELECT to_regclass('f')::text"))
+    assert.are.equal(6, value(db.uri, "SELECT count(*) FROM moonshift_migrations"))
   end)
 
   it("kill -9 mid-migration leaves that migration absent, and the next run applies it", function()
-    local a = spawn({ "up", "-y", "-d", uri }, dir)
-    wait_for_query(uri, "%pg_sleep%")
+    local a = spawn({ "up", "-y", "-d", db.uri }, db.dir)
+    wait_for_query(db.uri, "%pg_sleep%")
     assert(a:kill("KILL"))
     a:wait(10000)
     -- the server notices the dead client and rolls back
     for _ = 1, 100 do
-      if value(uri, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep%' " ..
+      if value(db.uri, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep%' " ..
         "AND pid <> pg_backend_pid()") == 0 then break end
       proc.sleep(100)
     end
-    assert.are.equal(1, value(uri, "SELECT count(*) FROM moonshift_migrations"))
-    assert.is_nil(value(uri, "SELECT to_regclass('slow')::text"))
-    local st = helpers.run({ "status", "-d", uri }, { cwd = dir })
+    assert.are.equal(1, value(db.uri, "SELECT count(*) FROM moonshift_migrations"))
+    assert.is_nil(value(db.uri, "SELECT to_regclass('slow')::text"))
+    local st = helpers.run({ "status", "-d", db.uri }, { cwd = db.dir })
     assert.matches("pending  0002_slow", st.stdout)
-    local res = helpers.run({ "up", "-y", "-d", uri }, { cwd = dir })
+    local res = helpers.run({ "up", "-y", "-d", db.uri }, { cwd = db.dir })
     assert.are.equal(0, res.code, res.stderr)
-    assert.are.equal(5, value(uri, "SELECT count(*) FROM moonshift_migrations"))
+    assert.are.equal(5, value(db.uri, "SELECT count(*) FROM moonshift_migrations"))
   end)
 
   it("kill -9 in a non-transactional migration leaves it dirty and the next run says so", function()
-    helpers.write_files(dir, { ["migrations/0002_slow.up.sql"] = "-- moonshift:no-transaction\n" ..
+    helpers.write_files(db.dir, { ["migrations/0002_slow.up.sql"] = "-- moonshift:no-transaction\n" ..
       "CREATE TABLE slow (id int);\nSELECT pg_sleep(30);\n" })
-    local a = spawn({ "up", "-y", "-d", uri }, dir)
-    wait_for_query(uri, "%pg_sleep%")
+    local a = spawn({ "up", "-y", "-d", db.uri }, db.dir)
+    wait_for_query(db.uri, "%pg_sleep%")
     assert(a:kill("KILL"))
     a:wait(10000)
-    assert.are.equal("dirty", value(uri, "SELECT state FROM moonshift_migrations WHERE version = '0002'"))
-    local res = helpers.run({ "up", "-y", "-d", uri }, { cwd = dir })
+    assert.are.equal("dirty", value(db.uri, "SELECT state FROM moonshift_migrations WHERE version = '0002'"))
+    local res = helpers.run({ "up", "-y", "-d", db.uri }, { cwd = db.dir })
     assert.are.equal(9, res.code)
     assert.matches("0002_slow is dirty", res.stderr)
   end)

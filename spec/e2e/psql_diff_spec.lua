@@ -291,8 +291,8 @@ describe("moonshift.sql against psql #e2e", function()
   end
 
   it("agrees on every harbor migration, applied in order to one database", function()
-    local dir = helpers.root() .. "/../shared/corpora/harbor"
-    assert.truthy(fs.exists(dir), "the corpus is missing: " .. dir)
+    local dir, missing = helpers.corpus("harbor") -- raises with CI=true
+    if not dir then return pending(missing) end
     local db = helpers.fresh_db(server):match("^postgresql:///([^?]+)")
     -- Harbor's runner (golang-migrate) owns this table; two of the migrations alter it.
     local res = run({ psql_bin, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-c",

@@ -15,22 +15,9 @@ local FILES = {
 }
 
 describe("status, check, history, stamp, force #e2e", function()
-  local c, dir, uri
+  local db = helpers.database({ files = FILES })
 
-  lazy_setup(function() c = helpers.cluster() end)
-  lazy_teardown(function() if c then c:stop() end end)
-  before_each(function()
-    dir = helpers.tmpdir()
-    helpers.write_files(dir, FILES)
-    uri = helpers.fresh_db(c)
-  end)
-  after_each(function() helpers.rmdir(dir) end)
-
-  local function ms(args)
-    local argv = { table.unpack(args) }
-    argv[#argv + 1] = "--database=" .. uri
-    return helpers.run(argv, { cwd = dir })
-  end
+  local ms = helpers.ms
 
   it("status creates nothing and lists pending migrations", function()
     local res = ms({ "status" })
@@ -38,7 +25,7 @@ describe("status, check, history, stamp, force #e2e", function()
     assert.matches("nothing applied", res.stdout)
     assert.matches("pending  0003_c", res.stdout)
     assert.matches("0 applied, 3 pending", res.stdout)
-    assert.are.equal(0, value(uri, "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = 'public'"))
+    assert.are.equal(0, value(db.uri, "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = 'public'"))
   end)
 
   it("status --json is a stable document with checksums", function()
@@ -70,7 +57,7 @@ describe("status, check, history, stamp, force #e2e", function()
     assert.are.equal(3, ms({ "check" }).code)
     assert.are.equal(0, ms({ "up", "-y" }).code)
     assert.are.equal(0, ms({ "check" }).code)
-    helpers.write_files(dir, { ["migrations/0002_b.up.sql"] = "CREATE TABLE b (id bigint);\n" })
+    helpers.write_files(db.dir, { ["migrations/0002_b.up.sql"] = "CREATE TABLE b (id bigint);\n" })
     local res = ms({ "check" })
     assert.are.equal(9, res.code)
     assert.matches("CHANGED  0002_b", res.stdout)
@@ -83,11 +70,9 @@ describe("status, check, history, stamp, force #e2e", function()
   end)
 
   it("the checksum cache never hides a file edited after it was cached", function()
-    local cache = dir .. "/cache"
+    local cache = db.dir .. "/cache"
     local function cached(args)
-      local argv = { table.unpack(args) }
-      argv[#argv + 1] = "--database=" .. uri
-      return helpers.run(argv, { cwd = dir, env = { MOONSHIFT_CACHE_DIR = cache } })
+      return ms(args, { env = { MOONSHIFT_CACHE_DIR = cache } })
     end
     proc.sleep(2100) -- files changed in the last 2 s are not cached (racy timestamps)
     assert.are.equal(0, cached({ "up", "-y" }).code)
@@ -99,9 +84,9 @@ describe("status, check, history, stamp, force #e2e", function()
     assert.matches("0002_b.up.sql", fs.read(cache .. "/" .. names[2]))
     assert.are.equal(0, cached({ "check" }).code)
     -- same size, same mtime: only the ctime tells
-    local path = dir .. "/migrations/0002_b.up.sql"
+    local path = db.dir .. "/migrations/0002_b.up.sql"
     local mtime = fs.stat(path).mtime
-    helpers.write_files(dir, { ["migrations/0002_b.up.sql"] = "CREATE TABLE b (id int8);\n" })
+    helpers.write_files(db.dir, { ["migrations/0002_b.up.sql"] = "CREATE TABLE b (id int8);\n" })
     assert(os.execute(string.format("touch -m -d @%d %s", mtime, path)))
     local res = cached({ "status" })
     assert.are.equal(0, res.code)
@@ -111,11 +96,11 @@ describe("status, check, history, stamp, force #e2e", function()
 
   it("with a set cache, a broken file is still reported before an unreachable server",
     function()
-    local cache = dir .. "/cache"
+    local cache = db.dir .. "/cache"
     local function cached(args, database)
       local argv = { table.unpack(args) }
-      argv[#argv + 1] = "--database=" .. (database or uri)
-      return helpers.run(argv, { cwd = dir, env = { MOONSHIFT_CACHE_DIR = cache } })
+      argv[#argv + 1] = "--database=" .. (database or db.uri)
+      return helpers.run(argv, { cwd = db.dir, env = { MOONSHIFT_CACHE_DIR = cache } })
     end
     proc.sleep(2100) -- files changed in the last 2 s are not cached (racy timestamps)
     assert.are.equal(0, cached({ "up", "-y", "--to", "0002" }).code)
@@ -123,11 +108,11 @@ describe("status, check, history, stamp, force #e2e", function()
     assert.are.equal(0, res.code, res.stderr)
     assert.matches("applied  0002_b", res.stdout)
     assert.matches("2 applied, 1 pending", res.stdout)
-    local nowhere = "postgresql:///app?host=" .. dir .. "&port=1&connect_timeout=2"
+    local nowhere = "postgresql:///app?host=" .. db.dir .. "&port=1&connect_timeout=2"
     res = cached({ "status" }, nowhere)
     assert.are.equal(4, res.code, res.stderr)
     assert.matches("cannot connect", res.stderr)
-    helpers.write_files(dir, { ["migrations/0003_again.up.sql"] = "SELECT 1;\n" })
+    helpers.write_files(db.dir, { ["migrations/0003_again.up.sql"] = "SELECT 1;\n" })
     res = cached({ "status" }, nowhere)
     assert.are.equal(2, res.code, res.stderr)
     assert.matches("duplicate.*0003_again.up.sql", res.stderr)
@@ -136,7 +121,7 @@ describe("status, check, history, stamp, force #e2e", function()
 
   it("a CRLF checkout with a BOM is not drift", function()
     assert.are.equal(0, ms({ "up", "-y" }).code)
-    helpers.write_files(dir, { ["migrations/0001_a.up.sql"] = "\239\187\191CREATE TABLE a (id int);\r\n" })
+    helpers.write_files(db.dir, { ["migrations/0001_a.up.sql"] = "\239\187\191CREATE TABLE a (id int);\r\n" })
     assert.are.equal(0, ms({ "check" }).code)
   end)
 
@@ -149,7 +134,7 @@ describe("status, check, history, stamp, force #e2e", function()
     assert.matches("older than the newest applied one %(0003_c%): 0002_b", res.stderr)
     local ok = ms({ "up", "-y", "--out-of-order" })
     assert.are.equal(0, ok.code, ok.stderr)
-    os.remove(dir .. "/migrations/0003_c.up.sql")
+    os.remove(db.dir .. "/migrations/0003_c.up.sql")
     local missing = ms({ "up", "-y" })
     assert.are.equal(9, missing.code)
     assert.matches("have no file: 0003_c", missing.stderr)
@@ -187,28 +172,28 @@ describe("status, check, history, stamp, force #e2e", function()
   end)
 
   it("--single-transaction rolls back the whole run on a failure", function()
-    helpers.write_files(dir, { ["migrations/0003_c.up.sql"] = "CREATE TABLE c (id int);\nSELECT 1/0;\n" })
+    helpers.write_files(db.dir, { ["migrations/0003_c.up.sql"] = "CREATE TABLE c (id int);\nSELECT 1/0;\n" })
     local res = ms({ "up", "-y", "--single-transaction" })
     assert.are.equal(6, res.code)
     assert.matches("whole run was rolled back", res.stderr)
-    assert.are.equal(0, value(uri, "SELECT count(*) FROM moonshift_migrations"))
-    assert.is_nil(value(uri, "SELECT to_regclass('a')::text"))
+    assert.are.equal(0, value(db.uri, "SELECT count(*) FROM moonshift_migrations"))
+    assert.is_nil(value(db.uri, "SELECT to_regclass('a')::text"))
   end)
 
   it("rejects an unknown key in migrate.lua, naming it", function()
-    helpers.write_files(dir, { ["migrate.lua"] = "return { migration = 'x' }\n" })
+    helpers.write_files(db.dir, { ["migrate.lua"] = "return { migration = 'x' }\n" })
     local res = ms({ "status" })
     assert.are.equal(2, res.code)
     assert.matches("unknown key \"migration\"", res.stderr)
   end)
 
   it("reads the database from migrate.lua, the environment and .env in that order", function()
-    helpers.write_files(dir, { ["migrate.lua"] = "return { database = env('APP_DB') }\n",
-      [".env"] = "APP_DB=" .. uri .. "\n" })
-    local res = helpers.run({ "status" }, { cwd = dir })
+    helpers.write_files(db.dir, { ["migrate.lua"] = "return { database = env('APP_DB') }\n",
+      [".env"] = "APP_DB=" .. db.uri .. "\n" })
+    local res = helpers.run({ "status" }, { cwd = db.dir })
     assert.are.equal(0, res.code, res.stderr)
-    local bad = helpers.run({ "status" }, { cwd = dir,
-      env = { DATABASE_URL = "postgresql:///nope?user=postgres&host=" .. c.socket_dir } })
+    local bad = helpers.run({ "status" }, { cwd = db.dir,
+      env = { DATABASE_URL = "postgresql:///nope?user=postgres&host=" .. db.cluster.socket_dir } })
     assert.are.equal(4, bad.code)
     assert.matches("database \"nope\" does not exist", bad.stderr)
   end)

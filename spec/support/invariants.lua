@@ -27,6 +27,7 @@ end
 --  I4: no moonshift backend and no moonshift advisory lock is left;
 --  the run log (opts.log_dir or opts.log_file) ends with a final event unless the run was
 --    killed (opts.killed), and logs and backups are 0600 in 0700 directories (I7).
+--  opts.note: added to the message (e.g. the seed of random kill points, to replay them).
 -- @return table: { rows = { version = state } }
 function invariants.check(uri, opts)
   opts = opts or {}
@@ -75,7 +76,10 @@ function invariants.check(uri, opts)
       end
     end
   end
-  if #problems > 0 then error("invariants violated:\n  " .. table.concat(problems, "\n  "), 2) end
+  if #problems > 0 then
+    error("invariants violated" .. (opts.note and (" " .. opts.note) or "") .. ":\n  " ..
+      table.concat(problems, "\n  "), 2)
+  end
   return { rows = rows }
 end
 

@@ -1,0 +1,178 @@
+-- sandbox: the environment migrate.lua, companions and hooks run in, and loading files into it.
+local sandbox = require("moonshift.sandbox")
+local helpers = require("spec.helpers")
+
+describe("sandbox", function()
+  describe("env", function()
+    it("offers the safe base functions and libraries, without os, io, debug or dofile", function()
+      local env = sandbox.env()
+      for _, name in ipairs({ "assert", "error", "ipairs", "pairs", "pcall", "xpcall", "select",
+        "setmetatable", "tonumber", "tostring", "type" }) do
+        assert.are.equal("function", type(env[name]), name)
+      end
+      for _, name in ipairs({ "string", "table", "math", "utf8", "coroutine" }) do
+        assert.are.equal("table", type(env[name]), name)
+      end
+      assert.is_nil(env.io)
+      assert.is_nil(env.debug)
+      assert.is_nil(env.dofile)
+      assert.is_nil(env.loadfile)
+      assert.is_nil(env.collectgarbage)
+      assert.is_nil(env.package)
+    end)
+
+    it("keeps only os.time, date, clock and difftime", function()
+      local env = sandbox.env()
+      local names = {}
+      for k in pairs(env.os) do names[#names + 1] = k end
+      table.sort(names)
+      assert.are.same({ "clock", "date", "difftime", "time" }, names)
+    end)
+
+    it("has no string.dump, and changing its libraries leaves the real ones alone", function()
+      local env = sandbox.env()
+      assert.is_nil(env.string.dump)
+      assert.are.equal("function", type(string.dump))
+      env.string.upper = nil
+      env.table.insert = nil
+      assert.are.equal("function", type(string.upper))
+      assert.are.equal("function", type(table.insert))
+    end)
+
+    it("gives each call a table of its own, whose _G is itself", function()
+      local a, b = sandbox.env(), sandbox.env()
+      assert.are_not.equal(a, b)
+      assert.are.equal(a, a._G)
+      a.leaked = true
+      assert.is_nil(b.leaked)
+      assert.is_nil(rawget(_G, "leaked"))
+    end)
+
+    it("adds the names given, replacing its own", function()
+      local log = function() end
+      local env = sandbox.env({ log = log, print = false })
+      assert.are.equal(log, env.log)
+      assert.is_false(env.print)
+    end)
+
+    it("requires only moonshift.verify and cjson", function()
+      local env = sandbox.env()
+      assert.are.equal(require("moonshift.verify"), env.require("moonshift.verify"))
+      assert.are.equal(require("cjson"), env.require("cjson"))
+      for _, name in ipairs({ "moonshift.fs", "moonshift.proc", "moonshift.pg", "os", "io", "lfs" }) do
+        assert.has_error(function() env.require(name) end,
+          "require of '" .. name .. "' is not allowed here")
+      end
+    end)
+
+    it("loads text chunks into the sandbox and refuses bytecode", function()
+      local env = sandbox.env()
+      local chunk = assert(env.load("return os, io, string.dump"))
+      local os_, io_, dump = chunk()
+      assert.are.equal(env.os, os_)
+      assert.is_nil(io_)
+      assert.is_nil(dump)
+      local f, err = env.load(string.dump(function() return 1 end))
+      assert.is_nil(f)
+      assert.matches("binary", err)
+    end)
+
+    it("loads into another environment when one is given", function()
+      local env = sandbox.env()
+      local chunk = assert(env.load("return x", "=chunk", "t", { x = 42 }))
+      assert.are.equal(42, chunk())
+    end)
+
+    it("lets pcall and xpcall catch ordinary errors", function()
+      local env = sandbox.env()
+      local ok, err = env.pcall(error, "boom", 0)
+      assert.is_false(ok)
+      assert.are.equal("boom", err)
+      local handled
+      ok = env.xpcall(function() error({ code = 1 }) end, function(e) handled = e end)
+      assert.is_false(ok)
+      assert.are.same({ code = 1 }, handled)
+      assert.are.same({ true, 1, 2 }, { env.pcall(function() return 1, 2 end) })
+    end)
+
+    it("lets pcall and xpcall not swallow a time or memory limit", function()
+      local env = sandbox.env()
+      local limit = { limit = true, message = "time limit" }
+      local ok, err = pcall(env.pcall, error, limit)
+      assert.is_false(ok)
+      assert.are.equal(limit, err)
+      ok, err = pcall(env.pcall, error, "not enough memory", 0)
+      assert.is_false(ok)
+      assert.are.equal("not enough memory", err)
+      ok, err = pcall(env.xpcall, function() error(limit) end, function(e) return e end)
+      assert.is_false(ok)
+      assert.are.equal(limit, err)
+    end)
+
+    it("prints to stderr, not stdout", function()
+      local res = helpers.run({ "--run-lua", "/dev/stdin" }, {
+        stdin = "require('moonshift.sandbox').env().print('to', 'stderr', nil, 1)\n" })
+      assert.are.equal(0, res.code, res.stderr)
+      assert.are.equal("", res.stdout)
+      assert.are.equal("to\tstderr\tnil\t1\n", res.stderr)
+    end)
+  end)
+
+  describe("dofile", function()
+    local dir
+    before_each(function() dir = helpers.tmpdir() end)
+    after_each(function() helpers.rmdir(dir) end)
+
+    local function file(name, text)
+      helpers.write_files(dir, { [name] = text })
+      return dir .. "/" .. name
+    end
+
+    it("runs a file in the given environment and returns its first value", function()
+      local env = sandbox.env({ answer = 41 })
+      local path = file("a.lua", "seen = true\nreturn answer + 1, 'second'\n")
+      assert.are.equal(42, sandbox.dofile(path, env))
+      assert.is_true(env.seen)
+      assert.is_nil(rawget(_G, "seen"))
+    end)
+
+    it("names the chunk after chunkname in messages", function()
+      local _, err = sandbox.dofile(file("b.lua", "\nerror('bad')\n"), sandbox.env(), "migrations/b.lua")
+      assert.are.equal("migrations/b.lua:2: bad", err)
+      _, err = sandbox.dofile(file("c.lua", "error('bad')\n"), sandbox.env())
+      assert.are.equal(dir .. "/c.lua:1: bad", err)
+    end)
+
+    it("returns nil and the error for a syntax error, a raised table and a missing file", function()
+      local none, err = sandbox.dofile(file("d.lua", "return {"), sandbox.env())
+      assert.is_nil(none)
+      assert.matches("d%.lua:1: .*expected", err)
+      none, err = sandbox.dofile(file("e.lua", "error(setmetatable({}, " ..
+        "{ __tostring = function() return 'custom' end }))"), sandbox.env())
+      assert.is_nil(none)
+      assert.are.equal("custom", err)
+      none, err = sandbox.dofile(dir .. "/nope.lua", sandbox.env())
+      assert.is_nil(none)
+      assert.matches("nope%.lua", err)
+    end)
+
+    it("refuses a precompiled file", function()
+      local path = dir .. "/f.luac"
+      local f = assert(io.open(path, "wb"))
+      f:write(string.dump(function() return 1 end))
+      f:close()
+      local none, err = sandbox.dofile(path, sandbox.env())
+      assert.is_nil(none)
+      assert.matches("binary", err)
+    end)
+
+    it("cannot reach os.execute or io from the file", function()
+      local none, err = sandbox.dofile(file("g.lua", "return os.execute('true')"), sandbox.env())
+      assert.is_nil(none)
+      assert.matches("execute", err)
+      none, err = sandbox.dofile(file("h.lua", "return io.open('/etc/passwd')"), sandbox.env())
+      assert.is_nil(none)
+      assert.matches("io", err)
+    end)
+  end)
+end)
