@@ -17,12 +17,11 @@ local function migration(version, text)
 end
 
 describe("runner", function()
-  local c, uri, conn, r, events
+  local db = helpers.database()
+  local uri, conn, r, events
 
-  lazy_setup(function() c = helpers.cluster() end)
-  lazy_teardown(function() if c then c:stop() end end)
   before_each(function()
-    uri = helpers.fresh_db(c)
+    uri = db.uri
     conn = assert(pg.connect(uri))
     local h = history.new(conn, "public", CFG)
     assert(h:ensure())

@@ -49,9 +49,15 @@ describe("backup, -c, --migrations, new --timestamp and demo #e2e", function()
   it("globals are strict in the tool: reading an undeclared one is a bug, exit 1", function()
     local lua = db.dir .. "/lua"
     local files = {}
-    for _, name in ipairs(assert(fs.list(helpers.root() .. "/lua/moonshift"))) do
-      files["lua/moonshift/" .. name] = assert(fs.read(helpers.root() .. "/lua/moonshift/" .. name))
+    local function copy(rel) -- the tree, commands/ included
+      local path = helpers.root() .. "/" .. rel
+      if assert(fs.stat(path)).type == "directory" then
+        for _, name in ipairs(assert(fs.list(path))) do copy(rel .. "/" .. name) end
+      else
+        files[rel] = assert(fs.read(path))
+      end
     end
+    copy("lua/moonshift")
     files["lua/moonshift/ui.lua"] = "local _ = colour_is_a_typo\n" .. files["lua/moonshift/ui.lua"]
     helpers.write_files(db.dir, files)
     local res = helpers.run({ "status", "-d", db.uri }, { cwd = db.dir, env = { MOONSHIFT_LUA_DIR = lua } })

@@ -3,55 +3,44 @@
 local helpers = require("spec.helpers")
 
 describe("a migration's transaction #e2e", function()
-  local c, dir, uri
-
-  lazy_setup(function() c = helpers.cluster() end)
-  lazy_teardown(function() if c then c:stop() end end)
-  before_each(function()
-    dir = helpers.tmpdir()
-    uri = helpers.fresh_db(c)
-  end)
-  after_each(function() helpers.rmdir(dir) end)
+  local db = helpers.database()
 
   local function ms(...)
-    local argv = { ... }
-    argv[#argv + 1] = "--database"
-    argv[#argv + 1] = uri
-    return helpers.run(argv, { cwd = dir })
+    return helpers.ms({ ... })
   end
 
   it("refuses a COMMIT behind a nested comment before anything runs", function()
-    helpers.write_files(dir, { ["migrations/0001_a.up.sql"] = "create table a1 (id int);\n" ..
+    helpers.write_files(db.dir, { ["migrations/0001_a.up.sql"] = "create table a1 (id int);\n" ..
       "/* a /* b */ c */ COMMIT;\ncreate table a2 (id int);\nselect 1/0;\n" })
     local res = ms("up", "-y")
     assert.are.equal(2, res.code, res.stderr)
     assert.matches("0001_a%.up%.sql:2: COMMIT: moonshift runs each migration in its own " ..
       "transaction", res.stderr)
-    assert.is_nil(helpers.value(uri, "SELECT to_regclass('a1')::text"))
-    assert.is_nil(helpers.value(uri, "SELECT to_regclass('moonshift_migrations')::text"))
+    assert.is_nil(helpers.value(db.uri, "SELECT to_regclass('a1')::text"))
+    assert.is_nil(helpers.value(db.uri, "SELECT to_regclass('moonshift_migrations')::text"))
     local st = ms("status")
     assert.are.equal(2, st.code)
     assert.matches("0001_a%.up%.sql:2: COMMIT", st.stderr)
   end)
 
   it("refuses every hidden form in a later file before the first one runs", function()
-    helpers.write_files(dir, {
+    helpers.write_files(db.dir, {
       ["migrations/0001_ok.up.sql"] = "create table ok (id int);\n",
       ["migrations/0002_end.up.sql"] = "create table b (id int);\n-- x\n/**/ eNd WoRk;\n",
     })
     local res = ms("up", "-y")
     assert.are.equal(2, res.code, res.stderr)
     assert.matches("0002_end%.up%.sql:3: END", res.stderr)
-    assert.is_nil(helpers.value(uri, "SELECT to_regclass('ok')::text"))
+    assert.is_nil(helpers.value(db.uri, "SELECT to_regclass('ok')::text"))
   end)
 
   it("shows a migration's notices with its file and line, and logs them", function()
-    helpers.write_files(dir, { ["migrations/0001_n.up.sql"] = "create table n (id int);\n\n" ..
+    helpers.write_files(db.dir, { ["migrations/0001_n.up.sql"] = "create table n (id int);\n\n" ..
       "do $$ begin raise notice 'backfilled % rows', 3; end $$;\n" })
     local res = ms("up", "-y")
     assert.are.equal(0, res.code, res.stderr)
     assert.matches("migrations/0001_n%.up%.sql:3: NOTICE: backfilled 3 rows", res.stderr)
-    local log = assert(io.open(dir .. "/" .. assert(res.stderr:match("run log: (%S+)"))))
+    local log = assert(io.open(db.dir .. "/" .. assert(res.stderr:match("run log: (%S+)"))))
     local text = log:read("a")
     log:close()
     assert.matches('"event":"notice"', text)
