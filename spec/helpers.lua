@@ -87,7 +87,10 @@ function helpers.env(extra)
     LANG = "C.UTF-8",
     TZ = "UTC",
     NO_COLOR = "1",
-    MOONSHIFT_CACHE_DIR = "", -- no checksum cache in HOME; specs that want one set a dir
+    -- no checksum cache in HOME; specs that want one set a dir, and the run with
+    -- MOONSHIFT_SPEC_CACHE_DIR set (ctest busted_cached) has one for every child
+    MOONSHIFT_CACHE_DIR = os.getenv("MOONSHIFT_SPEC_CACHE_DIR") or "",
+    MOONSHIFT_TEST_RACY_SECONDS = os.getenv("MOONSHIFT_SPEC_CACHE_DIR") and "-1" or nil,
   }
   for _, name in ipairs({ "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "MOONSHIFT_PG_BIN",
     "MOONSHIFT_LUA_DIR" }) do

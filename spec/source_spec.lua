@@ -3,6 +3,7 @@
 local fs = require("moonshift.fs")
 local hash = require("moonshift.hash")
 local source = require("moonshift.source")
+local cache_mod = require("moonshift.cache")
 local helpers = require("spec.helpers")
 
 local function write_file(path, data)
@@ -359,10 +360,10 @@ describe("moonshift.source", function()
     before_each(function()
       cache = tmp .. "/cache/moonshift/m.cache"
       set_cache = tmp .. "/cache/moonshift/m.set"
-      racy, source.RACY_SECONDS = source.RACY_SECONDS, -1 -- files written just now count as old
+      racy, cache_mod.RACY_SECONDS = cache_mod.RACY_SECONDS, -1 -- files written just now count as old
     end)
 
-    after_each(function() source.RACY_SECONDS = racy end)
+    after_each(function() cache_mod.RACY_SECONDS = racy end)
 
     -- Replaces the cached checksum of a file, as if the cache knew other content; removes
     -- the set cache, which would answer first.
@@ -392,12 +393,12 @@ describe("moonshift.source", function()
       forge("1_a.up.sql", string.rep("0", 64))
       local a = assert(source.load(dir, { cache = cache, lazy = true })).migrations[1]
       assert.equal(string.rep("0", 64), a.checksum)
-      assert.is_nil(a.up_sql) -- not read
+      assert.is_nil(rawget(a, "up_sql")) -- not read
       assert.is_true(a.transaction)
       assert.is_false(a.down_transaction)
       assert.equal(dir .. "/1_a.down.sql", a.down_path)
       -- preparing reads the file and refuses it, since it no longer matches what was loaded
-      local ok, err = source.prepare(a)
+      local ok, err = source.check(a)
       assert.is_nil(ok)
       assert.matches("1_a.up.sql changed while moonshift was reading it", err.message)
     end)
@@ -406,12 +407,12 @@ describe("moonshift.source", function()
       local text = "-- migrate:up transaction:false\nselect 1;\n-- migrate:down\nselect 2;\n"
       local first = assert(load({ ["2_b.sql"] = text }, { cache = cache, lazy = true }))
       local b = assert(source.load(dir, { cache = cache, lazy = true })).migrations[1]
-      assert.is_nil(b.up_sql)
+      assert.is_nil(rawget(b, "up_sql"))
       assert.equal(first.migrations[1].checksum, b.checksum)
       assert.is_false(b.transaction)
       assert.equal(dir .. "/2_b.sql", b.down_path)
       assert.is_false(b.down_transaction)
-      assert(source.prepare(b))
+      assert(source.check(b))
       assert.equal("select 1;\n", b.up_sql)
       assert.equal("select 2;\n", b.down_sql)
       assert.equal(4, b.down_statements[1].line)
@@ -430,7 +431,7 @@ describe("moonshift.source", function()
     end)
 
     it("leaves out files changed just before the load (racy timestamps)", function()
-      source.RACY_SECONDS = 3600
+      cache_mod.RACY_SECONDS = 3600
       assert(load({ ["1_a.up.sql"] = "select 1;\n" }, { cache = cache, lazy = true }))
       assert.is_nil((fs.read(cache) or ""):find("1_a.up.sql", 1, true))
       assert.is_nil(fs.stat(set_cache))
@@ -484,9 +485,9 @@ describe("moonshift.source", function()
           assert.equal(#first[list], #again[list])
           for i, m in ipairs(first[list]) do
             for _, f in ipairs(fields) do assert.equal(m[f], again[list][i][f], f) end
-            assert.is_nil(again[list][i].up_sql) -- not read
-            assert(source.prepare(m))
-            assert(source.prepare(again[list][i]))
+            assert.is_nil(rawget(again[list][i], "up_sql")) -- not read
+            assert(source.check(m))
+            assert(source.check(again[list][i]))
             assert.same(m.statements, again[list][i].statements)
             assert.same(m.down_statements, again[list][i].down_statements)
           end
@@ -524,7 +525,7 @@ describe("moonshift.source", function()
       end)
 
       it("is not written for a set changed just before the load", function()
-        source.RACY_SECONDS = 3600
+        cache_mod.RACY_SECONDS = 3600
         assert(load(tree, opts))
         assert.is_nil(fs.stat(set_cache))
       end)
@@ -546,7 +547,7 @@ describe("moonshift.source", function()
         local damaged = data:gsub("\t0;native [^\n]*\n", "\t0;\n", 1)
         assert(fs.write_atomic(set_cache, damaged, tonumber("600", 8)))
         local m = assert(source.load(dir, opts)).migrations[1]
-        local ok, err = source.prepare(m)
+        local ok, err = source.check(m)
         assert.is_nil(ok)
         assert.matches("cache entry of .*1_a.up.sql was damaged and is now removed", err.message)
         assert.is_nil(fs.stat(set_cache))

@@ -153,7 +153,7 @@ function config.load(opts)
   end
 
   cfg.migrations = absolute(root, cfg.migrations)
-  -- the checksum cache (see source.lua): MOONSHIFT_CACHE_DIR, set empty to turn it off
+  -- the checksum cache (see cache.lua): MOONSHIFT_CACHE_DIR, set empty to turn it off
   local cache_dir = os.getenv("MOONSHIFT_CACHE_DIR")
   if cache_dir == nil then
     local xdg, home = os.getenv("XDG_CACHE_HOME"), os.getenv("HOME")

@@ -294,7 +294,7 @@ function execute.change(cfg, ui, opts, how)
   return session.with(cfg, ui, { change = not opts.dry_run }, function(s)
     local list, direction, question, anyway = how.plan(s)
     if not list then return nil, direction end
-    local ok, err = s:prepare(list)
+    local ok, err = s:check(list)
     if not ok then return nil, err end
     if #list == 0 and not anyway then
       return { done = {}, current = s:current_id(), nothing = true, target = s.label }

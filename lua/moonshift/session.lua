@@ -160,11 +160,12 @@ function session.with(cfg, ui, opts, fn)
   return fn(s)
 end
 
---- Splits and checks the statements of migrations about to be used (or shown).
+--- Reads and checks the statements of migrations about to be used (or shown): what cannot
+-- run is refused before anything does.
 -- @return true | nil, err (kind usage)
-function Session:prepare(list)
+function Session:check(list)
   for _, m in ipairs(list) do
-    local ok, err = source.prepare(m)
+    local ok, err = source.check(m)
     if not ok then return nil, err end
     for _, w in ipairs(err or {}) do self.ui:warn(w) end
   end
@@ -179,8 +180,8 @@ function Session:refresh(brief, rows)
   if not rows then rows, err = self.history:load(brief) end
   if not rows then return nil, err end
   self.status = plan.status(self.set, rows)
-  local ok, perr = self:prepare(self.status.pending)
-  if ok then ok, perr = self:prepare(self.status.repeatables) end
+  local ok, perr = self:check(self.status.pending)
+  if ok then ok, perr = self:check(self.status.repeatables) end
   if not ok then return nil, perr end
   return true
 end

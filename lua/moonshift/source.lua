@@ -20,12 +20,12 @@
 -- * An empty or comment-only up script is allowed: it is recorded as applied, nothing is
 --   sent (the set carries a warning).
 local fs = require("moonshift.fs")
-local proc = require("moonshift.proc")
 local hash = require("moonshift.hash")
 local host = require("moonshift.host")
-local records = require("moonshift.records")
 local sql = require("moonshift.sql")
 local statement = require("moonshift.statement")
+local layouts = require("moonshift.layouts")
+local cache = require("moonshift.cache")
 local version = require("moonshift.version")
 local errors = require("moonshift.errors")
 
@@ -43,12 +43,6 @@ local FORMATS = { auto = true, native = true, flyway = true, dbmate = true, dies
   goose = true }
 
 local DIRECTIVE = "`-- moonshift:no-transaction`"
-
--- Files a diesel migration directory may hold, and what each is.
-local DIESEL_FILES = {
-  ["up.sql"] = "up", ["down.sql"] = "down", ["metadata.toml"] = "metadata",
-  ["migration.lua"] = "companion", ["verify.sql"] = "verify",
-}
 
 local function join(dir, name)
   return dir == "/" and "/" .. name or dir .. "/" .. name
@@ -82,6 +76,20 @@ end
 local function line_of(text, pos)
   local _, n = text:sub(1, pos - 1):gsub("\n", "")
   return n + 1
+end
+
+-- Migrations whose scripts are not split yet, and what that needs (weak: a migration nobody
+-- holds takes its entry with it). Their statements are read on first use.
+local unread = setmetatable({}, { __mode = "k" })
+local LAZY = { statements = true, down_statements = true, up_sql = true, down_sql = true }
+local Migration = {}
+Migration.__index = function(m, k)
+  if LAZY[k] and unread[m] then
+    local ok, err = source.check(m)
+    if not ok then error(err, 2) end
+    return rawget(m, k)
+  end
+  return nil
 end
 
 -- The loader state of one source.load call: options and the problems found so far.
@@ -174,275 +182,23 @@ function Loader:claim(path, st)
   return true
 end
 
--- True for a Flyway version: digit runs separated by single dots or underscores.
-local function flyway_version(v)
-  if v == "" then return false end
-  for part in (v:gsub("_", ".") .. "."):gmatch("([^.]*)%.") do
-    if not part:match("^%d+$") then return false end
-  end
-  return true
-end
-
-local NATIVE = { up = "^(%d+)_([^.].*)%.up%.sql$", down = "^(%d+)_([^.].*)%.down%.sql$" }
-
--- What a file name in the migrations directory is: a table, or nil when no layout fits.
-local function classify(name)
-  local base = name:match("^(.+)%.verify%.sql$")
-  if base then return { kind = "verify", base = base } end
-  base = name:match("^(.+)%.lua$")
-  if base then return { kind = "companion", base = base } end
-  base = name:match("^(.+)%.sql%.conf$")
-  if base then return { kind = "conf", base = base } end
-  for kind, pattern in pairs(NATIVE) do
-    local v, n = name:match(pattern)
-    if v then
-      return { kind = kind, layout = "native", version = v, name = n, id = v .. "_" .. n }
-    end
-  end
-  local prefix, fv, fn = name:match("^([VU])(.-)__(.+)%.sql$")
-  if prefix and flyway_version(fv) then
-    return { kind = prefix == "V" and "up" or "down", layout = "flyway",
-      version = (fv:gsub("_", ".")), name = fn, id = "V" .. fv .. "__" .. fn }
-  end
-  fn = name:match("^R__(.+)%.sql$")
-  if fn then return { kind = "repeatable", layout = "flyway", name = fn, id = "R__" .. fn } end
-  local v, n = name:match("^(%d+)_([^.].*)%.sql$")
-  if v then return { kind = "up", lone = true, version = v, name = n, id = v .. "_" .. n } end
-  return nil
-end
-
--- The lines of text that a function picks out: { value, line, first, after } each.
-local function marker_lines(text, pick)
-  local found, pos, lineno = {}, 1, 0
-  while pos <= #text do
-    local nl = text:find("\n", pos, true)
-    local stop = nl or #text + 1
-    lineno = lineno + 1
-    local value, rest = pick(text:sub(pos, stop - 1))
-    if value then
-      found[#found + 1] = { value = value, rest = rest, line = lineno, first = pos,
-        after = stop + 1 }
-    end
-    pos = stop + 1
-  end
-  return found
-end
-
-local function dbmate_marker(line)
-  local which, rest = line:lower():match("^%s*%-%-%s*migrate:(%a+)(.*)$")
-  if which == "up" or which == "down" then return which, rest end
-  return nil
-end
-
-local function goose_marker(line)
-  local which = line:lower():match("^%s*%-%-%s*%+goose%s+(%a+)%s*$")
-  if which == "up" or which == "down" then return which, "" end
-  return nil
-end
-
--- Which section layout a lone file uses, from its text: "dbmate", "goose" or "native".
-local function lone_layout(text)
-  local low = "\n" .. text:lower()
-  if low:find("\n[ \t]*%-%-[ \t]*migrate:up") then return "dbmate" end
-  if low:find("\n[ \t]*%-%-[ \t]*%+goose[ \t]+up[ \t]*\n") or
-      low:find("\n[ \t]*%-%-[ \t]*%+goose[ \t]+up[ \t]*$") then
-    return "goose"
-  end
-  return "native"
-end
-
--- Splits a dbmate or goose file into its up and down sections: { up, up_offset, up_options,
--- down, down_offset, down_options }; nil and a problem when the sections are not one up
--- followed by one down.
-function Loader:sections(e, layout, text)
-  local marks = marker_lines(text, layout == "dbmate" and dbmate_marker or goose_marker)
-  local label = layout == "dbmate" and "-- migrate:" or "-- +goose "
-  local up, down
-  for _, m in ipairs(marks) do
-    if (m.value == "up" and up) or (m.value == "down" and down) then
-      self:problem(fmt("%s:%d: a second `%s%s` section", e.path, m.line, label, m.value),
-        e.path)
-      return nil
-    end
-    if m.value == "up" then up = m else down = m end
-  end
-  if not up then
-    self:problem(fmt("%s: no `%sup` line starts a section", e.path, label), e.path)
-    return nil
-  end
-  if down and down.line < up.line then
-    self:problem(fmt("%s:%d: the `%sdown` section comes before `%sup`", e.path, down.line,
-      label, label), e.path)
-    return nil
-  end
-  local lineno = 0
-  for line in text:sub(1, up.first - 1):gmatch("([^\n]*)\n") do
-    lineno = lineno + 1
-    if not line:match("^%s*$") and not line:match("^%s*%-%-") then
-      self:problem(fmt("%s:%d: text before `%sup` belongs to no section", e.path, lineno,
-        label), e.path)
-      return nil
-    end
-  end
-  local sec = { up = text:sub(up.after, down and down.first - 1 or #text), up_offset = up.line,
-    up_options = up.rest }
-  if down then
-    sec.down, sec.down_offset, sec.down_options = text:sub(down.after), down.line, down.rest
-  end
-  return sec
-end
-
--- True when lowercased text has `-- moonshift:no-transaction` as a line of its own.
-local function has_directive(low)
-  local init = 1
-  while true do
-    local s, e = low:find("moonshift:no-transaction", init, true)
-    if not s then return false end
-    local line_start = low:sub(1, s - 1):match(".*\n()") or 1
-    if low:sub(line_start, s - 1):match("^%s*%-%-%s*$") and
-        not low:sub(e + 1, e + 1):match("[%w_%-]") then
-      return true
-    end
-    init = e + 1
-  end
-end
-
--- True when lowercased text has goose's `-- +goose NO TRANSACTION` line.
-local function has_goose_directive(low)
-  return low:find("^[ \t]*%-%-[ \t]*%+goose[ \t]+no[ \t]+transaction") ~= nil or
-    low:find("\n[ \t]*%-%-[ \t]*%+goose[ \t]+no[ \t]+transaction") ~= nil
-end
-
--- What loading needs of a script's text, small enough to keep in the checksum cache: the
--- layout (of a lone file), the checksum of the up part, the directives that decide whether
--- it runs in a transaction, and where a down section starts. Also returns the up and down
--- texts.
-function Loader:facts(e, text)
-  local f = { layout = e.layout or "native", checksum = "", up_offset = 0, down_offset = 0 }
-  local up, down = text, nil
-  if e.lone then
-    f.layout = lone_layout(text)
-    if f.layout ~= "native" then
-      local sec = self:sections(e, f.layout, text)
-      if not sec then return nil end
-      up, down, f.up_offset, f.down_offset = sec.up, sec.down, sec.up_offset, sec.down_offset
-      f.has_down = down ~= nil
-      if f.layout == "dbmate" then
-        f.up_tx_off = sec.up_options:find("transaction:%s*false") ~= nil
-        f.down_tx_off = (sec.down_options or ""):find("transaction:%s*false") ~= nil
-      end
-    end
-  end
-  local low = up:lower()
-  f.checksum = hash.sha256(up)
-  f.directive = has_directive(low)
-  -- goose writes it anywhere in the file, also above `-- +goose Up`
-  f.goose = has_goose_directive(f.layout == "goose" and text:lower() or low)
-  f.down_directive = down ~= nil and has_directive(down:lower())
-  return f, up, down
-end
-
--- The checksum cache: a file's facts keyed by its stat, so that a file unchanged since the
--- last run is not read again. Stat keys include ctime, which no tool can set back, and only
--- files last changed well before the run began are cached: a file written in the same
--- timestamp tick as it was read could otherwise keep its key with new content (git's
--- "racy clean" problem). Two seconds covers the coarsest timestamps (FAT, some network
--- file systems).
-local CACHE_HEADER = "moonshift checksum cache 2\n"
-source.RACY_SECONDS = 2
-local FLAGS = { "has_down", "up_tx_off", "down_tx_off", "directive", "goose", "down_directive" }
-
-local function stat_key(st)
-  return fmt("%d:%d.%d:%d.%d:%d:%d", st.size, st.mtime, st.mtime_nsec, st.ctime or 0,
-    st.ctime_nsec or 0, st.ino, st.dev)
-end
-
-local function encode_facts(f)
-  local flags = {}
-  for i, name in ipairs(FLAGS) do flags[i] = f[name] and "1" or "0" end
-  return fmt("%s %s %s %d %d", f.layout, f.checksum, table.concat(flags), f.up_offset,
-    f.down_offset)
-end
-
-local function decode_facts(s)
-  local layout, checksum, flags, up_offset, down_offset =
-    s:match("^(%a+) (%x+) ([01]+) (%d+) (%d+)$")
-  if not layout or #flags ~= #FLAGS then return nil end
-  local a, b, c, d, e, g = flags:byte(1, 6) -- FLAGS, in order
-  return { layout = layout, checksum = checksum, up_offset = tonumber(up_offset),
-    down_offset = tonumber(down_offset), has_down = a == 49, up_tx_off = b == 49,
-    down_tx_off = c == 49, directive = d == 49, goose = e == 49, down_directive = g == 49 }
-end
-
--- The text of a cache file that starts with header; nil when it is missing, foreign or not
--- private to this user.
-local function read_private(path, header)
-  local st = fs.stat(path)
-  if not st or st.type ~= "file" or st.uid ~= proc.getuid() or st.mode & 18 ~= 0 then
-    return nil
-  end
-  local data = fs.read(path)
-  if not data or data:sub(1, #header) ~= header then return nil end
-  return data
-end
-
--- Writes a cache file, private to this user; failing is no error (the next run reads the
--- files again).
-local function write_private(path, data)
-  local dir = path:match("^(.*)/[^/]*$")
-  if dir and dir ~= "" then fs.mkdir_p(dir, tonumber("700", 8)) end
-  fs.write_atomic(path, data, tonumber("600", 8))
-end
-
--- The cache file's entries (path -> "key\tfacts"); empty when it is missing, foreign or
--- not private to this user.
-local function read_cache(path)
-  local entries = {}
-  local data = read_private(path, CACHE_HEADER)
-  if not data then return entries, nil end
-  for p, rest in data:gmatch("([^\t\n]+)\t([^\n]*)\n", #CACHE_HEADER + 1) do
-    entries[p] = rest
-  end
-  return entries, data
-end
-
--- The facts of a script file: from the cache when its stat key matches, else from its text
--- (then also kept on the entry as e.up_sql and e.down_sql). nil (and a problem) when refused.
+-- The facts of a script file: from the checksum cache when its stat is unchanged, else
+-- from its text (then also kept on the entry as e.up_sql and e.down_sql). nil (and a
+-- problem) when refused.
 function Loader:load_script(e)
   if not self:claim(e.path, e.st) then return nil end
-  local key = stat_key(e.st)
-  local cache = self.cache
-  if cache then
-    local hit = cache.entries[e.path]
-    if hit and hit:sub(1, #key + 1) == key .. "\t" then
-      local f = decode_facts(hit:sub(#key + 2))
-      if f then
-        cache.keep[#cache.keep + 1] = e.path .. "\t" .. hit
-        cache.hits = cache.hits + 1
-        return f
-      end
-    end
-  end
+  local known = self.files:lookup(e.path, e.st)
+  if known then return known end
   local text = self:read(e.path, e.st)
   if not text then return nil end
-  local f, up, down = self:facts(e, text)
-  if not f then return nil end
-  e.up_sql, e.down_sql = up, down
-  if cache and math.max(e.st.mtime, e.st.ctime or math.huge) < self.started - source.RACY_SECONDS
-      and not e.path:find("[\t\n]") then
-    cache.keep[#cache.keep + 1] = e.path .. "\t" .. key .. "\t" .. encode_facts(f)
+  local f, up, down = layouts.facts(e, text)
+  if not f then
+    self:problem(up, e.path)
+    return nil
   end
+  e.up_sql, e.down_sql = up, down
+  self.files:store(e.path, e.st, f)
   return f
-end
-
--- Writes the cache when what it should hold differs from what it holds.
-local function write_cache(cache)
-  local size = 0
-  for _ in pairs(cache.entries) do size = size + 1 end
-  if cache.hits == #cache.keep and cache.hits == size then return end
-  table.sort(cache.keep)
-  local data = CACHE_HEADER .. table.concat(cache.keep, "\n") .. (#cache.keep > 0 and "\n" or "")
-  if data ~= cache.data then write_private(cache.path, data) end
 end
 
 -- The name of a psql meta-command statement, like `\i`.
@@ -503,7 +259,7 @@ function Loader:scan(dir)
       elseif st and st.type ~= "file" then
         self:problem(fmt("%s is not a regular file or directory", path), path)
       elseif st then
-        local e = classify(name)
+        local e = layouts.classify(name)
         if not e then
           self:problem(fmt("%s matches no migration layout (expected names like " ..
             "0003_add_email.up.sql, 0003_add_email.sql, V3__add_email.sql, or an ignore " ..
@@ -536,11 +292,11 @@ function Loader:scan_diesel(name, path)
     if not self:skipped(file) then
       local fpath = path .. "/" .. file
       local st = self:resolve(fpath)
-      if st and (st.type ~= "file" or not DIESEL_FILES[file]) then
+      if st and (st.type ~= "file" or not layouts.DIESEL_FILES[file]) then
         self:problem(fmt("%s does not belong in a diesel migration directory (it may hold " ..
           "up.sql, down.sql, metadata.toml, migration.lua and verify.sql)", fpath), fpath)
       elseif st then
-        files[DIESEL_FILES[file]] = { path = fpath, st = st }
+        files[layouts.DIESEL_FILES[file]] = { path = fpath, st = st }
       end
     end
   end
@@ -664,17 +420,6 @@ function Loader:group()
   end
 end
 
--- Whether a migration runs in a transaction, from every directive its layout knows.
-local function transactional(e)
-  local f = e.facts
-  if f.directive or f.up_tx_off or f.goose or e.no_transaction then return false end
-  if e.conf and e.conf.text and e.conf.text:lower():find(
-      "%f[%w]executeintransaction%s*=%s*false") then
-    return false
-  end
-  return true
-end
-
 -- Reads the texts of an entry whose facts came from the cache; refuses it when the file no
 -- longer has those facts (it changed after it was listed).
 function Loader:texts(e)
@@ -686,9 +431,12 @@ function Loader:texts(e)
   end
   local text = self:read(e.path, st)
   if not text then return false end
-  local f, up, down = self:facts(e, text)
-  if not f then return false end
-  if encode_facts(f) ~= encode_facts(e.facts) then
+  local f, up, down = layouts.facts(e, text)
+  if not f then
+    self:problem(up, e.path)
+    return false
+  end
+  if cache.encode_facts(f) ~= cache.encode_facts(e.facts) then
     self:problem(fmt("%s changed while moonshift was reading it; run the command again",
       e.path), e.path)
     return false
@@ -699,25 +447,29 @@ end
 
 -- Splits and checks the statements of a migration, reading its texts first when its facts
 -- came from a cache; false (and problems) when refused. Most of the work of loading is
--- here, which is why `lazy` leaves it to source.prepare: migrations whose checksum
--- matches what ran then cost only a stat.
+-- here, which is why `lazy` leaves it to source.check: migrations whose checksum matches
+-- what ran then cost only a stat. (rawset: the fields it fills are the lazy ones.)
 local function split(loader, m)
-  local e, down = m._e, m._down
+  local u = unread[m]
+  local e, down = u.e, u.down
   if not loader:texts(e) or (down and not loader:texts(down)) then return false end
   local f = e.facts
-  m.up_sql = e.up_sql
-  m.statements = loader:statements(e.path, m.up_sql, f.up_offset, m.transaction)
-  if m.statements and #m.statements == 0 then
+  local stmts = loader:statements(e.path, e.up_sql, f.up_offset, m.transaction)
+  rawset(m, "up_sql", e.up_sql)
+  rawset(m, "statements", stmts)
+  if stmts and #stmts == 0 then
     loader:warn(fmt("%s has no statements: it is recorded as applied, nothing is sent",
       e.path))
   end
+  local down_stmts
   if m.down_path then
-    m.down_sql = down and down.up_sql or e.down_sql
-    m.down_statements = loader:statements(m.down_path, m.down_sql, f.down_offset,
-      m.down_transaction)
+    local down_sql = down and down.up_sql or e.down_sql
+    down_stmts = loader:statements(m.down_path, down_sql, f.down_offset, m.down_transaction)
+    rawset(m, "down_sql", down_sql)
+    rawset(m, "down_statements", down_stmts)
   end
-  if not m.statements or (m.down_path and not m.down_statements) then return false end
-  m._e, m._down, m._src = nil, nil, nil
+  if not stmts or (m.down_path and not down_stmts) then return false end
+  unread[m] = nil
   return true
 end
 
@@ -750,14 +502,14 @@ function Loader:build(e)
   elseif f.has_down then
     down_directive = f.down_directive
   end
-  e.tx = transactional(e)
+  e.tx = layouts.transactional(e)
   e.down_tx = e.tx and not down_directive and not f.down_tx_off
-  local m = {
+  local m = setmetatable({
     version = e.version, key = e.key, name = e.name, id = e.id, format = e.layout,
     up_path = e.path, up_sql = e.up_sql, checksum = f.checksum, transaction = e.tx,
-    companion_path = e.companion_path, verify_path = e.verify_path, _e = e, _down = down,
-    _ctx = self.ctx,
-  }
+    companion_path = e.companion_path, verify_path = e.verify_path,
+  }, Migration)
+  unread[m] = { e = e, down = down, ctx = self.ctx }
   if e.kind == "repeatable" then
     m.repeatable, m.version, m.key = true, e.id, nil
   end
@@ -819,77 +571,48 @@ local function failure(dir, problems)
   return errors.new("usage", message, fields)
 end
 
--- The set cache: a whole loaded set, kept under the fingerprint of its directory (names and
--- stats of every file, fs.fingerprint) and of the options it was loaded with, so that an
--- unchanged directory costs one listing, and its migrations one line each. Stored only when
--- every file was last changed well before the run began, as for the checksum cache; a
--- companion's Lua is loaded again each time (it is code, not a fact about a file).
-local SET_HEADER = "moonshift set cache 1"
-local RECORD_FIELDS = { "version", "key", "name", "id", "format", "up_path", "checksum",
-  "_flags", "down_path", "companion_path", "verify_path", "_src" }
-
--- A record's last field says what source.prepare needs to read its files again: whether
--- the up file is a lone file, its facts without the checksum (the record has it) and the
--- facts of a down file of its own.
-local function encode_record(m)
-  local e, down = m._e, m._down
-  local src = (e.lone and "1" or "0") .. ";" .. encode_facts(e.facts):gsub(" %x+ ", " ", 1) ..
-    (down and ";" .. encode_facts(down.facts) or "")
-  return table.concat({ m.version, m.key or "", m.name, m.id, m.format, m.up_path, m.checksum,
-    (m.repeatable and "r" or "") .. (e.tx and "t" or "") .. (e.down_tx and "d" or ""),
-    m.down_path or "", m.companion_path or "", m.verify_path or "", src }, "\t")
+-- A migration's record in the set cache. Its `source` says what reading its files again
+-- needs (source.check): whether the up file is a lone file, its facts without the
+-- checksum (the record has it) and the facts of a down file of its own. Its `flags`: r a
+-- repeatable, t transactional, d a transactional down (what the files say, before a
+-- companion has its say).
+local function record_of(m)
+  local u = unread[m]
+  local e, down = u.e, u.down
+  return { version = m.version, key = m.key, name = m.name, id = m.id, format = m.format,
+    up_path = m.up_path, checksum = m.checksum,
+    flags = (m.repeatable and "r" or "") .. (e.tx and "t" or "") .. (e.down_tx and "d" or ""),
+    down_path = m.down_path, companion_path = m.companion_path, verify_path = m.verify_path,
+    source = (e.lone and "1" or "0") .. ";" .. cache.encode_facts(e.facts):gsub(" %x+ ", " ", 1)
+      .. (down and ";" .. cache.encode_facts(down.facts) or "") }
 end
 
--- The entries of a record from the set cache, for source.prepare.
-local function decode_source(m)
-  local lone, layout, up, down = (m._src or ""):match("^([01]);(%a+)( [^;]+);?(.*)$")
+-- The entries a record's `source` describes, for source.check; nil when it is damaged.
+local function entries_of(m, src)
+  local lone, layout, up, down = (src or ""):match("^([01]);(%a+)( [^;]+);?(.*)$")
   if not lone then return nil end
-  local f = decode_facts(layout .. " " .. m.checksum .. up)
-  local df = down ~= "" and decode_facts(down)
+  local f = cache.decode_facts(layout .. " " .. m.checksum .. up)
+  local df = down ~= "" and cache.decode_facts(down)
   if not f or (down ~= "" and not df) then return nil end
   local e = { path = m.up_path, lone = lone == "1", layout = f.layout, facts = f }
   return e, df and { path = m.down_path, layout = df.layout, facts = df } or nil
 end
 
-local function write_set(path, set, key)
-  local lines = { fmt("%s\t%s\t%s\t%d", SET_HEADER, key, set.format, #set.warnings) }
-  for _, w in ipairs(set.warnings) do lines[#lines + 1] = w end
-  for _, list in ipairs({ set.migrations, set.repeatables }) do
-    for _, m in ipairs(list) do lines[#lines + 1] = encode_record(m) end
-  end
-  local data = table.concat(lines, "\n") .. "\n"
-  local _, n = data:gsub("\n", "")
-  if n ~= #lines then return end -- a name or message with a line break: not cached
-  for i = #set.warnings + 2, #lines do
-    local _, tabs = lines[i]:gsub("\t", "")
-    if tabs ~= 11 then return end -- a tab in a name
-  end
-  write_private(path, data)
-end
-
 -- The set the cache holds and the key it was kept under; nil when there is none. Its
 -- companions are not loaded yet (that is code: only once the key is known to match).
-function Loader:cached_set(path)
-  local data = read_private(path, SET_HEADER .. "\t")
-  if not data then return nil end
-  local set_key, format, nwarn, pos = data:match("^(%x+)\t(%a+)\t(%d+)\n()",
-    #SET_HEADER + 2)
-  if not set_key then return nil end
-  local set = { dir = self.dir, format = format, migrations = {}, repeatables = {},
-    by_key = {}, warnings = {} }
-  for _ = 1, tonumber(nwarn) do
-    local w, after = data:match("^([^\n]*)\n()", pos)
-    if not w then return nil end
-    set.warnings[#set.warnings + 1], pos = w, after
-  end
-  local list = records.parse(data, pos, RECORD_FIELDS)
-  if not list then return nil end
+function Loader:cached_set()
+  local kept = self.sets:lookup()
+  if not kept then return nil end
+  local set = { dir = self.dir, format = kept.format, migrations = {}, repeatables = {},
+    by_key = {}, warnings = kept.warnings }
   local migrations, repeatables, by_key, ctx = set.migrations, set.repeatables, set.by_key,
     self.ctx
   local find = string.find
-  for _, m in ipairs(list) do
-    local flags = m._flags or ""
-    m._flags, m._ctx = nil, ctx
+  for _, r in ipairs(kept.records) do
+    local flags, src = r.flags or "", r.source
+    r.flags, r.source = nil, nil
+    local m = setmetatable(r, Migration)
+    unread[m] = { src = src, ctx = ctx }
     m.transaction = find(flags, "t", 1, true) ~= nil
     if m.down_path then m.down_transaction = find(flags, "d", 1, true) ~= nil end
     if find(flags, "r", 1, true) then
@@ -900,7 +623,7 @@ function Loader:cached_set(path)
       by_key[m.key] = m
     end
   end
-  return set, set_key
+  return set, kept.key
 end
 
 --- Whether the files a set was read from are still the same (names, sizes, times,
@@ -916,16 +639,19 @@ function source.unchanged_begin(set)
   return { wait = function() return job and job:wait() == set.fingerprint or false end }
 end
 
---- Splits and checks the statements of a migration loaded with `lazy` (idempotent).
+--- Checks a migration loaded with `lazy`: reads and splits its scripts, refusing what
+-- cannot run (idempotent; its statements are there afterwards). A migration not checked
+-- is read on first use of its statements, and raises if that fails.
 -- @return true, warnings | nil, err (kind usage)
-function source.prepare(m)
-  if not (m._e or m._src) then return true, {} end
-  local ctx = m._ctx
+function source.check(m)
+  local u = unread[m]
+  if not u then return true, {} end
+  local ctx = u.ctx
   local loader = setmetatable({ problems = {}, warnings = {}, max_size = ctx.max_size }, Loader)
-  if not m._e then
-    m._e, m._down = decode_source(m)
-    if not m._e then
-      if ctx.set_path then fs.remove(ctx.set_path) end
+  if not u.e then
+    u.e, u.down = entries_of(m, u.src)
+    if not u.e then
+      ctx.sets:forget()
       return nil, errors.new("usage", fmt("the cache entry of %s was damaged and is now " ..
         "removed; run the command again", m.up_path), { file = m.up_path })
     end
@@ -943,9 +669,9 @@ end
 --   source.DEFAULT_IGNORE; names starting with "." are always ignored), `max_file_size`
 --   (bytes, default source.MAX_FILE_SIZE), `load_companion` (function(path) -> table | nil, err:
 --   loads a `.lua` companion, whose `transaction = false` applies before validation),
---   `lazy` (statements are split and checked only by source.prepare(m)), `cache` (path of
+--   `lazy` (statements are split and checked by source.check(m), or on first use), `cache` (path of
 --   a checksum cache file, `<name>.cache`: files whose stat matches are not read until
---   source.prepare, so up_sql and down_sql may be nil before it; with `lazy`, a whole set
+--   source.check or first use; with `lazy`, a whole set
 --   is also kept in `<name>.set` and used while no file of the directory changes; both are
 --   rewritten when stale)
 -- @return set table: { dir, format, migrations (sorted by version.compare), repeatables
@@ -977,7 +703,7 @@ function source.load_begin(dir, opts)
     entries = {}, inodes = {}, ups = {}, repeatables = {},
   }, Loader)
   if self.base == "" then self.base = "/" end
-  -- what source.prepare needs of this load, shared by every migration
+  -- what source.check needs of this load, shared by every migration
   self.ctx = { dir = dir, max_size = self.max_size }
 
   local st, _, code = fs.stat(dir)
@@ -1004,11 +730,9 @@ function source.load_begin(dir, opts)
   -- whatever the caller does before :finish()); it then decides whether that set may be used.
   self.job = fs.fingerprint_begin(dir)
   self.opts = opts
-  if opts.cache and opts.lazy then
-    self.set_path = opts.cache:gsub("%.cache$", "") .. ".set"
-    self.ctx.set_path = self.set_path
-    self.cached, self.cached_key = self:cached_set(self.set_path)
-  end
+  self.sets = cache.sets(opts.cache and opts.lazy and opts.cache:gsub("%.cache$", "") .. ".set")
+  self.ctx.sets = self.sets
+  self.cached, self.cached_key = self:cached_set()
   return self
 end
 
@@ -1022,7 +746,7 @@ end
 function Loader:finish()
   if self.failed then return nil, self.failed end
   local dir, format, ignore, opts = self.dir, self.format, self.ignore, self.opts
-  local set_path, cached, cached_key = self.set_path, self.cached, self.cached_key
+  local cached, cached_key = self.cached, self.cached_key
   local fingerprint, newest = self.job:wait()
   local set_key = fingerprint and hash.sha256(table.concat({ host.version, fingerprint, dir,
     -- paths in the set are spelled from dir, so a relative dir is read from where it was
@@ -1039,10 +763,7 @@ function Loader:finish()
     cached.fingerprint = fingerprint
     return cached
   end
-  if opts.cache then
-    local entries, data = read_cache(opts.cache)
-    self.cache = { path = opts.cache, entries = entries, data = data, keep = {}, hits = 0 }
-  end
+  self.files = cache.files(opts.cache, self.started)
 
   self:scan(dir)
   self:read_entries()
@@ -1064,11 +785,14 @@ function Loader:finish()
     if r then set.repeatables[#set.repeatables + 1] = r end
   end
   if #self.problems > 0 then return nil, failure(dir, self.problems) end
-  if self.cache then write_cache(self.cache) end
+  self.files:save()
   sort_migrations(set.migrations)
   table.sort(set.repeatables, function(a, b) return a.name < b.name end)
-  if set_path and set_key and newest < self.started - source.RACY_SECONDS then
-    write_set(set_path, set, set_key)
+  if self.lazy and set_key and newest < self.started - cache.RACY_SECONDS then
+    local list = {}
+    for _, m in ipairs(set.migrations) do list[#list + 1] = record_of(m) end
+    for _, m in ipairs(set.repeatables) do list[#list + 1] = record_of(m) end
+    self.sets:store(set_key, set.format, set.warnings, list)
   end
   return set
 end
