@@ -371,6 +371,23 @@ function run_interruptible(argv, env, timeout_ms)
   end
 end
 
+-- pg_dump's argv: the connection reaches it through its environment, except keywords
+-- without a variable (keepalives, tcp_user_timeout, ...) and, with a service, every explicit
+-- one: libpq lets a service file override the environment but not the connection string.
+-- None is a secret (sslpassword was refused, the password stays in the environment).
+local function dump_argv(tools, partial, pre, params)
+  local argv = { tools.pg_dump, "--format=custom", "--file=" .. partial, "--no-password" }
+  local on_argv = {}
+  for k, v in pairs(pre.rest) do on_argv[k] = v end
+  if params.service then
+    for k, v in pairs(params) do
+      if not SECRET_KEYWORDS[k] then on_argv[k] = v end
+    end
+  end
+  if next(on_argv) then argv[#argv + 1] = "--dbname=" .. conninfo_string(on_argv) end
+  return argv
+end
+
 --- Dumps the database with pg_dump --format=custom into a new 0600 file, checked with
 -- pg_restore --list, then renamed into place: <dir>/<db>-v<version>-<UTC time>.dump.
 -- The connection, password included, reaches pg_dump only through its environment.
@@ -411,20 +428,8 @@ function backup.run(opts)
     return fail(text, { path = partial, bytes = bytes, stderr = stderr })
   end
 
-  local argv = { tools.pg_dump, "--format=custom", "--file=" .. partial, "--no-password" }
-  -- Keywords without a variable (keepalives, tcp_user_timeout, ...), and, with a service,
-  -- every explicit one: libpq lets a service file override the environment but not the
-  -- connection string. None is a secret (sslpassword was refused, password stays in env).
-  local on_argv = {}
-  for k, v in pairs(pre.rest) do on_argv[k] = v end
-  if params.service then
-    for k, v in pairs(params) do
-      if not SECRET_KEYWORDS[k] then on_argv[k] = v end
-    end
-  end
-  if next(on_argv) then argv[#argv + 1] = "--dbname=" .. conninfo_string(on_argv) end
-
-  local res, err = run_interruptible(argv, pre.env, opts.timeout_ms)
+  local res, err = run_interruptible(dump_argv(tools, partial, pre, params), pre.env,
+    opts.timeout_ms)
   if err == "interrupted" then
     local sig, code = host.interrupted()
     fs.remove(partial)

@@ -89,6 +89,53 @@ local function absolute(root, path)
   return root .. "/" .. path
 end
 
+-- Where the database comes from, first to last: --database, MOONSHIFT_DATABASE_URL,
+-- DATABASE_URL, migrate.lua, libpq's own PG* defaults. Returns it and its source.
+local function database(opts, env, file)
+  if opts.database then return opts.database, "--database" end
+  if env("MOONSHIFT_DATABASE_URL") then
+    return env("MOONSHIFT_DATABASE_URL"), "MOONSHIFT_DATABASE_URL"
+  end
+  if env("DATABASE_URL") then return env("DATABASE_URL"), "DATABASE_URL" end
+  if file.database then return file.database, "migrate.lua" end
+  return "", "libpq defaults (PGHOST, PGDATABASE, ...)"
+end
+
+-- The checksum caches' directory (see cache.lua): MOONSHIFT_CACHE_DIR, set empty to turn
+-- them off; else the XDG cache directory.
+local function cache_dir()
+  local dir = os.getenv("MOONSHIFT_CACHE_DIR")
+  if dir == nil then
+    local xdg, home = os.getenv("XDG_CACHE_HOME"), os.getenv("HOME")
+    dir = (xdg and xdg:sub(1, 1) == "/" and xdg .. "/moonshift") or
+      (home and home:sub(1, 1) == "/" and home .. "/.cache/moonshift") or ""
+  end
+  return dir ~= "" and dir or nil
+end
+
+-- Durations as ms, and the values that must be one of a few; nil, err (kind usage).
+local function check_values(cfg)
+  for _, k in ipairs({ "lock_wait", "lock_timeout", "statement_timeout" }) do
+    local ms, err = ui.parse_duration(cfg[k])
+    if err then return nil, errors.new("usage", k .. ": " .. err) end
+    cfg[k .. "_ms"] = ms
+  end
+  cfg.lock_retries = math.tointeger(tonumber(cfg.lock_retries)) or 0
+  if cfg.lock ~= "advisory" and cfg.lock ~= "table" then
+    return nil, errors.new("usage", fmt("lock must be \"advisory\" or \"table\", not %q",
+      tostring(cfg.lock)))
+  end
+  for _, k in ipairs({ "schema", "table", "events_table" }) do
+    local name = cfg[k]
+    if name ~= nil and (type(name) ~= "string" or name == "" or #name > 63) then
+      return nil, errors.new("usage", fmt(
+        "%s name %q must be 1 to 63 bytes (PostgreSQL would silently truncate it)", k,
+        tostring(name)))
+    end
+  end
+  return cfg
+end
+
 --- Loads the configuration.
 -- @param opts table: the parsed command line (config, database, lock_wait, ...)
 -- @return cfg | nil, err (kind usage)
@@ -140,47 +187,11 @@ function config.load(opts)
   if opts.allow_out_of_order then cfg.allow_out_of_order = true end
   if opts.require_tls then cfg.require_tls = true end
 
-  if opts.database then
-    cfg.database, cfg.database_source = opts.database, "--database"
-  elseif env("MOONSHIFT_DATABASE_URL") then
-    cfg.database, cfg.database_source = env("MOONSHIFT_DATABASE_URL"), "MOONSHIFT_DATABASE_URL"
-  elseif env("DATABASE_URL") then
-    cfg.database, cfg.database_source = env("DATABASE_URL"), "DATABASE_URL"
-  elseif file.database then
-    cfg.database, cfg.database_source = file.database, "migrate.lua"
-  else
-    cfg.database, cfg.database_source = "", "libpq defaults (PGHOST, PGDATABASE, ...)"
-  end
-
+  cfg.database, cfg.database_source = database(opts, env, file)
   cfg.migrations = absolute(root, cfg.migrations)
-  -- the checksum cache (see cache.lua): MOONSHIFT_CACHE_DIR, set empty to turn it off
-  local cache_dir = os.getenv("MOONSHIFT_CACHE_DIR")
-  if cache_dir == nil then
-    local xdg, home = os.getenv("XDG_CACHE_HOME"), os.getenv("HOME")
-    cache_dir = (xdg and xdg:sub(1, 1) == "/" and xdg .. "/moonshift") or
-      (home and home:sub(1, 1) == "/" and home .. "/.cache/moonshift") or ""
-  end
-  cfg.cache_dir = cache_dir ~= "" and cache_dir or nil
+  cfg.cache_dir = cache_dir()
   cfg.hooks = absolute(root, cfg.hooks)
-  for _, k in ipairs({ "lock_wait", "lock_timeout", "statement_timeout" }) do
-    local ms, err = ui.parse_duration(cfg[k])
-    if err then return nil, errors.new("usage", k .. ": " .. err) end
-    cfg[k .. "_ms"] = ms
-  end
-  cfg.lock_retries = math.tointeger(tonumber(cfg.lock_retries)) or 0
-  if cfg.lock ~= "advisory" and cfg.lock ~= "table" then
-    return nil, errors.new("usage", fmt("lock must be \"advisory\" or \"table\", not %q",
-      tostring(cfg.lock)))
-  end
-  for _, k in ipairs({ "schema", "table", "events_table" }) do
-    local name = cfg[k]
-    if name ~= nil and (type(name) ~= "string" or name == "" or #name > 63) then
-      return nil, errors.new("usage", fmt(
-        "%s name %q must be 1 to 63 bytes (PostgreSQL would silently truncate it)", k,
-        tostring(name)))
-    end
-  end
-  return cfg
+  return check_values(cfg)
 end
 
 return config

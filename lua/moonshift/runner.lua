@@ -8,6 +8,8 @@ local paths = require("moonshift.paths")
 local hooks = require("moonshift.hooks")
 local sql = require("moonshift.sql")
 local statement = require("moonshift.statement")
+local pipeline = require("moonshift.pipeline")
+local sqlerror = require("moonshift.sqlerror")
 local sqlstate = require("moonshift.sqlstate")
 
 local fmt = string.format
@@ -68,194 +70,10 @@ function runner.check_statements(statements, path)
   return true
 end
 
--- Byte offset in `source` of line `line`, column `col` (both 1-based, columns in bytes).
-local function offset_of(source, line, col)
-  local pos = 1
-  for _ = 2, line do
-    local nl = source:find("\n", pos, true)
-    if not nl then return nil end
-    pos = nl + 1
-  end
-  return pos + col - 1
-end
-
--- Line and column in the file of a 1-based character position inside a statement. psql
--- (and so the splitter) drops blank lines inside a statement, so the statement's text is
--- walked against the file's, skipping what was dropped.
-local function locate(stmt, position, source)
-  if not position or position < 1 then return stmt.line, stmt.column end
-  local text = stmt.text
-  local target = utf8.offset(text, position) or math.min(position, #text + 1)
-  local i = source and offset_of(source, stmt.line, stmt.column)
-  local first_line = text:match("^[^\n]*")
-  if not i or source:sub(i, i + #first_line - 1) ~= first_line then
-    source, i = text, 1 -- a section of a larger file (dbmate, goose): count in the text
-  end
-  local line, col, j = stmt.line, stmt.column, 1
-  while j < target and i <= #source do
-    local c = source:sub(i, i)
-    if c == text:sub(j, j) then
-      j = j + 1
-    elseif c ~= "\n" and c ~= "\r" and c ~= " " and c ~= "\t" then
-      break -- not a dropped blank line: stop rather than guess
-    end
-    if c == "\n" then
-      line, col = line + 1, 1
-    elseif c:byte() < 0x80 or c:byte() >= 0xC0 then
-      col = col + 1 -- count characters, not UTF-8 continuation bytes
-    end
-    i = i + 1
-  end
-  return line, col
-end
-
-local function excerpt(text, max_lines)
-  local lines = {}
-  for line in (text .. "\n"):gmatch("([^\n]*)\n") do
-    if #lines == max_lines then
-      lines[#lines + 1] = "..."
-      break
-    end
-    lines[#lines + 1] = line
-  end
-  return table.concat(lines, "\n    ")
-end
-
---- The error of a failed statement: file:line:col, SQLSTATE, message, detail, hint.
-local function statement_error(m, path, stmt, err, state_text)
-  local source = path == m.up_path and m.up_sql or m.down_sql
-  path = paths.display(path)
-  local line, col = locate(stmt, err.position, source)
-  local parts = {
-    fmt("%s failed; %s", m.id, state_text),
-    fmt("  at %s:%d:%d", path, line, col),
-    fmt("  ERROR %s: %s", tostring(err.sqlstate or "-----"), tostring(err.message or err)),
-  }
-  if err.detail then parts[#parts + 1] = "  DETAIL: " .. err.detail end
-  if err.hint then parts[#parts + 1] = "  HINT: " .. err.hint end
-  if err.where and not err.where:find("^SQL statement") then
-    parts[#parts + 1] = "  CONTEXT: " .. err.where:gsub("\n", "\n    ")
-  end
-  parts[#parts + 1] = "  statement: " .. excerpt(stmt.text, 6)
-  return errors.new(err.kind == "connection_lost" and "connect" or "sql",
-    table.concat(parts, "\n"), {
-      file = path, line = line, column = col, sqlstate = err.sqlstate, version = m.version,
-      statement = stmt.text, detail = err.detail, hint = err.hint, cause = err,
-    })
-end
-
--- Waits for the server's next result without blocking Lua: every 250 ms the tick shows
--- progress and looks for a blocking session, and a signal's cancel is already on its way.
-function Runner:_await()
-  local conn = self.conn
-  if not conn.wait_readable then return end
-  while conn:busy() do
-    if conn:wait_readable(250) then
-      conn:consume_input()
-    elseif self.on_tick then
-      self.on_tick()
-    end
-  end
-end
-
--- The notices the server sent since the last call, kept under the item that caused them.
-function Runner:_collect_notices(item)
-  local list = self.conn:notices()
-  if (list[1] or list.dropped) and self.notices then
-    self.notices[#self.notices + 1] = { item = item, list = list }
-  end
-end
-
--- Sends items[i..j] ({ text, params }) as one pipeline and reads every result, timing
--- each by its arrival and keeping its command tag. Returns true | nil, index of the first
--- failure, its error.
-function Runner:_pipeline(items, i, j, timings, tags)
-  local conn = self.conn
-  local ok, err = conn:pipeline_enter()
-  if not ok then return nil, i, err end
-  for k = i, j do
-    local params = items[k].params
-    if params then
-      ok, err = conn:send_query(items[k].text, table.unpack(params, 1, params.n))
-    else
-      ok, err = conn:send_query(items[k].text)
-    end
-    if not ok then
-      conn:pipeline_exit()
-      return nil, k, err
-    end
-  end
-  conn:pipeline_sync()
-  local started = fs.clock_ms()
-  local failed_at, failure
-  for k = i, j do
-    self:_await()
-    local res, rerr = conn:get_result()
-    if res == nil and not failed_at and not (rerr and rerr.aborted) then
-      failed_at, failure = k, rerr
-    end
-    if res then tags[k] = res.command end
-    self:_collect_notices(items[k])
-    if res == nil and rerr and rerr.kind == "connection_lost" then break end
-    -- each query's results end with false (libpq's NULL result)
-    local done = conn:get_result()
-    while done ~= false and done ~= "sync" and done ~= nil do done = conn:get_result() end
-    local now = fs.clock_ms()
-    timings[k] = now - started
-    started = now
-  end
-  if not (failure and failure.kind == "connection_lost") then
-    local last = conn:get_result()
-    while last ~= "sync" and last ~= nil do last = conn:get_result() end
-    conn:pipeline_exit()
-  end
-  if failed_at then return nil, failed_at, failure end
-  return true
-end
-
---- Runs items ({ text, params, kind, copy_data }) on the open transaction, pipelined
--- between COPYs, or one by one (autocommit).
--- @return timings (ms per item), command tags (per pipelined item) | nil, index, err
+-- Runs items on the connection, with this runner's progress tick and notice list.
 function Runner:run_items(items, one_by_one)
-  local timings, tags = {}, {}
-  local i = 1
-  while i <= #items do
-    local item = items[i]
-    if item.kind == "copy" then
-      local started = fs.clock_ms()
-      local ok, err = self.conn:copy_in(item.text, item.copy_data or "")
-      self:_collect_notices(item)
-      if not ok then return nil, i, err end
-      timings[i] = fs.clock_ms() - started
-      i = i + 1
-    elseif one_by_one then
-      local started = fs.clock_ms()
-      local ok, err
-      if self.conn.wait_readable then
-        -- asynchronously, so progress and blockers show while CREATE INDEX CONCURRENTLY runs
-        ok, err = self.conn:send_query(item.text)
-        if ok then
-          self:_await()
-          ok, err = self.conn:get_result()
-          local rest = self.conn:get_result()
-          while rest ~= false and rest ~= nil do rest = self.conn:get_result() end
-        end
-      else
-        ok, err = self.conn:exec(item.text)
-      end
-      self:_collect_notices(item)
-      if not ok then return nil, i, err end
-      timings[i] = fs.clock_ms() - started
-      i = i + 1
-    else
-      local j = i
-      while j < #items and items[j + 1].kind ~= "copy" do j = j + 1 end
-      local ok, k, err = self:_pipeline(items, i, j, timings, tags)
-      if not ok then return nil, k or i, err, tags end
-      i = j + 1
-    end
-  end
-  return timings, tags
+  return pipeline.run(self.conn, items, { one_by_one = one_by_one, on_tick = self.on_tick,
+    notices = self.notices })
 end
 
 function Runner:_exec(text, ...)
@@ -318,7 +136,7 @@ function Runner:verify_sql(m)
   for _, stmt in ipairs(stmts) do
     local rows, err = self.conn:query(stmt.text)
     if not rows then
-      local line = locate(stmt, err.position)
+      local line = sqlerror.locate(stmt, err.position)
       return nil, errors.new("verify", fmt("%s:%d: verification query failed: %s (SQLSTATE %s)",
         path, line, tostring(err.message), tostring(err.sqlstate)), { file = path, line = line,
         sqlstate = err.sqlstate })
@@ -424,7 +242,7 @@ function Runner:_batch_error(m, path, failed, err, run)
   end
   if failed.guard then return self:_ended_early(m, path, run) end
   if failed.statement then
-    return statement_error(m, path, failed.item, err, "rolled back, nothing of it was applied")
+    return sqlerror.statement(m, path, failed.item, err, "rolled back, nothing of it was applied")
   end
   return errors.wrap("sql", err, m.id .. " failed and was rolled back")
 end
@@ -617,6 +435,33 @@ function Runner:_commit_outcome(m, direction)
     "`moonshift status` tells once the server is reachable", attempts)
 end
 
+-- The hooks of a non-transactional migration before its statements (before_sql) or after.
+function Runner:_autocommit_hooks(m, direction, steps, before_sql)
+  local in_phase = before_sql
+  for _, step in ipairs(steps) do
+    if step.sql_marker then
+      in_phase = not before_sql
+    elseif in_phase and (step.hook or step.verify_sql) then
+      local hok, herr
+      if step.verify_sql then
+        hok, herr = self:verify_sql(m)
+      else
+        hok, herr = hooks.call(step.what, step.hook, hooks.ctx({ conn = self.conn,
+          expect = "idle", migration = m, direction = direction, plan = self.plan_ids,
+          ui = self.ui, cfg = self.cfg }), self.cfg)
+      end
+      if not hok then
+        self.history:event("fail", m, self.run_id, { hook = step.what or "verify.sql" })
+        herr.message = fmt("%s failed; it is not transactional, so its changes so far ARE " ..
+          "committed and it is marked dirty; after checking, `moonshift force %s` or " ..
+          "`moonshift force %s --not-applied`\n  %s", m.id, m.version, m.version, herr.message)
+        return nil, herr
+      end
+    end
+  end
+  return true
+end
+
 -- A non-transactional migration: a dirty marker committed first, then the statements
 -- one by one in autocommit, then the marker made clean. A crash leaves it dirty.
 function Runner:_autocommit(m, direction, statements, path)
@@ -644,29 +489,7 @@ function Runner:_autocommit(m, direction, statements, path)
   -- Hooks run in autocommit too; what they change stays, like the statements'.
   local steps = self:_steps(m, direction, {}, true)
   local function run_hooks(before_sql)
-    local in_phase = before_sql
-    for _, step in ipairs(steps) do
-      if step.sql_marker then
-        in_phase = not before_sql
-      elseif in_phase and (step.hook or step.verify_sql) then
-        local hok, herr
-        if step.verify_sql then
-          hok, herr = self:verify_sql(m)
-        else
-          hok, herr = hooks.call(step.what, step.hook, hooks.ctx({ conn = self.conn,
-            expect = "idle", migration = m, direction = direction, plan = self.plan_ids,
-            ui = self.ui, cfg = self.cfg }), self.cfg)
-        end
-        if not hok then
-          h:event("fail", m, self.run_id, { hook = step.what or "verify.sql" })
-          herr.message = fmt("%s failed; it is not transactional, so its changes so far ARE " ..
-            "committed and it is marked dirty; after checking, `moonshift force %s` or " ..
-            "`moonshift force %s --not-applied`\n  %s", m.id, m.version, m.version, herr.message)
-          return nil, herr
-        end
-      end
-    end
-    return true
+    return self:_autocommit_hooks(m, direction, steps, before_sql)
   end
   ok, err = run_hooks(true)
   if not ok then return nil, err end
@@ -677,7 +500,7 @@ function Runner:_autocommit(m, direction, statements, path)
   end
   if not timings then
     h:event("fail", m, self.run_id, { sqlstate = serr.sqlstate, statement = k })
-    return nil, statement_error(m, path, statements[k], serr, fmt("it is not transactional, " ..
+    return nil, sqlerror.statement(m, path, statements[k], serr, fmt("it is not transactional, " ..
       "so statements before this one stayed applied and %s is marked dirty. Fix the cause, " ..
       "undo or finish its work by hand, then `moonshift force %s` (done) or `moonshift force " ..
       "%s --not-applied` (to run it again)", m.id, m.version, m.version)), serr

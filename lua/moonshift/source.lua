@@ -22,10 +22,10 @@
 local fs = require("moonshift.fs")
 local hash = require("moonshift.hash")
 local host = require("moonshift.host")
-local sql = require("moonshift.sql")
 local statement = require("moonshift.statement")
 local layouts = require("moonshift.layouts")
 local cache = require("moonshift.cache")
+local scan = require("moonshift.scan")
 local version = require("moonshift.version")
 local errors = require("moonshift.errors")
 
@@ -42,36 +42,6 @@ source.MAX_FILE_SIZE = 256 * 1024 * 1024
 local FORMATS = { auto = true, native = true, flyway = true, dbmate = true, diesel = true,
   goose = true }
 
-local DIRECTIVE = "`-- moonshift:no-transaction`"
-
-local function join(dir, name)
-  return dir == "/" and "/" .. name or dir .. "/" .. name
-end
-
--- A glob (`*`, `?`, `[abc]`, `[!abc]`) as an anchored Lua pattern.
-local function glob_pattern(glob)
-  local out, i = { "^" }, 1
-  while i <= #glob do
-    local c = glob:sub(i, i)
-    local close = c == "[" and glob:find("]", i + 2, true)
-    if c == "*" then
-      out[#out + 1] = ".*"
-    elseif c == "?" then
-      out[#out + 1] = "."
-    elseif close then
-      local body = glob:sub(i + 1, close - 1):gsub("^!", "^"):gsub("%%", "%%%%")
-      out[#out + 1] = "[" .. body .. "]"
-      i = close
-    elseif c:match("%p") then
-      out[#out + 1] = "%" .. c
-    else
-      out[#out + 1] = c
-    end
-    i = i + 1
-  end
-  out[#out + 1] = "$"
-  return table.concat(out)
-end
 
 local function line_of(text, pos)
   local _, n = text:sub(1, pos - 1):gsub("\n", "")
@@ -102,42 +72,6 @@ end
 
 function Loader:warn(message)
   self.warnings[#self.warnings + 1] = message
-end
-
-function Loader:skipped(name)
-  if name:sub(1, 1) == "." then return true end
-  for _, pattern in ipairs(self.ignore) do
-    if name:find(pattern) then return true end
-  end
-  return false
-end
-
--- The stat of path, following a symlink; nil (and a problem) for a dangling link or a loop.
-function Loader:resolve(path)
-  local st, msg = fs.stat(path, false)
-  if not st then
-    self:problem(fmt("cannot read %s", msg), path)
-    return nil
-  end
-  if st.type ~= "link" then return st end
-  local target = fs.readlink(path) or "?"
-  local tst, tmsg, code = fs.stat(path)
-  if not tst then
-    if code == "ELOOP" then
-      self:problem(fmt("symlink loop: %s -> %s", path, target), path)
-    elseif code == "ENOENT" or code == "ENOTDIR" then
-      self:problem(fmt("dangling symlink: %s -> %s (the target does not exist)", path,
-        target), path)
-    else
-      self:problem(fmt("cannot follow symlink %s -> %s: %s", path, target, tmsg), path)
-    end
-    return nil
-  end
-  local real = fs.realpath(path)
-  if real and self.root and real:sub(1, #self.root + 1) ~= self.root .. "/" then
-    self:warn(fmt("%s is a symlink to %s, outside %s", path, real, self.dir))
-  end
-  return tst
 end
 
 -- The normalized text of a script (BOM stripped, CRLF as LF), or nil and a problem.
@@ -201,127 +135,11 @@ function Loader:load_script(e)
   return f
 end
 
--- The name of a psql meta-command statement, like `\i`.
-local function meta_name(stmt)
-  local m = type(stmt.meta) == "string" and stmt.meta or stmt.text
-  local name = m:match("\\([%a!?]+)") or m:match("^%s*([%a!?]+)") or "?"
-  return "\\" .. name
-end
-
 -- Splits a script into statements and checks them; nil (and problems) when it is refused.
 function Loader:statements(path, text, offset, transaction)
-  local stmts, err = sql.split(text)
-  if not stmts then
-    self:problem(fmt("%s:%d: %s", path, (tonumber(err.line) or 1) + offset,
-      err.message or tostring(err)), path)
-    return nil
-  end
-  local ok = true
-  for _, stmt in ipairs(stmts) do
-    stmt.line = stmt.line + offset
-    if stmt.end_line then stmt.end_line = stmt.end_line + offset end
-    if stmt.kind == "meta" then
-      self:problem(fmt("%s:%d: psql meta-command %s cannot run on the server", path,
-        stmt.line, meta_name(stmt)), path)
-      ok = false
-    elseif transaction then
-      local name, pos = statement.no_transaction(stmt.text)
-      if name then
-        self:problem(fmt("%s:%d: %s cannot run inside a transaction; add %s to this " ..
-          "migration", path, line_of(stmt.text, pos) + stmt.line - 1, name, DIRECTIVE), path)
-        ok = false
-      end
-      name, pos = statement.transaction_control(stmt.text)
-      if name then
-        self:problem(fmt("%s:%d: %s: moonshift runs each migration in its own transaction " ..
-          "and records it in the same one; remove this statement (or add %s to this " ..
-          "migration)", path, line_of(stmt.text, pos) + stmt.line - 1, name, DIRECTIVE), path)
-        ok = false
-      end
-    end
-  end
-  return ok and stmts or nil
-end
-
--- Lists the migrations directory and classifies every entry into self.entries.
-function Loader:scan(dir)
-  local names, msg = fs.list(dir)
-  if not names then
-    self:problem(fmt("cannot list the migrations directory: %s", msg), dir)
-    return
-  end
-  for _, name in ipairs(names) do
-    if not self:skipped(name) then
-      local path = join(self.base, name)
-      local st = self:resolve(path)
-      if st and st.type == "directory" then
-        self:scan_diesel(name, path)
-      elseif st and st.type ~= "file" then
-        self:problem(fmt("%s is not a regular file or directory", path), path)
-      elseif st then
-        local e = layouts.classify(name)
-        if not e then
-          self:problem(fmt("%s matches no migration layout (expected names like " ..
-            "0003_add_email.up.sql, 0003_add_email.sql, V3__add_email.sql, or an ignore " ..
-            "pattern)", path), path)
-        else
-          e.path, e.st = path, st
-          self.entries[#self.entries + 1] = e
-        end
-      end
-    end
-  end
-end
-
--- Reads a diesel directory `<version>_<name>/` into self.entries.
-function Loader:scan_diesel(name, path)
-  local v, n = name:match("^(%d[%d%-]*)_([^.].*)$")
-  if not v then
-    self:problem(fmt("%s is a directory that matches no migration layout (diesel " ..
-      "migrations are directories named like 2019-02-26-002946_create_user)", path), path)
-    return
-  end
-  local names, msg = fs.list(path)
-  if not names then
-    self:problem(fmt("cannot list %s", msg), path)
-    return
-  end
-  local e = { kind = "up", layout = "diesel", version = v, name = n, id = name, dir = path }
-  local files = {}
-  for _, file in ipairs(names) do
-    if not self:skipped(file) then
-      local fpath = path .. "/" .. file
-      local st = self:resolve(fpath)
-      if st and (st.type ~= "file" or not layouts.DIESEL_FILES[file]) then
-        self:problem(fmt("%s does not belong in a diesel migration directory (it may hold " ..
-          "up.sql, down.sql, metadata.toml, migration.lua and verify.sql)", fpath), fpath)
-      elseif st then
-        files[layouts.DIESEL_FILES[file]] = { path = fpath, st = st }
-      end
-    end
-  end
-  if not files.up then
-    if files.down then
-      self:problem(fmt("%s has no up.sql beside it", files.down.path), files.down.path)
-    else
-      self:problem(fmt("%s has no up.sql", path), path)
-    end
-    return
-  end
-  e.path, e.st = files.up.path, files.up.st
-  if files.down then e.down = { path = files.down.path, st = files.down.st } end
-  e.companion_path = files.companion and files.companion.path
-  e.verify_path = files.verify and files.verify.path
-  if files.metadata then
-    local text = self:read(files.metadata.path, files.metadata.st)
-    for line in (text or ""):gmatch("[^\n]+") do
-      if line:match("^%s*run_in_transaction%s*=%s*false%s*$") or
-          line:match("^%s*run_in_transaction%s*=%s*false%s*#") then
-        e.no_transaction = true
-      end
-    end
-  end
-  self.entries[#self.entries + 1] = e
+  local stmts, problems = statement.script(path, text, offset, transaction)
+  for _, p in ipairs(problems) do self:problem(p, path) end
+  return stmts
 end
 
 -- Reads the scripts of every entry (or their facts from the cache); decides the layout of
@@ -694,7 +512,7 @@ function source.load_begin(dir, opts)
   local ignore = {}
   for i, glob in ipairs(opts.ignore or source.DEFAULT_IGNORE) do
     if type(glob) ~= "string" then error(fmt("source.load: ignore[%d] is not a string", i), 2) end
-    ignore[i] = glob_pattern(glob)
+    ignore[i] = scan.glob_pattern(glob)
   end
   local self = setmetatable({
     dir = dir, base = dir:match("^(.-)/*$"), format = format, ignore = ignore,
@@ -710,7 +528,7 @@ function source.load_begin(dir, opts)
   if not st then
     local lst = fs.stat(dir, false)
     if lst and lst.type == "link" then
-      self:resolve(dir)
+      scan.resolve(self, dir)
       self.failed = failure(dir, self.problems)
       return self
     end
@@ -765,7 +583,7 @@ function Loader:finish()
   end
   self.files = cache.files(opts.cache, self.started)
 
-  self:scan(dir)
+  scan.directory(self, dir)
   self:read_entries()
   local layout = self:layout()
   if not layout then return nil, failure(dir, self.problems) end

@@ -3,7 +3,11 @@
 -- in any case, is seen the same way everywhere.
 local sql = require("moonshift.sql")
 
+local fmt = string.format
+
 local statement = {}
+
+local DIRECTIVE = "`-- moonshift:no-transaction`"
 
 -- Each rule: a pattern on the head (words lowercased, comments dropped, one space between
 -- tokens, punctuation a token of its own) and the name shown to the user.
@@ -96,6 +100,57 @@ function statement.first_denied_in_hook(script)
     if name then return name end
   end
   return nil
+end
+
+-- The name of a psql meta-command statement, like `\i`.
+local function meta_name(stmt)
+  local m = type(stmt.meta) == "string" and stmt.meta or stmt.text
+  local name = m:match("\\([%a!?]+)") or m:match("^%s*([%a!?]+)") or "?"
+  return "\\" .. name
+end
+
+local function line_of(text, pos)
+  local _, n = text:sub(1, pos - 1):gsub("\n", "")
+  return n + 1
+end
+
+--- A migration script split into the statements psql would send, checked: no psql
+-- meta-command, and in a transactional one no transaction control and nothing that cannot
+-- run inside a transaction block.
+-- @param path string: the file, for messages
+-- @param text string: the script
+-- @param offset integer: lines before the script in its file (a dbmate or goose section)
+-- @param transactional boolean
+-- @return statements | nil, and the problems found ("file:line: message" each, maybe none)
+function statement.script(path, text, offset, transactional)
+  local stmts, err = sql.split(text)
+  if not stmts then
+    return nil, { fmt("%s:%d: %s", path, (tonumber(err.line) or 1) + offset,
+      err.message or tostring(err)) }
+  end
+  local problems = {}
+  for _, stmt in ipairs(stmts) do
+    stmt.line = stmt.line + offset
+    if stmt.end_line then stmt.end_line = stmt.end_line + offset end
+    if stmt.kind == "meta" then
+      problems[#problems + 1] = fmt("%s:%d: psql meta-command %s cannot run on the server",
+        path, stmt.line, meta_name(stmt))
+    elseif transactional then
+      local name, pos = statement.no_transaction(stmt.text)
+      if name then
+        problems[#problems + 1] = fmt("%s:%d: %s cannot run inside a transaction; add %s to " ..
+          "this migration", path, line_of(stmt.text, pos) + stmt.line - 1, name, DIRECTIVE)
+      end
+      name, pos = statement.transaction_control(stmt.text)
+      if name then
+        problems[#problems + 1] = fmt("%s:%d: %s: moonshift runs each migration in its own " ..
+          "transaction and records it in the same one; remove this statement (or add %s to " ..
+          "this migration)", path, line_of(stmt.text, pos) + stmt.line - 1, name, DIRECTIVE)
+      end
+    end
+  end
+  if problems[1] then return nil, problems end
+  return stmts, problems
 end
 
 --- Command tags after which the migration's own transaction is over (PQcmdStatus).
