@@ -3,9 +3,10 @@
 --     psql, one session, BEGIN; \i file; COMMIT; per file (the floor for per-migration atomicity)
 --     a shell loop of psql -1 -f per file (what teams script by hand)
 --     moonshift up -y
---   status (with and without the checksum cache) and a no-op up with 10,000 migrations
---   applied.
--- Arguments: BIN RUNS OUT_DIR [PART]; PART "apply" or "status" runs only that part.
+--   status (with and without the checksum caches) and a no-op up with 1,000 and 10,000
+--   migrations applied, against psql selecting the history table;
+--   each speed device switched off in turn (devices-*.md).
+-- Arguments: BIN RUNS OUT_DIR [PART]; PART "apply", "status" or "devices" runs only that part.
 local cluster = require("moonshift.cluster")
 local fs = require("moonshift.fs")
 local proc = require("moonshift.proc")
@@ -66,27 +67,73 @@ local function apply_1000(uri, reset, env_prefix)
     "-n", "psql -1 -f per file (shell loop)", env_prefix .. "sh " .. work .. "/loop.sh" })
 end
 
-local function status_10000(uri, reset, env_prefix)
-  generate(work .. "/m10000", 10000)
-  run({ "sh", "-c", env_prefix .. reset })
-  run({ "sh", "-c", env_prefix .. bin .. " up -y -q --migrations " .. work .. "/m10000 -d " ..
+-- A database named db with n migrations applied (from work/m<n>), settled for timing.
+local function applied(n, db, env_prefix)
+  local dir = work .. "/m" .. n
+  if not fs.exists(dir) then generate(dir, n) end
+  run({ "sh", "-c", env_prefix .. psql .. " -X -q -d postgres -c 'DROP DATABASE IF EXISTS " ..
+    db .. "' -c 'CREATE DATABASE " .. db .. "'" })
+  local uri = c:uri_for(db)
+  run({ "sh", "-c", env_prefix .. bin .. " up -y -q --migrations " .. dir .. " -d " ..
     sh_quote(uri) })
-  -- The 10,000 tables just made are 30,000 files the kernel is still writing back, which
-  -- took CPU from whichever command ran first; the server and the disk settle before timing.
-  run({ "sh", "-c", env_prefix .. psql .. " -X -q -d bench -c 'VACUUM ANALYZE' -c CHECKPOINT " ..
-    "&& sync" })
+  -- The tables just made are files the kernel is still writing back, which took CPU from
+  -- whichever command ran first; the server and the disk settle before timing.
+  run({ "sh", "-c", env_prefix .. psql .. " -X -q -d " .. db .. " -c 'VACUUM ANALYZE' " ..
+    "-c CHECKPOINT && sync" })
+  -- the caches written while nothing is racy any more
+  proc.sleep(2500)
+  run({ "sh", "-c", env_prefix .. bin .. " status -q --migrations " .. dir .. " -d " ..
+    sh_quote(uri) .. " >/dev/null" })
+  return uri, dir
+end
+
+-- status and a no-op up with n applied, against psql selecting the history table.
+local function status_n(n, env_prefix)
+  local db = "bench_" .. n
+  local uri, dir = applied(n, db, env_prefix)
+  local label = n == 1000 and "1,000" or "10,000"
   run({ "hyperfine", "--runs", runs, "--warmup", "3", "--export-markdown",
-    out_dir .. "/status-10000.md",
-    "-n", "moonshift status (10,000 applied)",
-    env_prefix .. bin .. " status -q --migrations " .. work .. "/m10000 -d " .. sh_quote(uri) ..
+    out_dir .. "/status-" .. n .. ".md",
+    "-n", "moonshift status (" .. label .. " applied)",
+    env_prefix .. bin .. " status -q --migrations " .. dir .. " -d " .. sh_quote(uri) ..
       " >/dev/null",
     "-n", "psql: select the history table (baseline)",
-    env_prefix .. psql .. " -X -q -d bench -c 'SELECT * FROM moonshift_migrations' >/dev/null",
-    "-n", "moonshift status, checksum cache off (10,000 applied)",
-    env_prefix .. "MOONSHIFT_CACHE_DIR= " .. bin .. " status -q --migrations " .. work ..
-      "/m10000 -d " .. sh_quote(uri) .. " >/dev/null",
-    "-n", "moonshift up, nothing to do (10,000 applied)",
-    env_prefix .. bin .. " up -y -q --migrations " .. work .. "/m10000 -d " .. sh_quote(uri) })
+    env_prefix .. psql .. " -X -q -d " .. db .. " -c 'SELECT * FROM moonshift_migrations' " ..
+      ">/dev/null",
+    "-n", "moonshift status, checksum caches off (" .. label .. " applied)",
+    env_prefix .. "MOONSHIFT_CACHE_DIR= " .. bin .. " status -q --migrations " .. dir ..
+      " -d " .. sh_quote(uri) .. " >/dev/null",
+    "-n", "moonshift up, nothing to do (" .. label .. " applied)",
+    env_prefix .. bin .. " up -y -q --migrations " .. dir .. " -d " .. sh_quote(uri) })
+end
+
+-- Each speed device switched off in turn (STYLE.md: one that saves less than a few percent
+-- of a command's time does not belong), for status and a no-op up.
+local DEVICES = {
+  { "all devices on", "" },
+  { "connect thread off", "MOONSHIFT_SERIAL=connect " },
+  { "fingerprint thread off", "MOONSHIFT_SERIAL=fingerprint " },
+  { "OpenSSL warm-up thread off", "MOONSHIFT_SERIAL=warmup " },
+  { "checksum caches off", "MOONSHIFT_CACHE_DIR= " },
+  { "bytecode off (Lua sources parsed)", "MOONSHIFT_LUA_DIR=" .. fs.realpath("lua") .. " " },
+  { "heap shaping off", "MOONSHIFT_HEAP=plain " },
+}
+
+local function devices(env_prefix)
+  for _, case in ipairs({ { 1000, "status" }, { 10000, "status" }, { 1000, "up -y" } }) do
+    local n, command = case[1], case[2]
+    local db = "bench_" .. n
+    local uri, dir = c:uri_for(db), work .. "/m" .. n
+    local argv = { "hyperfine", "--runs", runs, "--warmup", "3", "--export-markdown",
+      string.format("%s/devices-%s-%d.md", out_dir, command:match("^%a+"), n) }
+    for _, d in ipairs(DEVICES) do
+      argv[#argv + 1] = "-n"
+      argv[#argv + 1] = string.format("%s (%d applied): %s", command:match("^%a+"), n, d[1])
+      argv[#argv + 1] = env_prefix .. d[2] .. bin .. " " .. command .. " -q --migrations " ..
+        dir .. " -d " .. sh_quote(uri) .. " >/dev/null"
+    end
+    run(argv)
+  end
 end
 
 local ok, err = pcall(function()
@@ -98,8 +145,18 @@ local ok, err = pcall(function()
   -- and a checksum cache that goes with it
   local env_prefix = string.format("cd %s && PGHOST=%s PGPORT=%d PGUSER=postgres " ..
     "MOONSHIFT_CACHE_DIR=%s/cache ", work, c.socket_dir, c.port, work)
-  if part ~= "status" then apply_1000(uri, reset, env_prefix) end
-  if part ~= "apply" then status_10000(uri, reset, env_prefix) end
+  if part ~= "status" and part ~= "devices" then apply_1000(uri, reset, env_prefix) end
+  if part ~= "apply" and part ~= "devices" then
+    status_n(1000, env_prefix)
+    status_n(10000, env_prefix)
+  end
+  if part == nil or part == "devices" then
+    if part == "devices" then
+      applied(1000, "bench_1000", env_prefix)
+      applied(10000, "bench_10000", env_prefix)
+    end
+    devices(env_prefix)
+  end
 end)
 c:stop()
 fs.remove_tree(work)

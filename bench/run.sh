@@ -1,6 +1,7 @@
 #!/bin/sh
 # Runs every benchmark with hyperfine; results go to bench/results/*.md.
-# PART=apply or PART=status runs only that part of bench/migrate.lua (and not the splitter).
+# PART=apply, PART=status or PART=devices runs only that part of bench/migrate.lua (and not
+# the splitter).
 set -eu
 cd "$(dirname "$0")/.."
 BIN=${BIN:-build/moonshift}

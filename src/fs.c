@@ -354,7 +354,7 @@ static int fs_fingerprint_begin(lua_State *L) {
         free(fj);
         return luaL_error(L, "not enough memory");
     }
-    if ((fj->job = job_start(fp_run, fj)) == NULL) {
+    if ((fj->job = job_start("fingerprint", fp_run, fj)) == NULL) {
         free(fj->path);
         free(fj);
         return luaL_error(L, "not enough memory");

@@ -113,7 +113,7 @@ void hash_warm_up_begin(void) {
      * keeps our threads out of the way of exit handlers, but the cleanup is not needed
      * either, so it stays off (turned off before anything else starts OpenSSL). */
     OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);
-    warming = job_start(warm_up, NULL); /* NULL (no memory): the first digest warms up */
+    warming = job_start("warmup", warm_up, NULL); /* NULL (no memory): the first digest warms up */
 }
 
 void hash_warm_up_end(void) {

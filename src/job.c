@@ -61,12 +61,22 @@ static int collect_ended(void) {
     return unjoined > 0;
 }
 
-static int serial(void) {
+/* MOONSHIFT_SERIAL=1 runs every job inline; a comma-separated list of names runs those
+ * (for bisecting a race, and for weighing what each thread saves). */
+static int serial(const char *name) {
     const char *s = getenv("MOONSHIFT_SERIAL");
-    return s && strcmp(s, "1") == 0;
+    if (s == NULL || *s == '\0')
+        return 0;
+    if (strcmp(s, "1") == 0)
+        return 1;
+    size_t n = strlen(name);
+    for (const char *p = s; (p = strstr(p, name)) != NULL; p += n)
+        if ((p == s || p[-1] == ',') && (p[n] == '\0' || p[n] == ','))
+            return 1;
+    return 0;
 }
 
-struct job *job_start(void (*run)(void *arg), void *arg) {
+struct job *job_start(const char *name, void (*run)(void *arg), void *arg) {
     struct job *job = calloc(1, sizeof *job);
     if (job == NULL)
         return NULL;
@@ -75,7 +85,7 @@ struct job *job_start(void (*run)(void *arg), void *arg) {
     pthread_mutex_lock(&jobs_lock);
     collect_ended();
     pthread_mutex_unlock(&jobs_lock);
-    if (!serial()) {
+    if (!serial(name)) {
         sigset_t all, old;
         sigfillset(&all);
         pthread_sigmask(SIG_BLOCK, &all, &old); /* the new thread inherits this mask */

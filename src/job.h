@@ -8,9 +8,10 @@
 struct job;
 
 /* Starts run(arg) on a thread of its own, which blocks every signal (the main thread keeps
- * handling them). With MOONSHIFT_SERIAL=1 in the environment, or when no thread can be
- * made, run(arg) runs here and now instead. NULL when out of memory: then nothing ran. */
-struct job *job_start(void (*run)(void *arg), void *arg);
+ * handling them). With MOONSHIFT_SERIAL=1 in the environment (or a comma-separated list
+ * holding this job's name), or when no thread can be made, run(arg) runs here and now
+ * instead. NULL when out of memory: then nothing ran. */
+struct job *job_start(const char *name, void (*run)(void *arg), void *arg);
 
 /* Waits for run to return and frees the job. */
 void job_wait(struct job *job);

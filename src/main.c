@@ -244,7 +244,8 @@ static void tune_heap(void) {
 
 int main(int argc, char **argv) {
     harden();
-    tune_heap();
+    if (getenv("MOONSHIFT_HEAP") == NULL || strcmp(getenv("MOONSHIFT_HEAP"), "plain") != 0)
+        tune_heap(); /* MOONSHIFT_HEAP=plain: libc's own (to weigh what this saves) */
     hash_warm_up_begin();
     lua_State *L = host_newstate();
     if (L == NULL) {

@@ -718,7 +718,7 @@ static int pg_lconnect_begin(lua_State *L) {
         free(p);
         return luaL_error(L, "not enough memory");
     }
-    if ((p->job = job_start(pending_run, p)) == NULL) {
+    if ((p->job = job_start("connect", pending_run, p)) == NULL) {
         pending_free(p);
         return luaL_error(L, "not enough memory");
     }

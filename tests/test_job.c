@@ -107,7 +107,7 @@ static void test_exit_skips_handlers_while_running(void) {
         atexit(on_exit_handler);
         static struct probe p;
         probe_init(&p, 1); /* never opened */
-        struct job *job = job_start(probe_run, &p);
+        struct job *job = job_start("probe", probe_run, &p);
         job_abandon(job, probe_done);
         exit(job_exit(5)); /* exit() runs the handler if job_exit returns */
     }
@@ -124,7 +124,7 @@ static void test_exit_skips_handlers_while_running(void) {
 static void test_wait(void) {
     struct probe p;
     probe_init(&p, 0);
-    struct job *job = job_start(probe_run, &p);
+    struct job *job = job_start("probe", probe_run, &p);
     CHECK(job != NULL);
     job_wait(job);
     CHECK(p.ran);
@@ -138,7 +138,7 @@ static void test_wait(void) {
 static void test_abandon_running(void) {
     struct probe p;
     probe_init(&p, 1);
-    struct job *job = job_start(probe_run, &p);
+    struct job *job = job_start("probe", probe_run, &p);
     job_abandon(job, probe_done);
     CHECK(!p.done);
     probe_open(&p);
@@ -155,7 +155,7 @@ static void test_abandon_running(void) {
 static void test_abandon_ran(void) {
     struct probe p;
     probe_init(&p, 0);
-    struct job *job = job_start(probe_run, &p);
+    struct job *job = job_start("probe", probe_run, &p);
     for (;;) { /* until run has returned */
         pthread_mutex_lock(&p.lock);
         int ran = p.ran;
@@ -177,19 +177,33 @@ static void test_serial(void) {
     setenv("MOONSHIFT_SERIAL", "1", 1);
     struct probe p;
     probe_init(&p, 0);
-    struct job *job = job_start(probe_run, &p);
+    struct job *job = job_start("probe", probe_run, &p);
     CHECK(p.ran);
     CHECK(pthread_equal(p.thread, pthread_self()));
     job_wait(job);
     probe_destroy(&p);
 
     probe_init(&p, 0);
-    job = job_start(probe_run, &p);
+    job = job_start("probe", probe_run, &p);
     CHECK(p.ran);
     job_abandon(job, probe_done);
     CHECK(p.done);
     CHECK(pthread_equal(p.done_thread, pthread_self()));
     CHECK(job_exit(0) == 0);
+    probe_destroy(&p);
+
+    /* A list of names: only those run inline. */
+    setenv("MOONSHIFT_SERIAL", "connect,probe", 1);
+    probe_init(&p, 0);
+    job = job_start("probe", probe_run, &p);
+    CHECK(p.ran && pthread_equal(p.thread, pthread_self()));
+    job_wait(job);
+    probe_destroy(&p);
+    setenv("MOONSHIFT_SERIAL", "probes,connect", 1);
+    probe_init(&p, 0);
+    job = job_start("probe", probe_run, &p);
+    job_wait(job);
+    CHECK(p.ran && !pthread_equal(p.thread, pthread_self()));
     probe_destroy(&p);
     unsetenv("MOONSHIFT_SERIAL");
 }
