@@ -124,6 +124,14 @@ function Run:failed(m, err)
   return nil, err
 end
 
+-- Ends the run at a failure outside any migration (a global hook): the run log gets its
+-- final status, and the error says what stayed committed.
+function Run:ended(err)
+  self.s.ui:event("run_failed", { kind = err.kind, message = err.message, done = #self.done })
+  err.done = self.done
+  return nil, err
+end
+
 -- Refuses, before anything runs, what the connection or the options cannot do.
 function Run:preflight(opts)
   local s = self.s
@@ -215,7 +223,7 @@ function execute.run(s, list, direction, opts)
   s.ui:event("run_start", { run_id = s.run_id, direction = direction, target = s.label,
     plan = json.array(ids) })
   ok, err = run:global("before_run", { conn = s.conn, expect = "idle" })
-  if not ok then return nil, err end
+  if not ok then return run:ended(err) end
   if opts.single_transaction then
     ok, err = s.conn:exec("BEGIN")
     if not ok then return nil, errors.wrap("sql", err) end
@@ -239,7 +247,7 @@ function execute.run(s, list, direction, opts)
   if not ok then return nil, err end
   local res = { done = run.done, duration_ms = fs.clock_ms() - run.started, run_id = s.run_id }
   ok, err = run:global("after_run", { results = run.done })
-  if not ok then return nil, err end
+  if not ok then return run:ended(err) end
   s.ui:event("run_done", { run_id = s.run_id, done = #run.done, elapsed_ms = res.duration_ms,
     current = s.status.current and s.status.current.version or nil })
   return res
