@@ -299,10 +299,19 @@ function execute.change(cfg, ui, opts, how)
     local ok, err = backup_preflight(cfg)
     if not ok then return nil, err end
   end
-  return session.with(cfg, ui, { change = not opts.dry_run }, function(s)
+  -- Planned first without the lock: with nothing to do, none is taken (a no-op up costs
+  -- what status does); otherwise planned again under it.
+  return session.with(cfg, ui, { may_change = not opts.dry_run }, function(s)
     local list, direction, question, anyway = how.plan(s)
     if not list then return nil, direction end
-    local ok, err = s:check(list)
+    local ok, err
+    if not opts.dry_run and (#list > 0 or anyway) then
+      ok, err = s:begin_change()
+      if not ok then return nil, err end
+      list, direction, question, anyway = how.plan(s)
+      if not list then return nil, direction end
+    end
+    ok, err = s:check(list)
     if not ok then return nil, err end
     if #list == 0 and not anyway then
       return { done = {}, current = s:current_id(), nothing = true, target = s.label }

@@ -85,7 +85,7 @@ end
 
 -- For a change: a writable target, the run lock, and the files re-checked under it (they
 -- may have changed while we waited). Returns the history rows read meanwhile.
-function Session:take_lock(lock_pending, brief)
+function Session:take_lock(brief)
   local cfg = self.cfg
   if self.pooled and cfg.lock == "advisory" then
     return nil, errors.new("connect", fmt("%s is reached through a connection pooler (the " ..
@@ -99,7 +99,9 @@ function Session:take_lock(lock_pending, brief)
   if not ok then return nil, err end
   -- with lock = "table", each migration's transaction locks the tracking table instead
   if cfg.lock == "advisory" then
-    self.lock_conn, err = db.connect(cfg, nil, lock_pending)
+    local pending = self.lock_pending
+    self.lock_pending = nil
+    self.lock_conn, err = db.connect(cfg, nil, pending)
     if not self.lock_conn then return nil, err end
     self.lock, err = lock.acquire(self.lock_conn, self.lock_key, cfg.lock_wait_ms,
       function(holder)
@@ -122,14 +124,17 @@ end
 -- @param cfg table: the configuration (config.load)
 -- @param ui the ui
 -- @param opts table|nil: `change` (a mutating command: writable target, run lock, tracking
---   tables), `brief` (the history without who applied each migration and how long it took)
+--   tables), `may_change` (the run lock's connection is made meanwhile, for
+--   Session:begin_change once there is something to change), `brief` (the history without
+--   who applied each migration and how long it took)
 -- @return Session (close it, or use `<close>`) | nil, err
 function session.open(cfg, ui, opts)
   opts = opts or {}
   local s = setmetatable({ cfg = cfg, ui = ui }, Session)
   local pending = db.connect_begin(cfg)
-  local lock_pending <close> = opts.change and cfg.lock == "advisory" and
-    db.connect_begin(cfg) or nil
+  if (opts.change or opts.may_change) and cfg.lock == "advisory" then
+    s.lock_pending = db.connect_begin(cfg)
+  end
   local loading = session.begin_source(cfg)
   local attached, cerr = s:attach(pending)
   local rows, herr
@@ -142,7 +147,7 @@ function session.open(cfg, ui, opts)
   end
   s.set = set
   for _, w in ipairs(set.warnings or {}) do ui:warn(w) end
-  if opts.change then rows, herr = s:take_lock(lock_pending, opts.brief) end
+  if opts.change then rows, herr = s:take_lock(opts.brief) end
   local ok, rerr = false, herr
   if rows then ok, rerr = s:refresh(opts.brief, rows) end
   if not ok then
@@ -150,6 +155,15 @@ function session.open(cfg, ui, opts)
     return nil, rerr
   end
   return s
+end
+
+--- Turns a session opened with `may_change` into one for a change: writable target, run
+-- lock, files and history read again under it.
+-- @return true | nil, err
+function Session:begin_change(brief)
+  local rows, err = self:take_lock(brief)
+  if not rows then return nil, err end
+  return self:refresh(brief, rows)
 end
 
 --- Opens a session, runs fn(s) and closes it whatever happens.
@@ -193,8 +207,9 @@ function Session:close()
   end
   if self.lock then self.lock:release() end
   if self.lock_conn then self.lock_conn:close() end
+  if self.lock_pending then self.lock_pending:close() end
   if self.conn then self.conn:close() end
-  self.lock, self.lock_conn, self.conn = nil, nil, nil
+  self.lock, self.lock_conn, self.lock_pending, self.conn = nil, nil, nil, nil
 end
 Session.__close = Session.close
 
