@@ -301,7 +301,7 @@ function execute.change(cfg, ui, opts, how)
   end
   -- Planned first without the lock: with nothing to do, none is taken (a no-op up costs
   -- what status does); otherwise planned again under it.
-  return session.with(cfg, ui, { may_change = not opts.dry_run }, function(s)
+  return session.with(cfg, ui, {}, function(s)
     local list, direction, question, anyway = how.plan(s)
     if not list then return nil, direction end
     local ok, err

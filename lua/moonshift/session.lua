@@ -124,15 +124,14 @@ end
 -- @param cfg table: the configuration (config.load)
 -- @param ui the ui
 -- @param opts table|nil: `change` (a mutating command: writable target, run lock, tracking
---   tables), `may_change` (the run lock's connection is made meanwhile, for
---   Session:begin_change once there is something to change), `brief` (the history without
---   who applied each migration and how long it took)
+--   tables; else Session:begin_change does that later), `brief` (the history without who
+--   applied each migration and how long it took)
 -- @return Session (close it, or use `<close>`) | nil, err
 function session.open(cfg, ui, opts)
   opts = opts or {}
   local s = setmetatable({ cfg = cfg, ui = ui }, Session)
   local pending = db.connect_begin(cfg)
-  if (opts.change or opts.may_change) and cfg.lock == "advisory" then
+  if opts.change and cfg.lock == "advisory" then
     s.lock_pending = db.connect_begin(cfg)
   end
   local loading = session.begin_source(cfg)
@@ -157,8 +156,9 @@ function session.open(cfg, ui, opts)
   return s
 end
 
---- Turns a session opened with `may_change` into one for a change: writable target, run
--- lock, files and history read again under it.
+--- Turns a session opened without `change` into one for a change: writable target, run
+-- lock (its connection made now: a no-op up made it for nothing, and two connections at
+-- once cost it ~15 ms), files and history read again under it.
 -- @return true | nil, err
 function Session:begin_change(brief)
   local rows, err = self:take_lock(brief)
