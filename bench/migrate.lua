@@ -113,7 +113,6 @@ local DEVICES = {
   { "all devices on", "" },
   { "connect thread off", "MOONSHIFT_SERIAL=connect " },
   { "fingerprint thread off", "MOONSHIFT_SERIAL=fingerprint " },
-  { "OpenSSL warm-up thread off", "MOONSHIFT_SERIAL=warmup " },
   { "checksum caches off", "MOONSHIFT_CACHE_DIR= " },
   { "bytecode off (Lua sources parsed)", "MOONSHIFT_LUA_DIR=" .. fs.realpath("lua") .. " " },
   { "heap shaping off", "MOONSHIFT_HEAP=plain " },

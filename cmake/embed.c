@@ -1,6 +1,7 @@
 /* Build step: compiles each Lua module to bytecode and writes a C file holding it as byte
  * arrays, plus the table of { name, chunkname, data, size } main.c registers in
- * package.preload. Bytecode loads ~10x faster than source (status starts 4 ms sooner); it is
+ * package.preload. Bytecode loads ~10x faster than source (13-14 % of status and of a no-op
+ * up: bench/results/devices-*.md, against MOONSHIFT_LUA_DIR=lua); it is
  * made by the Lua library moonshift links, so it always matches the VM, and keeps its debug
  * information, so tracebacks still name files and lines.
  * Usage: embed OUT LIST, where LIST holds module=path|chunkname lines. */

@@ -9,7 +9,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "job.h"
 #include "modules.h"
 #include "support.h"
 
@@ -94,32 +93,6 @@ done:
 static int hash_openssl_version(lua_State *L) {
     lua_pushstring(L, OpenSSL_version(OPENSSL_VERSION));
     return 1;
-}
-
-/* OpenSSL's first digest reads its configuration and loads its default provider, ~3 ms
- * here: a thread does it while the Lua modules load, and the first checksum a command
- * needs (its cache's name) no longer waits for it. */
-static struct job *warming;
-
-static void warm_up(void *arg) {
-    (void)arg;
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int n;
-    EVP_Digest("", 0, md, &n, EVP_sha256(), NULL);
-}
-
-void hash_warm_up_begin(void) {
-    /* OpenSSL's exit handler frees its tables under any thread still using them. job_exit
-     * keeps our threads out of the way of exit handlers, but the cleanup is not needed
-     * either, so it stays off (turned off before anything else starts OpenSSL). */
-    OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);
-    warming = job_start("warmup", warm_up, NULL); /* NULL (no memory): the first digest warms up */
-}
-
-void hash_warm_up_end(void) {
-    if (warming)
-        job_wait(warming);
-    warming = NULL;
 }
 
 int luaopen_moonshift_hash(lua_State *L) {

@@ -43,7 +43,6 @@ static int os_exit(lua_State *L) {
                                    : (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
     if (lua_toboolean(L, 2))
         host_close(L);
-    hash_warm_up_end();
     exit(job_exit(code));
 }
 
@@ -218,7 +217,8 @@ static void harden(void) {
  * back to the kernel and faulting it in again, and grow the heap in large steps whose first
  * one uses transparent huge pages where the system allows them on request (what glibc's
  * glibc.malloc.hugetlb=1 tunable does): on a virtual machine a page fault can cost ~10
- * microseconds, and `status` of 10,000 migrations faulted ~7,000 pages, a fifth of its time. */
+ * microseconds, and `status` of 10,000 migrations faulted ~7,000 pages. Saves 39 % of that
+ * status, 8 % at 1,000 (bench/results/devices-*.md; MOONSHIFT_HEAP=plain switches it off). */
 #define HEAP_STEP (32 << 20)
 #define HUGE_PAGE (2 << 20)
 static void *heap_head;
@@ -246,11 +246,9 @@ int main(int argc, char **argv) {
     harden();
     if (getenv("MOONSHIFT_HEAP") == NULL || strcmp(getenv("MOONSHIFT_HEAP"), "plain") != 0)
         tune_heap(); /* MOONSHIFT_HEAP=plain: libc's own (to weigh what this saves) */
-    hash_warm_up_begin();
     lua_State *L = host_newstate();
     if (L == NULL) {
         fputs("moonshift: cannot create Lua state: not enough memory\n", stderr);
-        hash_warm_up_end();
         return job_exit(1);
     }
     /* Most objects of a run die young (statements, rows, events): the generational
@@ -279,7 +277,6 @@ int main(int argc, char **argv) {
         code = 1;
     }
     profile_write(L);
-    hash_warm_up_end();
     host_close(L);
     return job_exit(code);
 }

@@ -15,11 +15,6 @@ int luaopen_moonshift_host(lua_State *L);
 /* Pushes n bytes as lowercase hex (hash.c). */
 void push_hex(lua_State *L, const unsigned char *bytes, unsigned int n);
 
-/* Turns off OpenSSL's exit handler (not needed) and initializes its digests as a
- * background job (hash.c); _end waits for that job. */
-void hash_warm_up_begin(void);
-void hash_warm_up_end(void);
-
 /* The Lua state with the allocator host.memory_limit caps (host.c), and its closing: every
  * finalizer runs, but outside the sanitizers the memory is left to the process exit. */
 lua_State *host_newstate(void);

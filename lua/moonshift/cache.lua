@@ -7,7 +7,8 @@
 --   under the fingerprint of the directory (names and stats of every file) and of the
 --   options it was loaded with, so an unchanged directory costs one listing.
 --
--- What they save (bench/run.sh, 10,000 applied): `status` reads ~40 MB of SQL without them.
+-- What they save (bench/results/devices-*.md): 38 % of `status` at 1,000 applied, 78 % at
+-- 10,000, 39 % of a no-op `up` at 1,000.
 -- Both are written only for files last changed well before the run began: a file written
 -- in the same timestamp tick as it was read could otherwise keep its key with new content
 -- (git's "racy clean" problem); two seconds covers the coarsest timestamps (FAT, some
