@@ -300,17 +300,17 @@ function execute.change(cfg, ui, opts, how)
     if not ok then return nil, err end
   end
   -- Planned first without the lock: with nothing to do, none is taken (a no-op up costs
-  -- what status does); otherwise planned again under it.
+  -- what status does). Anything else, a refusal too (a dirty row may be a run in
+  -- progress), is decided again under the lock.
   return session.with(cfg, ui, {}, function(s)
     local list, direction, question, anyway = how.plan(s)
-    if not list then return nil, direction end
     local ok, err
-    if not opts.dry_run and (#list > 0 or anyway) then
+    if not opts.dry_run and not (list and #list == 0 and not anyway) then
       ok, err = s:begin_change()
       if not ok then return nil, err end
       list, direction, question, anyway = how.plan(s)
-      if not list then return nil, direction end
     end
+    if not list then return nil, direction end
     ok, err = s:check(list)
     if not ok then return nil, err end
     if #list == 0 and not anyway then
