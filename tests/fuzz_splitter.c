@@ -86,8 +86,20 @@ static void check_resplit(const char *text, size_t len, enum split_kind kind) {
     split_free(&r);
 }
 
+/* split_head, what every statement classifier reads: bounded, terminated, lowercase words
+ * and single spaces, its first token inside the input. */
+static void check_head(const char *text, size_t size) {
+    char buf[64];
+    struct split_head h = {.out = buf, .cap = sizeof buf, .max_tokens = 8};
+    split_head(text, size, &h);
+    CHECK(h.len < sizeof buf && buf[h.len] == '\0' && h.tokens <= 8);
+    CHECK(h.first == SIZE_MAX || h.first < size);
+    CHECK(h.len == 0 || (buf[0] != ' ' && buf[h.len - 1] != ' '));
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *text = (const char *)data;
+    check_head(text, size);
     struct split_result r;
     int rc = split_sql(text, size, &r);
     CHECK(rc == SPLIT_OK || rc == SPLIT_EINPUT);
