@@ -8,7 +8,6 @@ local execute = require("moonshift.execute")
 local plan = require("moonshift.plan")
 local lock = require("moonshift.lock")
 local dbmod = require("moonshift.db")
-local ui_mod = require("moonshift.ui")
 
 local value = helpers.value
 
@@ -29,22 +28,11 @@ local ALL = { "0001_users", "0002_posts", "0003_seed" }
 local BROKEN_0002 = { ["migrations/0002_posts.up.sql"] = "CREATE TABLE posts (id int);\n" ..
   "ALTER TABLE posts ADD COLUMN tag_id int REFERENCES no_such_tags;\n" }
 
--- A stream that keeps what is written to it.
-local function sink()
-  local s = { text = "" }
-  function s:write(...)
-    for i = 1, select("#", ...) do self.text = self.text .. tostring((select(i, ...))) end
-    return self
-  end
-  function s:flush() return self end
-  return s
-end
 
 -- A quiet ui on sinks, never interactive, that keeps the events it is given (and still
 -- hands them to the run log as Ui:event does).
 local function new_ui()
-  local u = ui_mod.new({ quiet = true, out = sink(), err = sink() })
-  u.interactive = false
+  local u = helpers.quiet_ui()
   u.events = {}
   function u:event(name, fields)
     self.events[#self.events + 1] = { name = name, fields = fields }
@@ -69,11 +57,7 @@ local function find_event(u, name)
   end
 end
 
-local function ids(list)
-  local out = {}
-  for i, m in ipairs(list) do out[i] = m.id end
-  return out
-end
+local ids = helpers.ids
 
 local function plain(s)
   return (s:gsub("%p", "%%%0"))

@@ -345,4 +345,31 @@ function helpers.write_files(dir, files)
   end
 end
 
+--- The ids of a list of migrations, in order.
+function helpers.ids(list)
+  local out = {}
+  for i, m in ipairs(list) do out[i] = m.id end
+  return out
+end
+
+--- A stream that keeps what is written to it (sink.text), for a ui under test.
+function helpers.sink()
+  local s = { text = "" }
+  function s:write(...)
+    for i = 1, select("#", ...) do self.text = self.text .. tostring((select(i, ...))) end
+    return self
+  end
+  function s:flush() return self end
+  return s
+end
+
+--- A quiet ui writing to sinks (ui.out.text, ui.err.text), never interactive whatever the
+-- terminal running the specs.
+function helpers.quiet_ui()
+  local u = require("moonshift.ui").new({ quiet = true, out = helpers.sink(),
+    err = helpers.sink() })
+  u.interactive = false
+  return u
+end
+
 return helpers

@@ -7,7 +7,6 @@ local config = require("moonshift.config")
 local session = require("moonshift.session")
 local lock = require("moonshift.lock")
 local dbmod = require("moonshift.db")
-local ui_mod = require("moonshift.ui")
 
 local value = helpers.value
 
@@ -21,29 +20,10 @@ local FILES = {
   ["migrations/0002_posts.down.sql"] = "DROP TABLE posts;\n",
 }
 
--- A stream that keeps what is written to it.
-local function sink()
-  local s = { text = "" }
-  function s:write(...)
-    for i = 1, select("#", ...) do self.text = self.text .. tostring((select(i, ...))) end
-    return self
-  end
-  function s:flush() return self end
-  return s
-end
 
--- A quiet ui on sinks, never interactive (whatever the terminal running the specs).
-local function new_ui()
-  local u = ui_mod.new({ quiet = true, out = sink(), err = sink() })
-  u.interactive = false
-  return u
-end
+local new_ui = helpers.quiet_ui
 
-local function ids(list)
-  local out = {}
-  for i, m in ipairs(list) do out[i] = m.id end
-  return out
-end
+local ids = helpers.ids
 
 -- Polls until fn() is true (a closed connection's backend leaves pg_stat_activity a moment
 -- after the client hung up); returns fn's last answer.

@@ -24,11 +24,7 @@ local function write_tree(dir, tree)
   end
 end
 
-local function ids(list)
-  local out = {}
-  for i, m in ipairs(list) do out[i] = m.id end
-  return out
-end
+local ids = helpers.ids
 
 describe("moonshift.source", function()
   local tmp, dir
