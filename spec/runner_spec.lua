@@ -70,6 +70,29 @@ describe("runner", function()
       assert.are.equal("idle", conn:status())
     end)
 
+    it("says what a COMMIT committed when a later statement fails", function()
+      local res, err = r:run(migration("0001", "CREATE TABLE a1 (id int);\nCOMMIT;\n" ..
+        "CREATE TABLE a2 (id int);\nSELECT 1/0;\n"), "up")
+      assert.is_nil(res)
+      assert.matches("statements 1 to 2 of 4 %(up to line 2%) ARE committed, the rest was " ..
+        "rolled back", err.message)
+      assert.not_matches("nothing of it was applied", err.message)
+      assert.are.equal("a1", helpers.value(uri, "SELECT to_regclass('a1')::text"))
+      assert.is_nil(helpers.value(uri, "SELECT to_regclass('a2')::text"))
+      assert.are.equal("dirty", helpers.value(uri, "SELECT state FROM moonshift_migrations"))
+    end)
+
+    it("says all of it was committed when a hook came after the COMMIT", function()
+      local m = migration("0001", "CREATE TABLE a1 (id int);\nCOMMIT;\n" ..
+        "CREATE TABLE a2 (id int);\n")
+      m.companion, m.companion_path = { post = function() end }, "/tmp/0001_m.lua"
+      local res, err = r:run(m, "up")
+      assert.is_nil(res)
+      assert.matches("statements 1 to 3 of 3 %(up to line 3%) ARE committed%.", err.message)
+      assert.are.equal("a2", helpers.value(uri, "SELECT to_regclass('a2')::text"))
+      assert.are.equal("dirty", helpers.value(uri, "SELECT state FROM moonshift_migrations"))
+    end)
+
     it("says nothing was applied only when a ROLLBACK ended it", function()
       local res, err = r:run(migration("0001", "CREATE TABLE a1 (id int);\nROLLBACK;\n" ..
         "CREATE TABLE a2 (id int);\n"), "up")

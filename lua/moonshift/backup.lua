@@ -565,6 +565,16 @@ function backup.prune(dir, keep, db)
   return removed
 end
 
+--- Checks, before connecting or locking, what a backup of a configuration needs: pg_dump,
+-- the directory.
+-- @return true | nil, err (kind backup)
+function backup.ready(cfg)
+  local pre, err = backup.preflight({ conninfo = cfg.database, dir = backup.dir_for(cfg),
+    pg_dump = cfg.backup and cfg.backup.pg_dump })
+  if not pre then return nil, err end
+  return true
+end
+
 --- The backup directory of a configuration (backup = { dir }), absolute.
 -- @param cfg table: root, backup
 -- @return string

@@ -18,7 +18,8 @@ local COMMANDS = { "status", "up", "down", "goto", "redo", "stamp", "force", "hi
 
 -- The options shared by commands, by group; a command lists the groups it uses (`uses`),
 -- and its --help shows only those (the others are still accepted, hidden, so a script can
--- pass the same connection options to every command). `project` is every command's.
+-- pass the same connection options to every command). `project` is every command's but
+-- demo's (`no_config`).
 local GROUPS = {
   { "project", function(cmd)
     cmd:option("-c --config", "The migrate.lua to use (default: found in . or a parent).")
@@ -86,9 +87,7 @@ local function build_parser()
       cmd:flag("-y --auto-confirm", "Do not ask; required without a terminal.")
       cmd:flag("-n --dry-run", "Print the plan and the SQL; change nothing.")
     end
-    for _, group in ipairs(GROUPS) do
-      if not mod.no_config then add_group(cmd, group[2], uses[group[1]]) end
-    end
+    for _, group in ipairs(GROUPS) do add_group(cmd, group[2], uses[group[1]]) end
     if mod.passes_arguments then cmd:handle_options(false) end
   end
   return p

@@ -94,9 +94,10 @@ end
 function Run:failed(m, err)
   local s = self.s
   local sig, code = host.interrupted()
-  if sig and err.kind ~= "interrupted" then
+  local tx = self.direction == "down" and m.down_transaction or m.transaction
+  if sig and err.kind ~= "interrupted" and not err.ended_early then
     err = errors.new("interrupted", fmt("interrupted (SIG%s) during %s; %s", sig, m.id,
-      m.transaction == false and "it is not transactional and is left dirty; see " ..
+      tx == false and "it is not transactional and is left dirty; see " ..
       "`moonshift status`" or "rolled back, nothing of it was applied"))
   end
   if err.kind == "interrupted" then err.exit_code = code end
@@ -105,7 +106,7 @@ function Run:failed(m, err)
     err.message = err.message .. "\n  to return to the state before this run:\n    " ..
       s.restore_command
   end
-  if self.runner.single then
+  if self.runner.single and not err.ended_early then
     s.conn:exec("ROLLBACK")
     err.message = err.message .. "\n  --single-transaction: the whole run was rolled back"
     self.done = {}
@@ -226,7 +227,7 @@ function execute.run(s, list, direction, opts)
   if not ok then return run:ended(err) end
   if opts.single_transaction then
     ok, err = s.conn:exec("BEGIN")
-    if not ok then return nil, errors.wrap("sql", err) end
+    if not ok then return run:ended(errors.wrap("sql", err)) end
     run.runner.single = true
   end
   for i, m in ipairs(list) do
@@ -244,7 +245,7 @@ function execute.run(s, list, direction, opts)
     if not ok then return run:failed(list[#list], errors.wrap("sql", err, "COMMIT failed")) end
   end
   ok, err = s:refresh()
-  if not ok then return nil, err end
+  if not ok then return run:ended(err) end
   local res = { done = run.done, duration_ms = fs.clock_ms() - run.started, run_id = s.run_id }
   ok, err = run:global("after_run", { results = run.done })
   if not ok then return run:ended(err) end
@@ -278,15 +279,6 @@ function execute.target(s, v)
   return plan.find(s.set, v)
 end
 
--- Checks, before connecting or locking, what a backup needs: pg_dump, the directory.
-local function backup_preflight(cfg)
-  local pre, err = backup.preflight({ conninfo = cfg.database, dir = backup.dir_for(cfg),
-    pg_dump = cfg.backup and cfg.backup.pg_dump })
-  if not pre then return nil, err end
-  return true
-end
-execute.backup_preflight = backup_preflight
-
 --- The skeleton every change shares: session -> plan -> (nothing? dry run?) -> confirm ->
 -- backup -> run -> result. `how` plans: how.plan(s) returns the list, its direction, the
 -- question to confirm and whether to run even an empty list (or nil, err);
@@ -296,7 +288,7 @@ execute.backup_preflight = backup_preflight
 -- @return result { done, current, target, ... } | nil, err
 function execute.change(cfg, ui, opts, how)
   if opts.backup and not opts.dry_run then
-    local ok, err = backup_preflight(cfg)
+    local ok, err = backup.ready(cfg)
     if not ok then return nil, err end
   end
   -- Planned first without the lock: with nothing to do, none is taken (a no-op up costs
@@ -314,6 +306,11 @@ function execute.change(cfg, ui, opts, how)
     ok, err = s:check(list)
     if not ok then return nil, err end
     if #list == 0 and not anyway then
+      -- nothing to change, but a target that could not be changed is still said so
+      if not opts.dry_run then
+        ok, err = s:check_target()
+        if not ok then return nil, err end
+      end
       return { done = {}, current = s:current_id(), nothing = true, target = s.label }
     end
     if opts.dry_run then return (how.dry_run or execute.print_dry_run)(s, list, direction) end

@@ -54,7 +54,6 @@ function runner.new(opts)
   return self
 end
 
-
 --- Refuses statements that would break the one-transaction guarantee (source refuses
 -- them when it reads the files; this is the same check for migrations built otherwise).
 -- @return true | nil, err (kind usage)
@@ -233,6 +232,14 @@ function Runner:_hook_step(m, direction, step)
   return true
 end
 
+-- The first statement whose command tag says it ended the migration's transaction.
+local function ended_at(run)
+  for k = 1, #run.statements do
+    if run.tags[k] and statement.ENDS_TRANSACTION[run.tags[k]] then return k end
+  end
+  return nil
+end
+
 -- The error of a failed batch of pipelined steps.
 function Runner:_batch_error(m, path, failed, err, run)
   if runner.connection_error(err) then
@@ -240,7 +247,11 @@ function Runner:_batch_error(m, path, failed, err, run)
       "back an unfinished transaction, so %s is not applied; check `moonshift status` once " ..
       "the server is reachable", m.id, tostring(err.message), m.id))
   end
-  if failed.guard then return self:_ended_early(m, path, run) end
+  local ended = ended_at(run)
+  if failed.guard or (failed.statement and ended) then
+    -- in the batch that failed, what followed the ending statement was rolled back with it
+    return self:_ended_early(m, run, ended)
+  end
   if failed.statement then
     return sqlerror.statement(m, path, failed.item, err, "rolled back, nothing of it was applied")
   end
@@ -249,8 +260,9 @@ end
 
 -- Runs the steps of a transactional migration: items pipelined wherever no Lua runs between
 -- them, hooks in between. Returns per-statement timings | nil, err, cause.
-function Runner:_run_steps(m, direction, steps, path)
-  local run = { step_ms = {}, tags = {} } -- tags: each statement's command tag
+function Runner:_run_steps(m, direction, steps, path, statements)
+  -- tags: each statement's command tag; synced: the statements whose batch went through
+  local run = { step_ms = {}, tags = {}, statements = statements, path = path, synced = 0 }
   local i = 1
   while i <= #steps do
     if steps[i].item or steps[i].sql_marker then
@@ -274,8 +286,13 @@ function Runner:_run_steps(m, direction, steps, path)
       if not timings then
         return nil, self:_batch_error(m, path, at_step[second], err, run), err
       end
+      for _, st in pairs(at_step) do run.synced = math.max(run.synced, st.statement or 0) end
       i = j + 1
     else
+      -- a batch that ended the transaction went through: everything in it committed at sync
+      if self.conn:status() ~= "intrans" and ended_at(run) then
+        return nil, self:_ended_early(m, run, run.synced)
+      end
       local ok, err = self:_hook_step(m, direction, steps[i])
       if not ok then return nil, err end
       i = i + 1
@@ -323,9 +340,10 @@ function Runner:_transactional(m, direction, statements, path)
   end
   steps[#steps + 1] = { item = { text = TX_GUARD, params = table.pack(mark) }, guard = true }
   for _, b in ipairs(books) do steps[#steps + 1] = { item = b } end
-  local step_ms, err, cause = self:_run_steps(m, direction, steps, path)
+  local step_ms, err, cause = self:_run_steps(m, direction, steps, path, statements)
   if step_ms and self.conn:status() ~= "intrans" then
-    step_ms, err = nil, self:_ended_early(m, path, { tags = {} })
+    step_ms, err = nil, self:_ended_early(m, { tags = {}, statements = statements,
+      path = path })
   end
   if not step_ms then
     if self.conn:status() ~= "idle" and not self.single then self.conn:exec("ROLLBACK") end
@@ -339,21 +357,16 @@ function Runner:_transactional(m, direction, statements, path)
 end
 
 -- The migration's own transaction was ended by something in it that the checks did not
--- catch (the guard found its mark gone): says what was committed, from the statements'
--- command tags, and leaves a dirty marker unless nothing was.
-function Runner:_ended_early(m, path, run)
-  local stmts = path == m.up_path and m.statements or m.down_statements or {}
-  local at, tag
-  for k = 1, #stmts do
-    if run.tags[k] and statement.ENDS_TRANSACTION[run.tags[k]] then
-      at, tag = k, run.tags[k]
-      break
-    end
-  end
-  local where = at and fmt("%s:%d", paths.display(path), stmts[at].line) or nil
-  local fields = { version = m.version, file = paths.display(path),
+-- catch: says, from the statements' command tags, what was committed (statements 1 to
+-- `through`, the ending one by default), and leaves a dirty marker unless nothing was.
+function Runner:_ended_early(m, run, through)
+  local stmts, at = run.statements, ended_at(run)
+  local tag = at and run.tags[at]
+  through = through or at
+  local where = at and fmt("%s:%d", paths.display(run.path), stmts[at].line) or nil
+  local fields = { version = m.version, file = paths.display(run.path),
     line = at and stmts[at].line or nil, ended_early = true }
-  if tag == "ROLLBACK" then
+  if tag == "ROLLBACK" and through == at then
     return errors.new("sql", fmt("%s: the statement at %s (ROLLBACK) ended the transaction " ..
       "moonshift began for it; what ran before it was rolled back, what ran after it was " ..
       "rolled back too, so nothing of it was applied", m.id, where), fields)
@@ -365,9 +378,10 @@ function Runner:_ended_early(m, path, run)
     self.conn:exec("COMMIT")
   if not ok and self.conn:status() ~= "idle" then self.conn:exec("ROLLBACK") end
   local what = at and fmt("the statement at %s (%s) ended the transaction moonshift began " ..
-    "for it: statements 1 to %d of %d (up to line %d) ARE %s, the rest was rolled back",
-    where, tag, at, #stmts, stmts[at].end_line or stmts[at].line,
-    tag == "COMMIT" and "committed" or "held by a prepared transaction") or
+    "for it: statements 1 to %d of %d (up to line %d) ARE %s%s", where, tag, through,
+    #stmts, stmts[through].end_line or stmts[through].line,
+    tag == "PREPARE TRANSACTION" and "held by a prepared transaction" or "committed",
+    through < #stmts and ", the rest was rolled back" or "") or
     "something in it ended the transaction moonshift began for it: what ran before that " ..
     "point may be committed, the rest was rolled back"
   return errors.new("sql", fmt("%s: %s. %s. Check the database, then `moonshift force %s` " ..

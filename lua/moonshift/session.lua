@@ -87,16 +87,9 @@ end
 -- may have changed while we waited). Returns the history rows read meanwhile.
 function Session:take_lock(brief)
   local cfg = self.cfg
-  if self.pooled and cfg.lock == "advisory" then
-    return nil, errors.new("connect", fmt("%s is reached through a connection pooler (the " ..
-      "server's backend pid %d is not the %d libpq was given): a session-level run lock " ..
-      "cannot be trusted under transaction pooling. Connect to PostgreSQL directly, or set " ..
-      "lock = \"table\" in migrate.lua; nothing was changed", self.label,
-      self.pooled.server_pid, self.pooled.client_pid))
-  end
-  self.conn:cancel_on_signal(true) -- Ctrl-C cancels the running statement; the runner rolls back
-  local ok, err = db.check_writable(self.conn)
+  local ok, err = self:check_target()
   if not ok then return nil, err end
+  self.conn:cancel_on_signal(true) -- Ctrl-C cancels the running statement; the runner rolls back
   -- with lock = "table", each migration's transaction locks the tracking table instead
   if cfg.lock == "advisory" then
     local pending = self.lock_pending
@@ -114,10 +107,25 @@ function Session:take_lock(brief)
   if not recheck:wait() then
     self.set, err = session.load_source(cfg)
     if not self.set then return nil, err end
+    for _, w in ipairs(self.set.warnings or {}) do self.ui:warn(w) end
   end
   if not rows then return nil, herr end
   self.run_id = new_run_id()
   return rows
+end
+
+--- Whether the target can be changed at all: writable, and not behind a transaction pooler
+-- with the session lock.
+-- @return true | nil, err (kind connect)
+function Session:check_target()
+  if self.pooled and self.cfg.lock == "advisory" then
+    return nil, errors.new("connect", fmt("%s is reached through a connection pooler (the " ..
+      "server's backend pid %d is not the %d libpq was given): a session-level run lock " ..
+      "cannot be trusted under transaction pooling. Connect to PostgreSQL directly, or set " ..
+      "lock = \"table\" in migrate.lua; nothing was changed", self.label,
+      self.pooled.server_pid, self.pooled.client_pid))
+  end
+  return db.check_writable(self.conn)
 end
 
 --- Opens what a command needs.
@@ -135,6 +143,11 @@ function session.open(cfg, ui, opts)
     s.lock_pending = db.connect_begin(cfg)
   end
   local loading = session.begin_source(cfg)
+  if loading.failed then -- no migrations directory: said without waiting for the server
+    pending:close()
+    s:close()
+    return nil, loading.failed
+  end
   local attached, cerr = s:attach(pending)
   local rows, herr
   if attached and not opts.change then rows, herr = s.history:load(opts.brief) end

@@ -43,10 +43,7 @@ local FORMATS = { auto = true, native = true, flyway = true, dbmate = true, dies
   goose = true }
 
 
-local function line_of(text, pos)
-  local _, n = text:sub(1, pos - 1):gsub("\n", "")
-  return n + 1
-end
+local line_of = statement.line_of
 
 -- Migrations whose scripts are not split yet, and what that needs (weak: a migration nobody
 -- holds takes its entry with it). Their statements are read on first use.

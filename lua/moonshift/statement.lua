@@ -109,10 +109,12 @@ local function meta_name(stmt)
   return "\\" .. name
 end
 
-local function line_of(text, pos)
+--- The line of byte pos in text (1-based).
+function statement.line_of(text, pos)
   local _, n = text:sub(1, pos - 1):gsub("\n", "")
   return n + 1
 end
+local line_of = statement.line_of
 
 --- A migration script split into the statements psql would send, checked: no psql
 -- meta-command, and in a transactional one no transaction control and nothing that cannot

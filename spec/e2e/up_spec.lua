@@ -198,6 +198,16 @@ describe("moonshift up #e2e", function()
       assert.is_nil(r.stderr:find("canarySECRET", 1, true))
     end
   end)
+
+  it("says a read-only target cannot be changed even when there is nothing to do", function()
+    assert.are.equal(0, ms({ "up", "-y" }).code)
+    local name = db.uri:match("^postgresql:///([^?]+)")
+    helpers.query(db.uri, "ALTER DATABASE " .. name .. " SET default_transaction_read_only = on")
+    local res = ms({ "up", "-y" })
+    assert.are.equal(4, res.code, res.stderr)
+    assert.matches("read%-only", res.stderr)
+    assert.are.equal(0, ms({ "status" }).code) -- reading it is fine
+  end)
 end)
 
 describe("session state between migrations #e2e", function()
@@ -215,4 +225,6 @@ describe("session state between migrations #e2e", function()
     assert.are.equal(2, value(db.uri, "SELECT count(*) FROM public.moonshift_migrations"))
     assert.are.equal(0, value(db.uri, "SELECT count(*) FROM other.moonshift_migrations"))
   end)
+
+
 end)

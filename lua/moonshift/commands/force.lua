@@ -5,7 +5,7 @@ local execute = require("moonshift.execute")
 local fmt = string.format
 
 local force = { summary = "Mark a (dirty) migration as applied, or not applied.",
-  uses = { "connection", "lock", "log" } }
+  uses = { "connection", "lock" } }
 
 function force.arguments(cmd)
   cmd:argument("version"):target("version_arg")

@@ -7,7 +7,7 @@ local report = require("moonshift.report")
 local fmt = string.format
 
 local stamp = { summary = "Record versions up to V as applied without running them.",
-  uses = { "connection", "lock", "log" } }
+  uses = { "connection", "lock" } }
 
 function stamp.arguments(cmd)
   cmd:argument("version"):target("version_arg")
