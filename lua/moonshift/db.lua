@@ -11,12 +11,15 @@ local fmt = string.format
 local db = {}
 
 --- What every moonshift session sets (again after RESET ALL): migration files are UTF-8,
--- and the server checks every second that we are still there, so a killed runner's
--- statement ends within a second instead of running on holding its locks (PostgreSQL 14+).
+-- the server checks every second that we are still there, so a killed runner's statement
+-- ends within a second instead of running on holding its locks, and a role's
+-- idle_session_timeout cannot reap the run lock's session while a hook runs (14+).
 -- SESSION_SETTINGS is the select list, for statements that set more in the same breath.
 db.SESSION_SETTINGS = "pg_catalog.set_config('client_encoding', 'UTF8', false), " ..
   "CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 140000 THEN " ..
-  "pg_catalog.set_config('client_connection_check_interval', '1000', false) END"
+  "pg_catalog.set_config('client_connection_check_interval', '1000', false) END, " ..
+  "CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 140000 THEN " ..
+  "pg_catalog.set_config('idle_session_timeout', '0', false) END"
 db.SESSION_SETUP = "SELECT " .. db.SESSION_SETTINGS
 
 --- The application_name every connection carries, so a DBA can tell who holds what.

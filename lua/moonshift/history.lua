@@ -179,6 +179,39 @@ function History:record(m, state, duration_ms, run_id, kind)
     duration_ms or pg.null, host.version, run_id or pg.null)
 end
 
+--- The error a `once` write raises in its transaction when another runner did it first.
+history.DONE_MEANWHILE = "moonshift.done_meanwhile_by_another_runner"
+local function once(sql)
+  return "WITH w AS (" .. sql .. " RETURNING 1) SELECT CASE WHEN pg_catalog.count(*) = 1 " ..
+    "THEN true ELSE pg_catalog.current_setting('" .. history.DONE_MEANWHILE .. "')::bool END FROM w"
+end
+
+--- Records a migration as applied by this run, failing its transaction when another runner
+-- applied it meanwhile (its applied row is there, or comes while this insert waits on it):
+-- what makes a double apply impossible even when the run lock was lost.
+function History:record_once(m, duration_ms, run_id, kind)
+  return self:_query(once(fmt([[
+    INSERT INTO %s AS t (version, name, checksum, state, kind, hostname, duration_ms,
+                         tool_version, run_id)
+    VALUES ($1, $2, $3, 'applied', $4, $5,
+            COALESCE($6::bigint, (EXTRACT(epoch FROM pg_catalog.clock_timestamp()
+                                                    - pg_catalog.now()) * 1000)::bigint),
+            $7, $8)
+    ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name, checksum = EXCLUDED.checksum,
+      state = EXCLUDED.state, applied_at = pg_catalog.now(), applied_by = CURRENT_USER,
+      hostname = EXCLUDED.hostname, duration_ms = EXCLUDED.duration_ms,
+      tool_version = EXCLUDED.tool_version, run_id = EXCLUDED.run_id
+    WHERE t.state <> 'applied' OR t.kind = 'repeatable' OR t.run_id = EXCLUDED.run_id]],
+    self.migrations)), m.version, m.id, m.checksum, kind or "versioned", fs.hostname(),
+    duration_ms or pg.null, host.version, run_id or pg.null)
+end
+
+--- Removes a migration's row as reverted by this run, failing its transaction when another
+-- runner reverted it meanwhile.
+function History:remove_once(version)
+  return self:_query(once(fmt("DELETE FROM %s WHERE version = $1", self.migrations)), version)
+end
+
 --- A pipeline item that locks the tracking table against other runners until COMMIT.
 function History:lock_item()
   return { text = fmt("LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE", self.migrations) }

@@ -8,6 +8,7 @@ local paths = require("moonshift.paths")
 local hooks = require("moonshift.hooks")
 local sql = require("moonshift.sql")
 local statement = require("moonshift.statement")
+local history = require("moonshift.history")
 local pipeline = require("moonshift.pipeline")
 local sqlerror = require("moonshift.sqlerror")
 local sqlstate = require("moonshift.sqlstate")
@@ -113,11 +114,11 @@ function Runner:_bookkeeping(m, direction, duration_ms, extra)
   return h:collect(function()
     local function must(ok, err) if not ok then error(err, 0) end end
     if direction == "up" then
-      must(h:record(m, "applied", duration_ms, self.run_id, m.repeatable and "repeatable" or nil))
+      must(h:record_once(m, duration_ms, self.run_id, m.repeatable and "repeatable" or nil))
       must(h:event(m.repeatable and "reapply" or "apply", m, self.run_id, extra))
       if not m.repeatable then must(h:sync_compat(m.version, false)) end
     else
-      must(h:remove(m.version))
+      must(h:remove_once(m.version))
       must(h:event("revert", m, self.run_id, extra))
       must(h:sync_compat(self.previous_version, false))
     end
@@ -241,7 +242,7 @@ local function ended_at(run)
 end
 
 -- The error of a failed batch of pipelined steps.
-function Runner:_batch_error(m, path, failed, err, run)
+function Runner:_batch_error(m, path, failed, err, run, direction)
   if runner.connection_error(err) then
     return errors.new("connect", fmt("lost the connection during %s: %s. The server rolls " ..
       "back an unfinished transaction, so %s is not applied; check `moonshift status` once " ..
@@ -254,6 +255,12 @@ function Runner:_batch_error(m, path, failed, err, run)
   end
   if failed.statement then
     return sqlerror.statement(m, path, failed.item, err, "rolled back, nothing of it was applied")
+  end
+  if tostring(err.message):find(history.DONE_MEANWHILE, 1, true) then
+    return errors.new("refused", fmt("%s was %s by another runner meanwhile (this run had " ..
+      "lost the run lock: its session was ended, by idle_session_timeout or a terminate); " ..
+      "this run's transaction was rolled back, so it ran once. Check `moonshift status`",
+      m.id, m.repeatable and "re-applied" or (direction == "down" and "reverted" or "applied")))
   end
   return errors.wrap("sql", err, m.id .. " failed and was rolled back")
 end
@@ -284,7 +291,7 @@ function Runner:_run_steps(m, direction, steps, path, statements)
         end
       end
       if not timings then
-        return nil, self:_batch_error(m, path, at_step[second], err, run), err
+        return nil, self:_batch_error(m, path, at_step[second], err, run, direction), err
       end
       for _, st in pairs(at_step) do run.synced = math.max(run.synced, st.statement or 0) end
       i = j + 1

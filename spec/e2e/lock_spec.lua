@@ -121,4 +121,50 @@ describe("run lock and kills #e2e", function()
     assert.are.equal(5, res.code, res.stderr)
     assert.is_nil(value(db.uri, "SELECT to_regclass('f')::text"))
   end)
+
+  it("a runner whose lock session was ended cannot apply what another runner applied", function()
+    assert.are.equal(0, helpers.ms({ "up", "-y" }).code)
+    helpers.write_files(db.dir, {
+      ["migrations/0006_seed.up.sql"] = "CREATE TABLE IF NOT EXISTS seed (note text);\n" ..
+        "INSERT INTO seed VALUES ('admin');\n",
+      ["migrations/0006_seed.lua"] =
+        'return { pre = function(ctx) ctx.db:query("SELECT pg_sleep(2)") end }\n',
+    })
+    local a = spawn({ "up", "-y", "-d", db.uri }, db.dir)
+    wait_for_query(db.uri, "%pg_sleep(2)%")
+    -- the "terminate other sessions" idiom, or a DBA's reaper, ends a's run lock session
+    assert.are.equal(1, value(db.uri, "SELECT count(pg_catalog.pg_terminate_backend(pid)) " ..
+      "FROM pg_locks WHERE locktype = 'advisory' AND granted"))
+    local b = spawn({ "up", "-y", "--lock-wait", "30s", "-d", db.uri }, db.dir)
+    local ra, rb = a:wait(60000), b:wait(60000)
+    assert.are.equal(1, value(db.uri, "SELECT count(*) FROM seed"), ra.stderr .. rb.stderr)
+    assert.are.equal(9, ra.code, ra.stderr) -- applied it, then found its lock gone
+    assert.matches("the run lock was lost after 0006_seed", ra.stderr)
+    assert.are.equal(9, rb.code, rb.stderr)
+    assert.matches("0006_seed was applied by another runner meanwhile", rb.stderr)
+    assert.are.equal("applied", value(db.uri, "SELECT state FROM moonshift_migrations " ..
+      "WHERE version = '0006'"))
+  end)
+
+  it("keeps its lock session through a role's idle_session_timeout while a hook runs", function()
+    assert.are.equal(0, helpers.ms({ "up", "-y" }).code)
+    local role = "reaped_" .. proc.getpid()
+    helpers.query(db.uri, "DROP ROLE IF EXISTS " .. role)
+    helpers.query(db.uri, "CREATE ROLE " .. role .. " LOGIN SUPERUSER")
+    helpers.query(db.uri, "ALTER ROLE " .. role .. " SET idle_session_timeout = '1s'")
+    finally(function()
+      helpers.query(db.uri, "REASSIGN OWNED BY " .. role .. " TO postgres")
+      helpers.query(db.uri, "DROP OWNED BY " .. role)
+      helpers.query(db.uri, "DROP ROLE " .. role)
+    end)
+    helpers.write_files(db.dir, {
+      ["migrations/0006_seed.up.sql"] = "CREATE TABLE seed (note text);\n",
+      ["migrations/0006_seed.lua"] =
+        'return { pre = function(ctx) ctx.db:query("SELECT pg_sleep(2.5)") end }\n',
+    })
+    local res = helpers.run({ "up", "-y", "-d", (db.uri:gsub("user=postgres", "user=" .. role)) },
+      { cwd = db.dir })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.matches("applied 1 migration", res.stdout)
+  end)
 end)
