@@ -160,13 +160,12 @@ function History:load(brief)
   return result
 end
 
---- Records a migration (inside the caller's transaction).
--- @param m table: version, name (id), checksum
--- @param state "applied" | "dirty"
-function History:record(m, state, duration_ms, run_id, kind)
-  return self:_query(fmt([[
-    INSERT INTO %s (version, name, checksum, state, kind, hostname, duration_ms, tool_version,
-                    run_id)
+-- The insert of a migration's row ($1 version .. $9 run_id); an existing row is updated,
+-- only where `only_where` says when given.
+local function record_sql(tbl, only_where)
+  return fmt([[
+    INSERT INTO %s AS t (version, name, checksum, state, kind, hostname, duration_ms,
+                         tool_version, run_id)
     VALUES ($1, $2, $3, $4, $5, $6,
             COALESCE($7::bigint, (EXTRACT(epoch FROM pg_catalog.clock_timestamp()
                                                     - pg_catalog.now()) * 1000)::bigint),
@@ -174,9 +173,16 @@ function History:record(m, state, duration_ms, run_id, kind)
     ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name, checksum = EXCLUDED.checksum,
       state = EXCLUDED.state, applied_at = pg_catalog.now(), applied_by = CURRENT_USER,
       hostname = EXCLUDED.hostname, duration_ms = EXCLUDED.duration_ms,
-      tool_version = EXCLUDED.tool_version, run_id = EXCLUDED.run_id]], self.migrations),
-    m.version, m.id, m.checksum, state, kind or "versioned", fs.hostname(),
-    duration_ms or pg.null, host.version, run_id or pg.null)
+      tool_version = EXCLUDED.tool_version, run_id = EXCLUDED.run_id%s]], tbl,
+    only_where and ("\n    WHERE " .. only_where) or "")
+end
+
+--- Records a migration (inside the caller's transaction).
+-- @param m table: version, name (id), checksum
+-- @param state "applied" | "dirty"
+function History:record(m, state, duration_ms, run_id, kind)
+  return self:_query(record_sql(self.migrations), m.version, m.id, m.checksum, state,
+    kind or "versioned", fs.hostname(), duration_ms or pg.null, host.version, run_id or pg.null)
 end
 
 --- The error a `once` write raises in its transaction when another runner did it first.
@@ -190,20 +196,10 @@ end
 -- applied it meanwhile (its applied row is there, or comes while this insert waits on it):
 -- what makes a double apply impossible even when the run lock was lost.
 function History:record_once(m, duration_ms, run_id, kind)
-  return self:_query(once(fmt([[
-    INSERT INTO %s AS t (version, name, checksum, state, kind, hostname, duration_ms,
-                         tool_version, run_id)
-    VALUES ($1, $2, $3, 'applied', $4, $5,
-            COALESCE($6::bigint, (EXTRACT(epoch FROM pg_catalog.clock_timestamp()
-                                                    - pg_catalog.now()) * 1000)::bigint),
-            $7, $8)
-    ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name, checksum = EXCLUDED.checksum,
-      state = EXCLUDED.state, applied_at = pg_catalog.now(), applied_by = CURRENT_USER,
-      hostname = EXCLUDED.hostname, duration_ms = EXCLUDED.duration_ms,
-      tool_version = EXCLUDED.tool_version, run_id = EXCLUDED.run_id
-    WHERE t.state <> 'applied' OR t.kind = 'repeatable' OR t.run_id = EXCLUDED.run_id]],
-    self.migrations)), m.version, m.id, m.checksum, kind or "versioned", fs.hostname(),
-    duration_ms or pg.null, host.version, run_id or pg.null)
+  return self:_query(once(record_sql(self.migrations, "t.state <> 'applied' OR " ..
+    "t.kind = 'repeatable' OR t.run_id = EXCLUDED.run_id")), m.version, m.id, m.checksum,
+    "applied", kind or "versioned", fs.hostname(), duration_ms or pg.null, host.version,
+    run_id or pg.null)
 end
 
 --- Removes a migration's row as reverted by this run, failing its transaction when another

@@ -75,7 +75,7 @@ describe("progress on a terminal #e2e", function()
 
   it("shows a live line with the elapsed time under a pseudo-terminal, plain lines without", function()
     if not fs.exists("/usr/bin/script") then
-      pending("script(1) from bsdutils is not installed")
+      helpers.needs("script(1) from bsdutils is not installed")
       return
     end
     helpers.write_files(db.dir, {

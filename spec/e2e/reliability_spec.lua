@@ -203,7 +203,7 @@ describe("reliability catalogue #e2e", function()
     "lock = \"table\" leaving no session state behind", function()
     five()
     local pooled = pgbouncer(db.uri:match("^postgresql:///([^?]+)"))
-    if not pooled then return pending("pgbouncer is not installed") end
+    if not pooled then return helpers.needs("pgbouncer is not installed") end
     local res = helpers.run({ "up", "-y", "--database=" .. pooled }, { cwd = db.dir })
     assert.are.equal(4, res.code)
     assert.matches("reached through a connection pooler", res.stderr)
