@@ -90,8 +90,10 @@ function Session:take_lock(brief)
   local ok, err = self:check_target()
   if not ok then return nil, err end
   self.conn:cancel_on_signal(true) -- Ctrl-C cancels the running statement; the runner rolls back
-  -- with lock = "table", each migration's transaction locks the tracking table instead
-  if cfg.lock == "advisory" then
+  -- With lock = "table" each migration's transaction also locks the tracking table, so
+  -- runners behind a pooler exclude each other; a direct connection still takes the run
+  -- lock, which alone covers what runs outside a transaction (CONCURRENTLY, global hooks).
+  if cfg.lock == "advisory" or not self.pooled then
     local pending = self.lock_pending
     self.lock_pending = nil
     self.lock_conn, err = db.connect(cfg, nil, pending)

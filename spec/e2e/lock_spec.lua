@@ -167,4 +167,29 @@ describe("run lock and kills #e2e", function()
     assert.are.equal(0, res.code, res.stderr)
     assert.matches("applied 1 migration", res.stdout)
   end)
+
+  it("with lock = \"table\" on a direct connection, runners at once apply a CONCURRENTLY " ..
+    "migration once", function()
+    helpers.write_files(db.dir, {
+      ["migrate.lua"] = "return { lock = 'table' }\n",
+      ["migrations/0006_idx.up.sql"] = "-- moonshift:no-transaction\n" ..
+        "CREATE INDEX CONCURRENTLY e_id ON e (id);\n",
+      ["migrations/0006_idx.lua"] = -- keeps the first runner inside it while the rest start
+        'return { pre = function(ctx) ctx.db:query("SELECT pg_sleep(1)") end }\n',
+    })
+    local runners = {}
+    for i = 1, 4 do runners[i] = spawn({ "up", "-y", "--lock-wait", "60s", "-d", db.uri }, db.dir) end
+    local out = ""
+    for i = 1, 4 do
+      local r = runners[i]:wait(90000)
+      assert.are.equal(0, r.code, r.stderr)
+      out = out .. r.stdout .. r.stderr
+    end
+    assert.not_matches("deadlock", out)
+    assert.are.equal(1, value(db.uri, "SELECT count(*) FROM moonshift_events " ..
+      "WHERE action = 'apply' AND version = '0006'"))
+    assert.are.equal("applied", value(db.uri, "SELECT state FROM moonshift_migrations " ..
+      "WHERE version = '0006'"))
+    assert.is_true(value(db.uri, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'e_id'::regclass"))
+  end)
 end)
