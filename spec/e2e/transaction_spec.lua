@@ -34,6 +34,25 @@ describe("a migration's transaction #e2e", function()
     assert.is_nil(helpers.value(db.uri, "SELECT to_regclass('ok')::text"))
   end)
 
+  it("refuses every way of ending or handing over a transaction, in up and --dry-run alike",
+    function()
+    local forms = { ["COMMIT AND CHAIN"] = "COMMIT", ["PREPARE TRANSACTION 'x'"] =
+      "PREPARE TRANSACTION", ["COMMIT PREPARED 'x'"] = "COMMIT", ["ROLLBACK AND NO CHAIN"] =
+      "ROLLBACK", ["ABORT"] = "ABORT", ["START TRANSACTION READ WRITE"] = "START TRANSACTION" }
+    for form, name in pairs(forms) do
+      helpers.write_files(db.dir, {
+        ["migrations/0001_ok.up.sql"] = "create table ok (id int);\n",
+        ["migrations/0002_tx.up.sql"] = "create table b (id int);\n" .. form .. ";\n",
+      })
+      for _, args in ipairs({ { "up", "-y" }, { "up", "--dry-run" } }) do
+        local res = helpers.ms(args)
+        assert.are.equal(2, res.code, form .. ": " .. res.stderr)
+        assert.matches("0002_tx%.up%.sql:2: " .. name:gsub(" ", "%%s"), res.stderr, nil, form)
+        assert.is_nil(helpers.value(db.uri, "SELECT to_regclass('ok')::text"), form)
+      end
+    end
+  end)
+
   it("shows a migration's notices with its file and line, and logs them", function()
     helpers.write_files(db.dir, { ["migrations/0001_n.up.sql"] = "create table n (id int);\n\n" ..
       "do $$ begin raise notice 'backfilled % rows', 3; end $$;\n" })
