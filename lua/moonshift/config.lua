@@ -34,15 +34,58 @@ local KEYS = {
   hook_memory = "string|number", single_transaction = "boolean",
 }
 
+-- The keys of the nested tables, checked the same way ("count" is a whole number >= 1).
+local NESTED = {
+  backup = { before_run = "boolean", keep = "count", dir = "string", pg_dump = "string" },
+  log = { dir = "string" },
+}
+
+local function known_list(keys)
+  local known = {}
+  for name in pairs(keys) do known[#known + 1] = name end
+  table.sort(known)
+  return table.concat(known, ", ")
+end
+
+local function check_value(want, v)
+  if want == "count" then return math.type(v) == "integer" and v >= 1, "whole number >= 1" end
+  return want:find(type(v), 1, true) ~= nil, (want:gsub("|", " or "))
+end
+
+local function check_nested(file, path)
+  for key, keys in pairs(NESTED) do
+    for k, v in pairs(file[key] or {}) do
+      local want = keys[k]
+      if not want then
+        return nil, fmt("%s: unknown key %q in %s (known: %s)", path, tostring(k), key,
+          known_list(keys))
+      end
+      local ok, what = check_value(want, v)
+      if not ok then
+        return nil, fmt("%s: %s.%s must be a %s, not %s", path, key, k, what,
+          type(v) == "string" and fmt("the string %q", v) or ("a " .. type(v)))
+      end
+    end
+  end
+  for i, v in pairs(file.ignore or {}) do
+    if math.type(i) ~= "integer" or type(v) ~= "string" then
+      return nil, fmt("%s: ignore must be a list of name patterns (strings)", path)
+    end
+  end
+  for name, f in pairs(file.workflows or {}) do
+    if type(name) ~= "string" or type(f) ~= "function" then
+      return nil, fmt("%s: workflows maps names to functions; %s is a %s", path,
+        tostring(name), type(f))
+    end
+  end
+  return true
+end
+
 local function check_keys(file, path)
   for k, v in pairs(file) do
     local want = KEYS[k]
     if not want then
-      local known = {}
-      for name in pairs(KEYS) do known[#known + 1] = name end
-      table.sort(known)
-      return nil, fmt("%s: unknown key %q (known: %s)", path, tostring(k),
-        table.concat(known, ", "))
+      return nil, fmt("%s: unknown key %q (known: %s)", path, tostring(k), known_list(KEYS))
     end
     if not want:find(type(v), 1, true) then
       return nil, fmt("%s: %s must be a %s, not a %s", path, k, want:gsub("|", " or "), type(v))
@@ -51,7 +94,7 @@ local function check_keys(file, path)
   if file.compat ~= nil and file.compat ~= "golang-migrate" then
     return nil, fmt("%s: compat must be \"golang-migrate\"", path)
   end
-  return true
+  return check_nested(file, path)
 end
 
 
@@ -188,7 +231,8 @@ function config.load(opts)
   if opts.require_tls then cfg.require_tls = true end
 
   cfg.database, cfg.database_source = database(opts, env, file)
-  cfg.migrations = absolute(root, cfg.migrations)
+  -- a path on the command line is the caller's, relative to where they are
+  cfg.migrations = absolute(opts.migrations and cwd or root, cfg.migrations)
   cfg.cache_dir = cache_dir()
   cfg.hooks = absolute(root, cfg.hooks)
   return check_values(cfg)
