@@ -3,7 +3,8 @@ local plan = require("moonshift.plan")
 
 local function m(v, checksum, extra)
   local x = { version = v, key = tostring(tonumber(v)), id = v .. "_m", checksum = checksum or "c" .. v,
-    down_path = "/x/" .. v .. "_m.down.sql", format = "native", up_path = "/x/" .. v .. "_m.up.sql" }
+    down_path = "/x/" .. v .. "_m.down.sql", format = "native", up_path = "/x/" .. v .. "_m.up.sql",
+    down_statements = { { kind = "sql", text = "SELECT 1" } } }
   for k, val in pairs(extra or {}) do x[k] = val end
   return x
 end
@@ -67,6 +68,23 @@ describe("plan", function()
     s.migrations[3].down_path = "/x/3_m.down.sql"
     list = assert(plan.down(st, 5, s.migrations[1]))
     assert.are.same({ "3", "2" }, { list[1].version, list[2].version })
+    s.migrations[3].down_statements = {}
+    list, err = plan.down(st, 1)
+    assert.is_nil(list)
+    assert.matches("3_m.down.sql holds no statements", err.message)
+    assert.are.equal("3", assert(plan.down(st, 1, nil, true))[1].version)
+  end)
+
+  it("runs down in the reverse of the running order, and calls pending ones out of order " ..
+    "only when one after them in that order is applied", function()
+    local s = set_of({ m("1"), m("3"), m("2") }) -- 2 requires 3
+    local st = plan.status(s, hist({ { version = "1", checksum = "c1" },
+      { version = "3", checksum = "c3" } }))
+    assert.are.same({}, st.out_of_order)
+    st = plan.status(s, hist({ { version = "1", checksum = "c1" }, { version = "2", checksum = "c2" },
+      { version = "3", checksum = "c3" } }))
+    local list = assert(plan.down(st, 2))
+    assert.are.same({ "2", "3" }, { list[1].version, list[2].version })
   end)
 
   it("finds a migration by any spelling of its version, or says none exists", function()

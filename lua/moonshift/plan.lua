@@ -54,10 +54,20 @@ function plan.status(set, hist)
     end
   end
   st.current = newest
-  for _, m in ipairs(st.pending) do
-    if newest and compare(m.version, newest.version) < 0 then
-      st.out_of_order[#st.out_of_order + 1] = m
+  -- out of order: pending while one after it in running order (by version, then
+  -- `requires` and `order`) is applied
+  local later_applied, late = false, {}
+  for i = #set.migrations, 1, -1 do
+    local m = set.migrations[i]
+    local row = rows[m]
+    if row and row.state ~= "dirty" then
+      later_applied = true
+    elseif not row and later_applied then
+      late[m] = true
     end
+  end
+  for _, m in ipairs(st.pending) do
+    if late[m] then st.out_of_order[#st.out_of_order + 1] = m end
   end
   for _, r in ipairs(set.repeatables or {}) do
     local row = row_by_key["R:" .. r.id]
@@ -227,20 +237,21 @@ function plan.up(st, to)
   return out
 end
 
---- Migrations to revert, newest first: the last `count`, or all above `to`.
--- @return array | nil, err (kind refused when one has no down script)
-function plan.down(st, count, to)
-  local applied = {}
-  for _, m in ipairs(st.applied) do applied[#applied + 1] = m end
-  table.sort(applied, function(a, b) return version.compare(a.version, b.version) > 0 end)
+--- Migrations to revert, in the reverse of the order `up` runs them (so `requires` and
+-- migrate.lua's `order` hold both ways): the last `count`, or all above `to`.
+-- @param allow_empty boolean: revert a down script without statements too
+-- @return array | nil, err (kind refused when one has no down script, or an empty one)
+function plan.down(st, count, to, allow_empty)
   local out = {}
-  for _, m in ipairs(applied) do
+  for i = #st.applied, 1, -1 do
+    local m = st.applied[i]
     if to then
-      if version.compare(m.version, to.version) <= 0 then break end
+      if version.compare(m.version, to.version) > 0 then out[#out + 1] = m end
     elseif #out >= count then
       break
+    else
+      out[#out + 1] = m
     end
-    out[#out + 1] = m
   end
   for _, m in ipairs(out) do
     if not m.down_path then
@@ -248,6 +259,13 @@ function plan.down(st, count, to)
         (" (" .. paths.display(m.up_path):gsub("%.up%.sql$", ".down.sql") .. ")") or ""
       return nil, errors.new("refused", fmt("%s has no down script%s, so it cannot be " ..
         "reverted; nothing was changed", m.id, expected))
+    end
+    local hooks = m.companion and (m.companion.down_pre or m.companion.down_post)
+    if not allow_empty and #m.down_statements == 0 and not hooks then
+      return nil, errors.new("refused", fmt("%s holds no statements, so reverting %s would " ..
+        "record it as reverted while its objects stay; write the down script, or pass " ..
+        "--allow-empty-down if undoing it needs nothing; nothing was changed",
+        paths.display(m.down_path), m.id))
     end
   end
   return out

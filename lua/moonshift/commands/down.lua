@@ -12,11 +12,12 @@ function down.arguments(cmd)
   cmd:argument("count", "How many to revert."):args("?"):convert(math.tointeger)
   cmd:option("--to", "Revert down to (not including) this version.")
   cmd:flag("--all", "Revert everything.")
+  cmd:flag("--allow-empty-down", "Revert a migration whose down script holds no statements.")
 end
 
 function down.options(args)
   return { count = args.count, to = args.to, all = args.all, dry_run = args.dry_run,
-    auto_confirm = args.auto_confirm }
+    auto_confirm = args.auto_confirm, allow_empty_down = args.allow_empty_down }
 end
 
 --- Reverts applied migrations: the last opts.count (default 1), all above opts.to, or all.
@@ -31,7 +32,8 @@ function down.run(cfg, ui, opts)
         to, err = execute.target(s, opts.to)
         if not to then return nil, err end
       end
-      local list, lerr = plan.down(s.status, opts.all and math.huge or (opts.count or 1), to)
+      local list, lerr = plan.down(s.status, opts.all and math.huge or (opts.count or 1), to,
+        opts.allow_empty_down)
       if not list then return nil, lerr end
       return list, "down", fmt("Revert %s on %s (%s)?", report.plural(#list, "migration"),
         s.label, list[1] and list[1].id or "")

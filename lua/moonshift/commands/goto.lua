@@ -11,10 +11,12 @@ local go = { summary = "Apply or revert until exactly this version is current.",
 
 function go.arguments(cmd)
   cmd:argument("version"):target("version_arg")
+  cmd:flag("--allow-empty-down", "Revert a migration whose down script holds no statements.")
 end
 
 function go.options(args)
-  return { version = args.version_arg, dry_run = args.dry_run, auto_confirm = args.auto_confirm }
+  return { version = args.version_arg, dry_run = args.dry_run, auto_confirm = args.auto_confirm,
+    allow_empty_down = args.allow_empty_down }
 end
 
 --- Moves to exactly version opts.version: up if it is pending, down if newer ones are applied.
@@ -28,7 +30,7 @@ function go.run(cfg, ui, opts)
       if not to then return nil, err end
       local ok, rerr = plan.check_runnable(s.status, cfg)
       if not ok then return nil, rerr end
-      local down, derr = plan.down(s.status, 0, to)
+      local down, derr = plan.down(s.status, 0, to, opts.allow_empty_down)
       if not down then return nil, derr end
       local up = plan.up(s.status, to)
       if #down > 0 and #up > 0 then

@@ -38,18 +38,25 @@ local function next_version(set, timestamp)
     or "0001"
 end
 
+-- A down script that says what it is for: moonshift refuses to revert with it left empty.
+local function down_text(v, name)
+  return fmt("-- revert %s: %s\n-- Write the statements that undo the up script; moonshift " ..
+    "refuses to revert\n-- this migration while this file holds none (--allow-empty-down).\n\n",
+    v, name)
+end
+
 -- The files of a migration in the set's layout, with their first lines.
 local function files_for(format, v, name)
   if format == "flyway" then
     return { { fmt("V%s__%s.sql", v, name), fmt("-- %s: %s\n\n", v, name) },
-      { fmt("U%s__%s.sql", v, name), fmt("-- revert %s: %s\n\n", v, name) } }
+      { fmt("U%s__%s.sql", v, name), down_text(v, name) } }
   elseif format == "dbmate" then
     return { { fmt("%s_%s.sql", v, name), "-- migrate:up\n\n\n-- migrate:down\n\n" } }
   elseif format == "goose" then
     return { { fmt("%s_%s.sql", v, name), "-- +goose Up\n\n\n-- +goose Down\n\n" } }
   end
   return { { fmt("%s_%s.up.sql", v, name), fmt("-- %s: %s\n\n", v, name) },
-    { fmt("%s_%s.down.sql", v, name), fmt("-- revert %s: %s\n\n", v, name) } }
+    { fmt("%s_%s.down.sql", v, name), down_text(v, name) } }
 end
 
 --- Creates the files of a new migration, numbered after the newest one.

@@ -9,8 +9,13 @@ local fmt = string.format
 local redo = { summary = "Revert the newest migration and apply it again.",
   uses = { "connection", "lock", "timeouts", "log", "confirm" } }
 
+function redo.arguments(cmd)
+  cmd:flag("--allow-empty-down", "Revert a migration whose down script holds no statements.")
+end
+
 function redo.options(args)
-  return { dry_run = args.dry_run, auto_confirm = args.auto_confirm }
+  return { dry_run = args.dry_run, auto_confirm = args.auto_confirm,
+    allow_empty_down = args.allow_empty_down }
 end
 
 --- Reverts the newest applied migration and applies it again.
@@ -20,7 +25,7 @@ function redo.run(cfg, ui, opts)
     plan = function(s)
       local ok, err = plan.check_runnable(s.status, cfg)
       if not ok then return nil, err end
-      local list, derr = plan.down(s.status, 1)
+      local list, derr = plan.down(s.status, 1, nil, opts.allow_empty_down)
       if not list then return nil, derr end
       if #list == 0 then
         return nil, errors.new("refused", "nothing is applied, so nothing to redo")
