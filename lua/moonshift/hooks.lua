@@ -30,8 +30,11 @@ local SECRET_ENV = {
 --- The error a hook's Lua error becomes: kind hook, or verify when the verification
 -- library raised it; "file:line: message" first, the traceback kept for the run log.
 function hooks.failure(what, e, traceback)
+  -- a verify function that fails, by error() or ctx.fail, is a failed verification (exit 8)
+  local kind = what:match(" verify$") and "verify" or "hook"
   if errors.is(e) then
     if not e.hook then e.hook = what end
+    if e.kind == "hook" then e.kind = kind end
     e.traceback = e.traceback or traceback
     return e
   end
@@ -46,7 +49,7 @@ function hooks.failure(what, e, traceback)
     msg = fmt("(error object is a %s value%s)", type(e),
       type(e) == "table" and (": " .. (next(e) and tostring(next(e)) .. "=..." or "{}")) or "")
   end
-  return errors.new("hook", fmt("%s failed: %s", what, msg), { hook = what,
+  return errors.new(kind, fmt("%s failed: %s", what, msg), { hook = what,
     traceback = traceback, cause = type(e) == "table" and e or nil })
 end
 

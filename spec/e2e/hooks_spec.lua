@@ -45,6 +45,21 @@ describe("Lua hooks and workflows #e2e", function()
     assert.are.equal(1, value(db.uri, "SELECT count(*) FROM moonshift_migrations"))
   end)
 
+  it("a verify function that fails by ctx.fail or error() is a failed verification (exit 8)",
+    function()
+    for _, body in ipairs({ "ctx.fail('orders are empty')", "error('orders are empty')" }) do
+      helpers.write_files(db.dir, {
+        ["migrations/0002_orders.up.sql"] = "CREATE TABLE orders (id int);\n",
+        ["migrations/0002_orders.lua"] = "return { verify = function(ctx)\n  " .. body ..
+          "\nend }\n",
+      })
+      local res = ms({ "up", "-y" })
+      assert.are.equal(8, res.code, body .. ": " .. res.stderr)
+      assert.matches("0002_orders%.lua:2: orders are empty", res.stderr)
+      assert.is_nil(helpers.value(db.uri, "SELECT to_regclass('orders')::text"))
+    end
+  end)
+
   it("a .verify.sql returning false fails the migration (exit 8)", function()
     helpers.write_files(db.dir, {
       ["migrations/0002_seed.up.sql"] = "INSERT INTO users VALUES (1, 'a@b');\n",
