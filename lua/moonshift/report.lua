@@ -15,17 +15,32 @@ function report.status(ui, st)
   local lines = { fmt("%s: %s", st.target, st.current and ("at " .. st.current_id) or
     "nothing applied") }
   local function add(...) lines[#lines + 1] = fmt(...) end
+  local late = {}
+  for _, m in ipairs(st.out_of_order) do late[m.id] = true end
+  local late_note = st.verdict == "refused" and "out of order: older than the newest applied"
+    or "out of order (allowed)"
   for _, m in ipairs(st.applied) do add("  applied  %-40s %s", m.id, m.applied_at or "") end
   for _, m in ipairs(st.dirty) do
     add("  DIRTY    %-40s started %s, run %s", m.id, m.started_at, tostring(m.run_id))
   end
   for _, m in ipairs(st.drift) do add("  CHANGED  %-40s file differs from what ran", m.id) end
   for _, m in ipairs(st.missing) do add("  MISSING  %-40s applied, no file", m.id) end
-  for _, m in ipairs(st.pending) do add("  pending  %s", m.id) end
+  for _, m in ipairs(st.pending) do
+    if late[m.id] then
+      add("  pending  %-40s %s", m.id, late_note)
+    else
+      add("  pending  %s", m.id)
+    end
+  end
   for _, m in ipairs(st.repeatables) do add("  pending  %s (repeatable)", m.id) end
-  add("%d applied, %d pending%s", #st.applied, #st.pending,
-    (#st.dirty + #st.drift + #st.missing > 0) and
-      fmt(", %d dirty, %d changed, %d missing", #st.dirty, #st.drift, #st.missing) or "")
+  local counts = { fmt("%d applied", #st.applied),
+    fmt("%d pending", #st.pending + #st.repeatables) }
+  for _, c in ipairs({ { #st.dirty, "dirty" }, { #st.drift, "changed" },
+    { #st.missing, "missing" }, { #st.out_of_order, "out of order" } }) do
+    if c[1] > 0 then counts[#counts + 1] = fmt("%d %s", c[1], c[2]) end
+  end
+  add("%s%s", table.concat(counts, ", "), st.verdict == "refused" and
+    "; up is refused until that is resolved" or "")
   ui:result(table.concat(lines, "\n"))
 end
 

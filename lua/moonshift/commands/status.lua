@@ -70,8 +70,18 @@ function status.run(cfg, ui, opts)
       missing = briefs(st.missing, function(r)
         return { version = r.version, id = r.name, applied_at = r.applied_at }
       end),
-      repeatables = briefs(st.repeatables) }
+      repeatables = briefs(st.repeatables),
+      verdict = status.verdict(st, cfg) }
   end)
+end
+
+--- What check decides, and status shows: "refused" (dirty, changed, missing, or out of
+-- order unless allowed), "pending" (versioned or repeatable), or "ok".
+function status.verdict(st, cfg)
+  local problems = #st.dirty + #st.drift + #st.missing
+  if not cfg.allow_out_of_order then problems = problems + #st.out_of_order end
+  if problems > 0 then return "refused" end
+  return (#st.pending + #st.repeatables > 0) and "pending" or "ok"
 end
 
 function status.print(ui, st, opts)
