@@ -90,6 +90,21 @@ function Run:explain(m, err)
   end
 end
 
+-- The rollback took the failure's own event with it: write one in a transaction of its
+-- own, so `history` shows it. Best effort: the original error is what the run reports.
+function Run:record_failure(m, err)
+  local s = self.s
+  if s.conn:status() ~= "idle" then return end
+  local ok, eerr = s.history:event("fail", m, s.run_id, { direction = self.direction,
+    kind = err.kind, sqlstate = err.sqlstate, file = err.file, line = err.line,
+    message = tostring(err.message):match("\n%s*(ERROR [^\n]*)") or
+      tostring(err.message):match("^[^\n]*"), rolled_back = true })
+  if not ok then
+    s.ui:warn(fmt("the failure of %s could not be recorded in %s: %s", m.id, s.history.events,
+      tostring(eerr and eerr.message or eerr)))
+  end
+end
+
 -- Ends the run at a failure of m: the message made complete, on_error, the events.
 function Run:failed(m, err)
   local s = self.s
@@ -111,6 +126,7 @@ function Run:failed(m, err)
     err.message = err.message .. "\n  --single-transaction: the whole run was rolled back"
     self.done = {}
   end
+  if tx ~= false or self.runner.single then self:record_failure(m, err) end
   -- on_error sees the failure after the rollback, and no database handle
   local ok, herr = self:global("on_error", { migration = m, error = {
     migration = m.id, version = m.version, kind = err.kind, message = err.message,

@@ -169,6 +169,24 @@ describe("status, check, history, stamp, force #e2e", function()
     assert.matches("1 applied, 1 pending", res.stdout)
   end)
 
+  it("a failed transactional migration is in the history though it rolled back", function()
+    helpers.write_files(db.dir, { ["migrations/0002_b.up.sql"] =
+      "CREATE TABLE b (id int);\nINSERT INTO b VALUES (1);\nSELECT 1/0;\n" })
+    local res = ms({ "up", "-y" })
+    assert.are.equal(6, res.code, res.stderr)
+    assert.matches("rolled back, nothing of it was applied", res.stderr)
+    assert.is_nil(value(db.uri, "SELECT to_regclass('b')::text"))
+    local events = cjson.decode(ms({ "history", "--json" }).stdout)
+    local last = events[#events]
+    assert.are.equal("fail", last.action)
+    assert.are.equal("0002_b", last.name)
+    local detail = type(last.detail) == "string" and cjson.decode(last.detail) or last.detail
+    assert.are.equal("22012", detail.sqlstate)
+    assert.are.equal(3, detail.line)
+    assert.matches("division by zero", detail.message)
+    assert.matches("fail +0002_b", ms({ "history" }).stdout)
+  end)
+
   it("history lists events, as text and JSON", function()
     assert.are.equal(0, ms({ "up", "-y", "--to", "2" }).code)
     local dn = ms({ "down", "-y" })
