@@ -1,6 +1,7 @@
 -- The tracking tables: one row per applied migration, and an append-only event log.
 local pg = require("moonshift.pg")
 local fs = require("moonshift.fs")
+local versions = require("moonshift.version")
 local host = require("moonshift.host")
 local cjson = require("cjson")
 local errors = require("moonshift.errors")
@@ -248,6 +249,27 @@ function History:sync_compat(version, dirty)
   end
   return self:_query(fmt("INSERT INTO %s (version, dirty) VALUES ($1::bigint, $2)",
     self.compat_table), tostring(version), dirty and true or false)
+end
+
+--- golang-migrate's row from our own (in the caller's transaction): the newest recorded
+-- version, dirty when its row is, or no row when nothing is recorded; what `migrate
+-- version` would say of the same state.
+function History:sync_compat_state()
+  if self.compat ~= "golang-migrate" then return true end
+  local rows, err = self:_query(fmt("SELECT version, state FROM %s WHERE kind = 'versioned'",
+    self.migrations))
+  if not rows then return nil, err end
+  local newest
+  for _, r in ipairs(rows) do
+    if not newest or versions.compare(r.version, newest.version) > 0 then newest = r end
+  end
+  return self:sync_compat(newest and newest.version, newest and newest.state == "dirty")
+end
+
+--- Records the file's checksum as what ran, for an applied migration (accept).
+function History:accept(m)
+  return self:_query(fmt("UPDATE %s SET checksum = $2 WHERE version = $1 AND state = " ..
+    "'applied'", self.migrations), m.version, m.checksum)
 end
 
 --- Events, newest last.

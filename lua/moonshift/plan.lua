@@ -102,14 +102,16 @@ function plan.check_runnable(st, cfg)
       d.row.applied_at, tostring(d.row.run_id), d.migration.version, d.migration.version))
   end
   if st.drift[1] then
-    local d = st.drift[1]
+    local d, versions = st.drift[1], {}
+    for i, x in ipairs(st.drift) do versions[i] = x.migration.version end
     return nil, errors.new("refused", "applied migrations changed on disk since they ran: " ..
       names(st.drift, function(x) return x.migration.id end) ..
       fmt(".\n  %s (%s) ran at %s (run %s) with sha256 %s; the file now has %s.\n  " ..
       "Restore the files (git), or put the change in a new migration; if the edit is " ..
-      "harmless, `moonshift stamp` records the files as they are", d.migration.id,
+      "harmless, `moonshift accept %s` records the files as they are now", d.migration.id,
       paths.display(d.migration.up_path), tostring(d.row.applied_at),
-      tostring(d.row.run_id), d.row.checksum:sub(1, 12), d.migration.checksum:sub(1, 12)))
+      tostring(d.row.run_id), d.row.checksum:sub(1, 12), d.migration.checksum:sub(1, 12),
+      table.concat(versions, " ")))
   end
   if st.missing[1] then
     return nil, errors.new("refused", "applied migrations have no file: " ..

@@ -252,11 +252,15 @@ function Session:runner(plan_ids)
     end })
 end
 
---- History writes without a migration (stamp, force), in one transaction: fn(must) calls
--- must(ok, err) on each write; the first failure rolls everything back.
+--- History writes without a migration (stamp, force, accept), in one transaction, with a
+-- run log like any change: fn(must) calls must(ok, err) on each write; the first failure
+-- rolls everything back.
+-- @param list array|nil: the migrations it records, for the log's plan
 -- @return true | nil, err (kind sql)
-function Session:bookkeeping(what, fn)
+function Session:bookkeeping(what, fn, list)
   local ok, err = self.history:ensure()
+  if not ok then return nil, err end
+  ok, err = self:open_log(what, list)
   if not ok then return nil, err end
   local function must(res, e)
     if not res then error(e, 0) end
@@ -267,9 +271,15 @@ function Session:bookkeeping(what, fn)
     fn(must)
     must(self.conn:exec("COMMIT"))
   end)
-  if pok then return true end
+  if pok then
+    self.ui:event("run_done", { run_id = self.run_id, command = what,
+      done = list and #list or 0 })
+    return true
+  end
   self.conn:exec("ROLLBACK")
-  return nil, errors.wrap("sql", perr, what .. " failed and was rolled back")
+  err = errors.wrap("sql", perr, what .. " failed and was rolled back")
+  self.ui:event("run_failed", { kind = err.kind, message = err.message, done = 0 })
+  return nil, err
 end
 
 -- Warns about a previous run whose log ends without a final status; the database tells

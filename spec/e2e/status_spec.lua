@@ -64,9 +64,50 @@ describe("status, check, history, stamp, force #e2e", function()
     local up = ms({ "up", "-y" })
     assert.are.equal(9, up.code)
     assert.matches("changed on disk since they ran: 0002_b", up.stderr)
-    local st = ms({ "stamp", "0003", "-y" })
+    assert.matches("`moonshift accept 0002` records the files as they are now", up.stderr)
+    local st = ms({ "stamp", "0003", "-y" }) -- stamp no longer accepts a changed file
     assert.are.equal(0, st.code, st.stderr)
+    assert.are.equal(9, ms({ "check" }).code)
+    local acc = ms({ "accept", "0002", "-y" })
+    assert.are.equal(0, acc.code, acc.stderr)
+    assert.matches("accepted 1 changed file on .*: 0002_b", acc.stdout)
     assert.are.equal(0, ms({ "check" }).code)
+    local ev = helpers.query(db.uri, "SELECT detail FROM moonshift_events WHERE action = 'accept'")
+    assert.are.equal(1, #ev)
+    local detail = type(ev[1].detail) == "string" and cjson.decode(ev[1].detail) or ev[1].detail
+    assert.are_not.equal(detail.old_checksum, detail.new_checksum)
+    assert.are.equal(value(db.uri, "SELECT checksum FROM moonshift_migrations WHERE version = '0002'"),
+      detail.new_checksum)
+    local again = ms({ "accept", "0002", "-y" })
+    assert.are.equal(2, again.code)
+    assert.matches("0002_b is unchanged since it ran", again.stderr)
+  end)
+
+  it("stamp refuses to un-record newer applied migrations unless --rewind, and logs", function()
+    assert.are.equal(0, ms({ "up", "-y" }).code)
+    local before = value(db.uri, "SELECT applied_at::text FROM moonshift_migrations WHERE version = '0003'")
+    local res = ms({ "stamp", "0001", "-y" })
+    assert.are.equal(9, res.code, res.stderr)
+    assert.matches("stamping 0001_a would un%-record 2 migrations applied after it %(0002_b, " ..
+      "0003_c%).-down %-%-to 0001.-nothing was changed", res.stderr)
+    assert.are.equal(3, value(db.uri, "SELECT count(*) FROM moonshift_migrations"))
+    res = ms({ "stamp", "0003", "-y" }) -- everything up to 0003 is applied: no row rewritten
+    assert.are.equal(0, res.code, res.stderr)
+    assert.matches("0 rows changed", res.stdout)
+    assert.are.equal(before, value(db.uri, "SELECT applied_at::text FROM moonshift_migrations " ..
+      "WHERE version = '0003'"))
+    res = ms({ "stamp", "0001", "-y", "--rewind" })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.matches("2 rows changed", res.stdout)
+    assert.are.equal(1, value(db.uri, "SELECT count(*) FROM moonshift_migrations"))
+    assert.are.equal("b", value(db.uri, "SELECT to_regclass('b')::text")) -- its objects stay
+    local logs = {}
+    for _, name in ipairs(fs.list(db.dir .. "/moonshift-backups") or {}) do
+      local text = fs.read(db.dir .. "/moonshift-backups/" .. name) or ""
+      if text:find('"command":"stamp"', 1, true) then logs[#logs + 1] = text end
+    end
+    assert.are.equal(2, #logs) -- the two stamps that changed something or nothing; not the refusal
+    for _, text in ipairs(logs) do assert.matches('"event":"run_done"', text) end
   end)
 
   it("the checksum cache never hides a file edited after it was cached", function()

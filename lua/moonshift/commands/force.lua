@@ -37,8 +37,8 @@ function force.run(cfg, ui, opts)
         must(h:record(m, "applied", nil, s.run_id))
       end
       must(h:event("force", m, s.run_id, { applied = not opts.not_applied }))
-      must(h:sync_compat(not opts.not_applied and m.version or nil, false))
-    end)
+      must(h:sync_compat_state())
+    end, { m })
     if not ok then return nil, err end
     return { forced = m.id, applied = not opts.not_applied, target = s.label }
   end)
