@@ -320,7 +320,8 @@ describe("execute", function()
         assert.are.equal(0, find_event(u, "run_failed").done)
         assert.are.same({}, applied())
         assert.is_nil(relation("users"))
-        assert.are.equal(0, value(db.uri, "SELECT count(*) FROM moonshift_events"))
+        -- only the failure, recorded after the rollback
+        assert.are.equal("fail", value(db.uri, "SELECT string_agg(action, ',') FROM moonshift_events"))
       end)
 
       it("refuses a non-transactional migration before anything runs", function()
@@ -367,5 +368,27 @@ describe("execute", function()
       assert.matches('"current":"0003"', lines[#lines])
       assert.are.same(ALL, applied())
     end)
+  end)
+end)
+
+describe("execute.plan_change", function()
+  local function ms(...)
+    local out = {}
+    for i, id in ipairs({ ... }) do out[i] = { id = id } end
+    return out
+  end
+
+  it("says nothing when the plan made under the lock is the one agreed to", function()
+    assert.is_nil(execute.plan_change({ list = ms("1_a", "2_b"), direction = "up" },
+      ms("1_a", "2_b"), "up"))
+  end)
+
+  it("names what another runner did meanwhile and what arrived", function()
+    local said = execute.plan_change({ list = ms("1_a", "2_b"), direction = "up" },
+      ms("2_b", "3_c"), "up")
+    assert.are.equal("The plan changed while waiting for the run lock; now also: 3_c; " ..
+      "no longer: 1_a.", said)
+    assert.is_not_nil(execute.plan_change({ list = ms("1_a", "2_b"), direction = "up" },
+      ms("2_b", "1_a"), "up"))
   end)
 end)

@@ -295,6 +295,27 @@ function execute.target(s, v)
   return plan.find(s.set, v)
 end
 
+--- What changed between the plan a person agreed to and the one made under the lock
+-- (another runner went first, or files changed), or nil when nothing did.
+-- @return string | nil
+function execute.plan_change(asked, list, direction)
+  local before, now, added, gone = {}, {}, {}, {}
+  for _, m in ipairs(asked.list) do before[m.id] = true end
+  for _, m in ipairs(list) do
+    now[m.id] = true
+    if not before[m.id] then added[#added + 1] = m.id end
+  end
+  for _, m in ipairs(asked.list) do
+    if not now[m.id] then gone[#gone + 1] = m.id end
+  end
+  local same_order = #added == 0 and #gone == 0
+  for i, m in ipairs(list) do same_order = same_order and asked.list[i].id == m.id end
+  if same_order and asked.direction == direction then return nil end
+  return "The plan changed while waiting for the run lock" ..
+    (#added > 0 and ("; now also: " .. table.concat(added, ", ")) or "") ..
+    (#gone > 0 and ("; no longer: " .. table.concat(gone, ", ")) or "") .. "."
+end
+
 --- The skeleton every change shares: session -> plan -> (nothing? dry run?) -> confirm ->
 -- backup -> run -> result. `how` plans: how.plan(s) returns the list, its direction, the
 -- question to confirm and whether to run even an empty list (or nil, err);
@@ -312,8 +333,17 @@ function execute.change(cfg, ui, opts, how)
   -- progress), is decided again under the lock.
   return session.with(cfg, ui, {}, function(s)
     local list, direction, question, anyway = how.plan(s)
-    local ok, err
-    if not opts.dry_run and not (list and #list == 0 and not anyway) then
+    local ok, err, asked
+    local changing = not opts.dry_run and not (list and #list == 0 and not anyway)
+    if changing and list then
+      -- asked before the lock: a person thinking at the prompt holds up no other runner
+      ok, err = s:check(list)
+      if not ok then return nil, err end
+      ok, err = s:confirm(opts, question)
+      if not ok then return nil, err end
+      asked = { list = list, direction = direction }
+    end
+    if changing then
       ok, err = s:begin_change()
       if not ok then return nil, err end
       list, direction, question, anyway = how.plan(s)
@@ -330,8 +360,11 @@ function execute.change(cfg, ui, opts, how)
       return { done = {}, current = s:current_id(), nothing = true, target = s.label }
     end
     if opts.dry_run then return (how.dry_run or execute.print_dry_run)(s, list, direction) end
-    ok, err = s:confirm(opts, question)
-    if not ok then return nil, err end
+    local changed = not asked or execute.plan_change(asked, list, direction)
+    if changed then
+      ok, err = s:confirm(opts, asked and (changed .. "\n" .. question) or question)
+      if not ok then return nil, err end
+    end
     if opts.backup then
       ok, err = s:open_log(direction, list)
       if not ok then return nil, err end

@@ -1,5 +1,6 @@
 -- One writer at a time, and a killed runner leaves nothing half-applied.
 local proc = require("moonshift.proc")
+local fs = require("moonshift.fs")
 local helpers = require("spec.helpers")
 
 local value = helpers.value
@@ -191,5 +192,24 @@ describe("run lock and kills #e2e", function()
     assert.are.equal("applied", value(db.uri, "SELECT state FROM moonshift_migrations " ..
       "WHERE version = '0006'"))
     assert.is_true(value(db.uri, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'e_id'::regclass"))
+  end)
+
+  it("a person at the prompt holds up no other runner, and the plan is made again under " ..
+    "the lock", function()
+    if not fs.exists("/usr/bin/script") then
+      return helpers.needs("script(1) from bsdutils is not installed")
+    end
+    local cmd = string.format("%s up -d '%s'", helpers.bin(), db.uri)
+    local a = assert(proc.spawn({ "sh", "-c", '(sleep 3; echo y) | script -qfec "$0" /dev/null',
+      cmd }, { cwd = db.dir, env = helpers.env() }))
+    proc.sleep(1500) -- a is at its prompt
+    local b = helpers.run({ "up", "-y", "--lock-wait", "1s", "-d", db.uri }, { cwd = db.dir })
+    assert.are.equal(0, b.code, b.stderr)
+    assert.matches("applied 5 migrations", b.stdout)
+    local ra = a:wait(30000)
+    assert.are.equal(0, ra.code, ra.stdout)
+    assert.matches("Apply 5 migrations", ra.stdout)
+    assert.matches("nothing to do", ra.stdout)
+    assert.are.equal(5, value(db.uri, "SELECT count(*) FROM moonshift_events WHERE action = 'apply'"))
   end)
 end)
