@@ -944,6 +944,13 @@ static int conn_pipeline_sync(lua_State *L) {
     return push_ok(L, c, PQpipelineSync(c->pg));
 }
 
+/* Asks the server to send what it has so far: after each pipelined statement, so each
+ * result arrives when it is done and is timed on its own, not all at the sync. */
+static int conn_flush_request(lua_State *L) {
+    struct conn *c = check_conn(L);
+    return push_ok(L, c, PQsendFlushRequest(c->pg));
+}
+
 static int conn_consume_input(lua_State *L) {
     struct conn *c = check_conn(L);
     return push_ok(L, c, PQconsumeInput(c->pg));
@@ -1114,6 +1121,7 @@ static const luaL_Reg methods[] = {
     {"pipeline_enter", conn_pipeline_enter},
     {"pipeline_exit", conn_pipeline_exit},
     {"pipeline_sync", conn_pipeline_sync},
+    {"flush_request", conn_flush_request},
     {"consume_input", conn_consume_input},
     {"busy", conn_busy},
     {"socket", conn_socket},

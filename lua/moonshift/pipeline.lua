@@ -38,6 +38,8 @@ local function send(conn, items, i, j, timings, tags, o)
     else
       ok, err = conn:send_query(items[k].text)
     end
+    -- the server sends each result when its statement is done, so timings are true
+    if ok and k < j then ok, err = conn:flush_request() end
     if not ok then
       conn:pipeline_exit()
       return nil, k, err

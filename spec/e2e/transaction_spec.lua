@@ -1,5 +1,6 @@
 -- A migration's one transaction, end to end: transaction control hidden in a file is refused
 -- before anything runs, and what the server says (RAISE NOTICE) reaches the operator.
+local cjson = require("cjson")
 local helpers = require("spec.helpers")
 
 describe("a migration's transaction #e2e", function()
@@ -51,6 +52,20 @@ describe("a migration's transaction #e2e", function()
         assert.is_nil(helpers.value(db.uri, "SELECT to_regclass('ok')::text"), form)
       end
     end
+  end)
+
+  it("times each statement of a transactional migration on its own", function()
+    helpers.write_files(db.dir, { ["migrations/0001_t.up.sql"] = "create table t (id int);\n" ..
+      "select pg_sleep(0.5);\ninsert into t values (1);\n" })
+    local res = ms("up", "-y", "--log-format", "json")
+    assert.are.equal(0, res.code, res.stderr)
+    local by_line = {}
+    for line in res.stdout:gmatch("[^\n]+") do
+      local ok, e = pcall(cjson.decode, line)
+      if ok and e.event == "statement" then by_line[e.line] = e.elapsed_ms end
+    end
+    assert.is_true(by_line[2] >= 450, "pg_sleep(0.5) took " .. tostring(by_line[2]) .. " ms")
+    assert.is_true(by_line[1] < by_line[2], "the create before it took " .. by_line[1] .. " ms")
   end)
 
   it("shows a migration's notices with its file and line, and logs them", function()
