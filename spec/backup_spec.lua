@@ -237,7 +237,7 @@ describe("backup.run", function()
     assert.are.equal(backup.restore_command(uri .. "&password=" .. CANARY, res.path,
       { pg_restore = res.tools.pg_restore }), cmd)
     assert.is_nil(cmd:find(CANARY, 1, true))
-    assert.matches("%-%-clean %-%-if%-exists %-%-no%-owner %-%-dbname='", cmd)
+    assert.matches("%-%-clean %-%-create %-%-exit%-on%-error %-%-dbname='", cmd)
     r = assert(proc.run({ "/bin/sh", "-c", cmd }, { env = helpers.env() }))
     assert.are.equal(0, r.code, r.stderr)
     assert.are.equal(schema, dump_schema(uri))
@@ -389,18 +389,18 @@ describe("backup.restore_command", function()
   it("quotes for the shell and leaves the password out", function()
     local cmd = backup.restore_command("postgresql://app:" .. CANARY .. "@db:5432/shop",
       "/b/it's.dump", { environ = {} })
-    assert.are.equal("pg_restore --clean --if-exists --no-owner "
-      .. "--dbname='dbname=shop host=db port=5432 user=app' '/b/it'\\''s.dump'", cmd)
-    cmd = backup.restore_command("dbname='my db' host=h", "/x.dump", { environ = {} })
-    assert.are.equal("pg_restore --clean --if-exists --no-owner "
-      .. "--dbname='dbname='\\''my db'\\'' host=h' '/x.dump'", cmd)
+    assert.are.equal("pg_restore --clean --create --exit-on-error "
+      .. "--dbname='dbname=postgres host=db port=5432 user=app' '/b/it'\\''s.dump'", cmd)
+    cmd = backup.restore_command("dbname=postgres host=h", "/x.dump", { environ = {} })
+    assert.are.equal("pg_restore --clean --create --exit-on-error "
+      .. "--dbname='dbname=template1 host=h' '/x.dump'", cmd)
   end)
 
-  it("fills host, port, user and database from the environment", function()
+  it("fills host, port and user from the environment, connecting to postgres meanwhile", function()
     local cmd = backup.restore_command("", "/b/x.dump", { pg_restore = "/usr/bin/pg_restore",
       environ = { PGHOST = "/run/pg", PGDATABASE = "d", PGPASSWORD = CANARY } })
-    assert.are.equal("'/usr/bin/pg_restore' --clean --if-exists --no-owner "
-      .. "--dbname='dbname=d host=/run/pg' '/b/x.dump'", cmd)
+    assert.are.equal("'/usr/bin/pg_restore' --clean --create --exit-on-error "
+      .. "--dbname='dbname=postgres host=/run/pg' '/b/x.dump'", cmd)
   end)
 
   it("redacts a connection string it cannot parse", function()

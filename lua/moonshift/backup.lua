@@ -131,8 +131,10 @@ local function conninfo_value(v)
   return "'" .. v:gsub("[\\']", "\\%0") .. "'"
 end
 
--- "k1=v1 k2='v 2'" with the keywords in a stable order.
-local function conninfo_string(params)
+--- "k1=v1 k2='v 2'" with the keywords in a stable order (values quoted as libpq reads them).
+-- @param params table: keyword = value
+-- @return string
+function backup.conninfo_string(params)
   local keys = {}
   for k in pairs(params) do keys[#keys + 1] = k end
   table.sort(keys)
@@ -384,7 +386,7 @@ local function dump_argv(tools, partial, pre, params)
       if not SECRET_KEYWORDS[k] then on_argv[k] = v end
     end
   end
-  if next(on_argv) then argv[#argv + 1] = "--dbname=" .. conninfo_string(on_argv) end
+  if next(on_argv) then argv[#argv + 1] = "--dbname=" .. backup.conninfo_string(on_argv) end
   return argv
 end
 
@@ -468,20 +470,24 @@ function backup.run(opts)
     elapsed_ms = floor(fs.clock_ms() - started),
     stderr = clean_stderr(res.stderr, opts.conninfo, params.password or pre.env.PGPASSWORD),
     restore_command = backup.restore_command(opts.conninfo or "", path,
-      { pg_restore = tools.pg_restore, environ = opts.environ }),
+      { pg_restore = tools.pg_restore, environ = opts.environ, dbname = opts.db_name }),
   }
 end
 
---- The shell command that restores a backup over the database it came from.
+--- The shell command that restores a backup over the database it came from, with
+-- PostgreSQL's own tools: pg_restore --clean --create drops the database and creates it
+-- again from the dump (so objects created after it are gone too), connected meanwhile to
+-- the maintenance database. It needs no other session on the database.
 -- The password is left out of it: the operator supplies it through PGPASSWORD or
--- ~/.pgpass (a "***" in its place would be sent as the password). Host, port, user and
--- database missing from conninfo are taken from our PG* environment, so the command
--- also works from a shell without it. Objects created after the backup are not dropped.
+-- ~/.pgpass (a "***" in its place would be sent as the password). Host, port and user
+-- missing from conninfo are taken from our PG* environment, so the command also works
+-- from a shell without it.
 -- @param conninfo string: the connection string of the run
 -- @param path string: the backup file
 -- @param opts table|nil: pg_restore (path; use the one beside the pg_dump that wrote the
---   file, an older pg_restore cannot read it), environ (PG* defaults; default ours)
--- @return string: pg_restore --clean --if-exists --no-owner --dbname='...' 'path'
+--   file, an older pg_restore cannot read it), environ (PG* defaults; default ours), dbname
+--   (the database's name, when conninfo does not say)
+-- @return string: pg_restore --clean --create --exit-on-error --dbname='...' 'path'
 function backup.restore_command(conninfo, path, opts)
   opts = opts or {}
   local params = pg.conninfo_parse(conninfo or "")
@@ -493,13 +499,15 @@ function backup.restore_command(conninfo, path, opts)
       if params[k] == nil and params.service == nil and v and v ~= "" then params[k] = v end
     end
     for k in pairs(SECRET_KEYWORDS) do params[k] = nil end
-    target = conninfo_string(params)
+    local dbname = opts.dbname or params.dbname
+    params.dbname = dbname == "postgres" and "template1" or "postgres"
+    target = backup.conninfo_string(params)
   else
     target = redact.secrets(conninfo) -- unparsable: show it, never its password
   end
   local program = opts.pg_restore and shell_quote(opts.pg_restore) or "pg_restore"
-  return fmt("%s --clean --if-exists --no-owner --dbname=%s %s", program, shell_quote(target),
-    shell_quote(path))
+  return fmt("%s --clean --create --exit-on-error --dbname=%s %s", program,
+    shell_quote(target), shell_quote(path))
 end
 
 --- The backups in dir, oldest first; files not named by backup.run are ignored.

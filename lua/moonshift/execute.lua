@@ -16,6 +16,11 @@ local ui_mod = require("moonshift.ui")
 
 local fmt = string.format
 
+local function shell_quote(text)
+  if text:match("^[%w_./:-]+$") then return text end
+  return "'" .. text:gsub("'", "'\\''") .. "'"
+end
+
 local execute = {}
 
 -- While a migration runs: a live line with its elapsed time and, for CREATE INDEX and
@@ -117,14 +122,19 @@ function Run:failed(m, err)
   end
   if err.kind == "interrupted" then err.exit_code = code end
   self:explain(m, err)
-  if s.restore_command then
-    err.message = err.message .. "\n  to return to the state before this run:\n    " ..
-      s.restore_command
-  end
   if self.runner.single and not err.ended_early then
     s.conn:exec("ROLLBACK")
     err.message = err.message .. "\n  --single-transaction: the whole run was rolled back"
     self.done = {}
+  end
+  if s.backup_path then
+    if #self.done > 0 or tx == false or err.ended_early then
+      err.message = err.message .. fmt("\n  to return to the state before this run:\n    " ..
+        "moonshift restore %s\n  or with PostgreSQL's tools (no other session may be " ..
+        "connected):\n    %s", shell_quote(paths.display(s.backup_path)), s.restore_command)
+    else
+      err.message = err.message .. "\n  nothing of this run was committed; no restore needed"
+    end
   end
   if tx ~= false or self.runner.single then self:record_failure(m, err) end
   -- on_error sees the failure after the rollback, and no database handle
@@ -321,10 +331,12 @@ end
 -- question to confirm and whether to run even an empty list (or nil, err);
 -- how.run(s, list, direction, opts) may replace the run (redo runs twice),
 -- how.dry_run(s, list, direction) the dry run, how.after(s, res) follows a success.
--- @param opts table: dry_run, auto_confirm, backup (pg_dump first), and what how reads
+-- @param opts table: dry_run, auto_confirm, backup_first (pg_dump first; also
+--   backup.before_run), and what how reads
 -- @return result { done, current, target, ... } | nil, err
 function execute.change(cfg, ui, opts, how)
-  if opts.backup and not opts.dry_run then
+  local want_backup = opts.backup_first or (cfg.backup and cfg.backup.before_run) or false
+  if want_backup and not opts.dry_run then
     local ok, err = backup.ready(cfg)
     if not ok then return nil, err end
   end
@@ -365,7 +377,7 @@ function execute.change(cfg, ui, opts, how)
       ok, err = s:confirm(opts, asked and (changed .. "\n" .. question) or question)
       if not ok then return nil, err end
     end
-    if opts.backup then
+    if want_backup then
       ok, err = s:open_log(direction, list)
       if not ok then return nil, err end
       ok, err = s:backup()
@@ -374,6 +386,12 @@ function execute.change(cfg, ui, opts, how)
     local res, rerr = (how.run or execute.run)(s, list, direction, opts)
     if not res then return nil, rerr end
     if how.after then how.after(s, res) end
+    if want_backup and cfg.backup and cfg.backup.keep then
+      for _, path in ipairs(backup.prune(backup.dir_for(cfg), cfg.backup.keep,
+        s.conn:info().dbname) or {}) do
+        ui:info("pruned old backup " .. paths.display(path))
+      end
+    end
     res.current, res.target = s:current_id(), s.label
     return res
   end)

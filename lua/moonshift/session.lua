@@ -220,6 +220,12 @@ function Session:close()
     self.log:close()
     self.ui.log, self.log = nil, nil
   end
+  self:disconnect()
+end
+
+--- Releases the run lock and closes the connections, keeping the run log open (restore
+-- must leave the database before it replaces it).
+function Session:disconnect()
   if self.lock then self.lock:release() end
   if self.lock_conn then self.lock_conn:close() end
   if self.lock_pending then self.lock_pending:close() end
@@ -348,7 +354,7 @@ function Session:backup()
     self.ui:event("backup_failed", { message = err.message })
     return nil, errors.wrap("backup", err, "nothing was migrated")
   end
-  self.restore_command = res.restore_command
+  self.restore_command, self.backup_path = res.restore_command, res.path
   self.ui:info(fmt("backup: %s (%s, %s)", paths.display(res.path),
     res.size >= 1048576 and fmt("%.1f MB", res.size / 1048576) or fmt("%d kB", res.size // 1024),
     ui_mod.duration(res.elapsed_ms)))

@@ -30,7 +30,7 @@ describe("backups and the run log #e2e", function()
     return (res.stdout:gsub("\n\\[%a]*restrict [^\n]*", ""))
   end
 
-  it("backs up first, and the printed restore command returns the database to before the run", function()
+  it("backs up first, and the printed restore command returns the database to the backup", function()
     assert.are.equal(0, helpers.run({ "up", "-y", "--to", "2", "-d", db.uri }, { cwd = db.dir }).code)
     if server_newer then
       local res = helpers.run({ "up", "-y", "--backup-first", "-d", db.uri }, { cwd = db.dir })
@@ -44,9 +44,13 @@ describe("backups and the run log #e2e", function()
     local res = helpers.run({ "up", "-y", "--backup-first", "-d", db.uri }, { cwd = db.dir })
     assert.are.equal(6, res.code)
     assert.matches("backup: moonshift%-backups/" .. dbname .. "%-v0002%-%d+T%d+Z%.dump", res.stderr)
-    local restore = res.stderr:match("to return to the state before this run:\n%s+([^\n]+)")
-    assert.is_truthy(restore, res.stderr)
-    assert.matches("pg_restore'? %-%-clean %-%-if%-exists", restore)
+    -- 0003 rolled back: nothing to restore, and the operator is told so
+    assert.matches("nothing of this run was committed; no restore needed", res.stderr)
+    local made = helpers.run({ "backup", "-d", db.uri }, { cwd = db.dir })
+    assert.are.equal(0, made.code, made.stderr)
+    local restore = made.stderr:match("restore with: ([^\n]+)")
+    assert.is_truthy(restore, made.stderr)
+    assert.matches("pg_restore'? %-%-clean %-%-create %-%-exit%-on%-error", restore)
     local files = fs.list(db.dir .. "/moonshift-backups")
     local dump
     for _, f in ipairs(files) do if f:match("%.dump$") then dump = db.dir .. "/moonshift-backups/" .. f end end

@@ -13,11 +13,13 @@ function down.arguments(cmd)
   cmd:option("--to", "Revert down to (not including) this version.")
   cmd:flag("--all", "Revert everything.")
   cmd:flag("--allow-empty-down", "Revert a migration whose down script holds no statements.")
+  cmd:flag("--backup-first", "pg_dump the database before anything changes.")
 end
 
 function down.options(args)
   return { count = args.count, to = args.to, all = args.all, dry_run = args.dry_run,
-    auto_confirm = args.auto_confirm, allow_empty_down = args.allow_empty_down }
+    auto_confirm = args.auto_confirm, allow_empty_down = args.allow_empty_down,
+    backup_first = args.backup_first }
 end
 
 --- Reverts applied migrations: the last opts.count (default 1), all above opts.to, or all.

@@ -12,11 +12,13 @@ local go = { summary = "Apply or revert until exactly this version is current.",
 function go.arguments(cmd)
   cmd:argument("version"):target("version_arg")
   cmd:flag("--allow-empty-down", "Revert a migration whose down script holds no statements.")
+  cmd:flag("--backup-first", "pg_dump the database before anything changes.")
 end
 
 function go.options(args)
   return { version = args.version_arg, dry_run = args.dry_run, auto_confirm = args.auto_confirm,
-    allow_empty_down = args.allow_empty_down }
+    allow_empty_down = args.allow_empty_down,
+    backup_first = args.backup_first }
 end
 
 --- Moves to exactly version opts.version: up if it is pending, down if newer ones are applied.

@@ -11,11 +11,13 @@ local redo = { summary = "Revert the newest migration and apply it again.",
 
 function redo.arguments(cmd)
   cmd:flag("--allow-empty-down", "Revert a migration whose down script holds no statements.")
+  cmd:flag("--backup-first", "pg_dump the database before anything changes.")
 end
 
 function redo.options(args)
   return { dry_run = args.dry_run, auto_confirm = args.auto_confirm,
-    allow_empty_down = args.allow_empty_down }
+    allow_empty_down = args.allow_empty_down,
+    backup_first = args.backup_first }
 end
 
 --- Reverts the newest applied migration and applies it again.

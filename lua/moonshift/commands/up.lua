@@ -1,8 +1,6 @@
 -- `moonshift up`: applies pending migrations (up to --to, at most --count).
 local execute = require("moonshift.execute")
 local plan = require("moonshift.plan")
-local backup = require("moonshift.backup")
-local paths = require("moonshift.paths")
 local report = require("moonshift.report")
 
 local fmt = string.format
@@ -28,10 +26,10 @@ end
 --- Applies pending migrations (up to opts.to, at most opts.count).
 -- @return { done = {...}, current, target } | nil, err
 function up.run(cfg, ui, opts)
-  local want_backup = opts.backup_first or (cfg.backup and cfg.backup.before_run) or false
   local to
   return execute.change(cfg, ui, { dry_run = opts.dry_run, auto_confirm = opts.auto_confirm,
-    single_transaction = opts.single_transaction, backup = want_backup, to = opts.to }, {
+    single_transaction = opts.single_transaction, backup_first = opts.backup_first,
+    to = opts.to }, {
     plan = function(s)
       local ok, err = plan.check_runnable(s.status, cfg)
       if not ok then return nil, err end
@@ -43,13 +41,6 @@ function up.run(cfg, ui, opts)
       while opts.count and #list > opts.count do table.remove(list) end
       return list, "up", fmt("Apply %s to %s?", report.plural(#list, "migration"), s.label),
         s.status.repeatables[1] ~= nil and not to
-    end,
-    after = function(s)
-      if not (want_backup and cfg.backup and cfg.backup.keep) then return end
-      for _, path in ipairs(backup.prune(backup.dir_for(cfg), cfg.backup.keep,
-        s.conn:info().dbname) or {}) do
-        ui:info("pruned old backup " .. paths.display(path))
-      end
     end,
   })
 end
