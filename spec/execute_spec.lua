@@ -213,6 +213,24 @@ describe("execute", function()
       assert.is_true(all_closed())
     end)
 
+    it("with lock = \"table\", reports what another runner did meanwhile as skipped, " ..
+      "not applied", function()
+      helpers.write_files(db.dir, { ["migrate.lua"] = 'return { lock = "table" }\n' })
+      local u = new_ui()
+      local s <close> = assert(session.open(load_cfg(), u, { change = true }))
+      local list = plan.up(s.status)
+      assert(s.history:ensure())
+      -- another runner (through a pooler, say) applies 0001 after this plan was made
+      helpers.query(db.uri, "CREATE TABLE users (id int PRIMARY KEY, name text)")
+      helpers.query(db.uri, "INSERT INTO moonshift_migrations (version, name, checksum, " ..
+        "state, kind) VALUES ('0001', '0001_users', $1, 'applied', 'versioned')", list[1].checksum)
+      local res = assert(execute.run(s, list, "up", {}))
+      assert.are.same({ "0001_users" }, res.skipped)
+      assert.are.same({ "0002_posts", "0003_seed" }, ids(res.done))
+      assert.are.equal("0001_users", find_event(u, "migration_skipped").id)
+      assert.are.equal(1, find_event(u, "run_done").skipped)
+    end)
+
     it("runs before_run with the database and after_run with the results", function()
       helpers.write_files(db.dir, {
         ["hooks/before_run.lua"] = "return function(ctx)\n" ..

@@ -216,8 +216,14 @@ function Run:step(i, m)
   end
   s.ui:step(i, #self.list, m.id, res.skipped and "skipped (another runner did it)" or
     (direction == "up" and "ok" or "reverted"), not res.skipped and res.duration_ms or nil)
-  s.ui:event("migration_done", { id = m.id, version = m.version, elapsed_ms = res.duration_ms })
-  self.done[#self.done + 1] = { id = m.id, version = m.version, duration_ms = res.duration_ms }
+  if res.skipped then
+    s.ui:event("migration_skipped", { id = m.id, version = m.version,
+      reason = "another runner did it" })
+    self.skipped[#self.skipped + 1] = m.id
+  else
+    s.ui:event("migration_done", { id = m.id, version = m.version, elapsed_ms = res.duration_ms })
+    self.done[#self.done + 1] = { id = m.id, version = m.version, duration_ms = res.duration_ms }
+  end
   -- The lock lives on its own connection, which no migration can touch; what can go wrong
   -- is that connection dropping, so look at most once a second (and at the end).
   local now = fs.clock_ms()
@@ -237,7 +243,7 @@ function execute.run(s, list, direction, opts)
   local ids = {}
   for i, m in ipairs(list) do ids[i] = m.id end
   local run = setmetatable({ s = s, list = list, direction = direction, ids = ids, done = {},
-    started = fs.clock_ms() }, Run)
+    skipped = {}, started = fs.clock_ms() }, Run)
   local ok, err = run:preflight(opts)
   if not ok then return nil, err end
   ok, err = s.history:ensure()
@@ -272,10 +278,12 @@ function execute.run(s, list, direction, opts)
   end
   ok, err = s:refresh()
   if not ok then return run:ended(err) end
-  local res = { done = run.done, duration_ms = fs.clock_ms() - run.started, run_id = s.run_id }
+  local res = { done = run.done, skipped = run.skipped, duration_ms = fs.clock_ms() - run.started,
+    run_id = s.run_id }
   ok, err = run:global("after_run", { results = run.done })
   if not ok then return run:ended(err) end
-  s.ui:event("run_done", { run_id = s.run_id, done = #run.done, elapsed_ms = res.duration_ms,
+  s.ui:event("run_done", { run_id = s.run_id, done = #run.done, skipped = #run.skipped,
+    elapsed_ms = res.duration_ms,
     current = s.status.current and s.status.current.version or nil })
   return res
 end

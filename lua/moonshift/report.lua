@@ -54,9 +54,11 @@ function report.run(ui, res)
   elseif res.redo then
     ui:result(fmt("redid %s on %s", res.redo, res.target))
   else
-    ui:result(fmt("%s %s on %s in %s; now at %s", res.reverted and "reverted" or "applied",
+    local skipped = res.skipped and #res.skipped or 0
+    ui:result(fmt("%s %s on %s in %s; now at %s%s", res.reverted and "reverted" or "applied",
       report.plural(#res.done, "migration"), res.target, ui_mod.duration(res.duration_ms),
-      res.current))
+      res.current, skipped > 0 and fmt(" (%d skipped: another runner did %s)", skipped,
+        skipped == 1 and "it" or "them") or ""))
   end
   return 0
 end
