@@ -320,10 +320,22 @@ function execute.change(cfg, ui, opts, how)
       ok, err = s:open_log(direction, list)
       if not ok then return nil, err end
       ok, err = s:backup()
-      if not ok then return nil, err end
+      if not ok then
+        s.ui:event("run_failed", { kind = err.kind, message = err.message, done = 0 })
+        return nil, err
+      end
     end
     local res, rerr = (how.run or execute.run)(s, list, direction, opts)
+    -- the run log is the promised record of the run: a log that could not be written ends
+    -- a run that succeeded with exit 10 (a failed run keeps its own code; both warned)
+    local logged, lerr = s:close_log()
     if not res then return nil, rerr end
+    if not logged then
+      return nil, errors.new("backup", fmt("%s; the run itself finished (%s %d migration%s on " ..
+        "%s, now at %s): the database's history (`moonshift history`) is its record", lerr,
+        direction == "down" and "reverted" or "applied", #res.done, #res.done == 1 and "" or "s",
+        s.label, s:current_id()))
+    end
     if how.after then how.after(s, res) end
     res.current, res.target = s:current_id(), s.label
     return res
