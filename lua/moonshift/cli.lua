@@ -192,8 +192,15 @@ function cli.main(argv)
     if not errors.is(err) then err = errors.wrap("internal", err or "unknown failure") end
     return report(ui, err)
   end
-  if mod.print then return mod.print(ui, res, opts) end
-  return math.type(res) == "integer" and res or 0
+  local code = mod.print and mod.print(ui, res, opts) or
+    (math.type(res) == "integer" and res or 0)
+  if code == 0 and ui.out_failed then
+    -- what the command did is done; its output was not all read (exit 141, as for SIGPIPE)
+    ui:error(fmt("standard output was closed (%s); the command itself finished",
+      ui.out_failed))
+    return 141
+  end
+  return code
 end
 
 return cli

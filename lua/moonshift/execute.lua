@@ -18,6 +18,8 @@ local fmt = string.format
 
 local execute = {}
 
+local EXIT_OUTPUT_CLOSED = 141 -- 128 + SIGPIPE
+
 -- While a migration runs: a live line with its elapsed time and, for CREATE INDEX and
 -- CLUSTER / VACUUM FULL, the phase and blocks done; and who blocks it, for the lock
 -- timeout message. Read on the lock connection, which is otherwise idle.
@@ -100,7 +102,7 @@ function Run:failed(m, err)
       tx == false and "it is not transactional and is left dirty; see " ..
       "`moonshift status`" or "rolled back, nothing of it was applied"))
   end
-  if err.kind == "interrupted" then err.exit_code = code end
+  if err.kind == "interrupted" then err.exit_code = code or err.exit_code end
   self:explain(m, err)
   if s.restore_command then
     err.message = err.message .. "\n  to return to the state before this run:\n    " ..
@@ -163,6 +165,15 @@ function Run:previous_version(m)
   return prev
 end
 
+-- The reader of standard output went away (EPIPE; SIGPIPE is ignored): the migration in
+-- flight finished, the next one does not start. Exit 141, as the shell shows a SIGPIPE.
+function Run:output_gone(m)
+  local why = self.s.ui.out_failed
+  if not why then return nil end
+  return errors.new("interrupted", fmt("standard output was closed (%s); stopped before %s, " ..
+    "nothing of it was applied", why, m.id), { exit_code = EXIT_OUTPUT_CLOSED })
+end
+
 -- Runs one migration of the list; nil, err ends the run.
 function Run:step(i, m)
   local s, r, direction = self.s, self.runner, self.direction
@@ -173,6 +184,8 @@ function Run:step(i, m)
     return self:failed(m, errors.new("interrupted", fmt("interrupted before %s; nothing of " ..
       "it was applied", m.id)))
   end
+  local gone = self:output_gone(m)
+  if gone then return self:failed(m, gone) end
   self.last_blocker = nil
   r.on_tick = self:ticker(i, m)
   local res, err = r:run(m, direction)
@@ -235,6 +248,8 @@ function execute.run(s, list, direction, opts)
     if not ok then return nil, err end
   end
   for _, rep in ipairs(direction == "up" and not opts.to and s.status.repeatables or {}) do
+    local gone = run:output_gone(rep)
+    if gone then return run:failed(rep, gone) end
     local res, rerr = run.runner:run(rep, "up")
     if not res then return run:failed(rep, rerr) end
     s.ui:step(#run.done + 1, #run.done + 1, rep.id, "ok", res.duration_ms)

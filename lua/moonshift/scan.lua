@@ -2,6 +2,7 @@
 -- (a dangling one or a loop is a problem), diesel's migration directories read.
 local fs = require("moonshift.fs")
 local layouts = require("moonshift.layouts")
+local ui = require("moonshift.ui")
 
 local fmt = string.format
 
@@ -86,6 +87,9 @@ local function diesel(self, name, path)
     self:problem(fmt("cannot list %s", msg), path)
     return
   end
+  ui.untrusted(name)
+  ui.untrusted(n)
+  for _, file in ipairs(names) do ui.untrusted(file) end
   local e = { kind = "up", layout = "diesel", version = v, name = n, id = name, dir = path }
   local files = {}
   for _, file in ipairs(names) do
@@ -132,6 +136,7 @@ function scan.directory(self, dir)
     self:problem(fmt("cannot list the migrations directory: %s", msg), dir)
     return
   end
+  for _, name in ipairs(names) do ui.untrusted(name) end -- shown escaped wherever printed
   for _, name in ipairs(names) do
     if not skipped(self, name) then
       local path = join(self.base, name)
@@ -142,6 +147,10 @@ function scan.directory(self, dir)
         self:problem(fmt("%s is not a regular file or directory", path), path)
       elseif st then
         local e = layouts.classify(name)
+        if e then
+          ui.untrusted(e.id)
+          ui.untrusted(e.name)
+        end
         if not e then
           self:problem(fmt("%s matches no migration layout (expected names like " ..
             "0003_add_email.up.sql, 0003_add_email.sql, V3__add_email.sql, or an ignore " ..
