@@ -72,8 +72,8 @@ local function build_parser()
   local p = argparse("moonshift", "PostgreSQL schema migrations you can script in Lua.")
     :epilog("Exit codes: 0 ok, 1 internal error, 2 usage, 3 pending (check), 4 cannot " ..
       "connect, 5 lock busy, 6 SQL failed (rolled back), 7 hook failed, 8 verification " ..
-      "failed, 9 refused (dirty, drift, missing, out of order), 10 backup failed, " ..
-      "130 interrupted. See moonshift(1).")
+      "failed, 9 refused (dirty, drift, missing, out of order), 10 backup failed or run " ..
+      "log not written, 130 interrupted, 141 stdout closed. See moonshift(1).")
   p:command_target("command")
   p:require_command(false)
   p:flag("--version", "Print versions and exit."):target("show_version")

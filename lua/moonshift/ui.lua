@@ -100,7 +100,9 @@ function Ui:event(name, fields)
   local json = require("moonshift.json")
   local e = { event = name, time = os.date("!%Y-%m-%dT%H:%M:%SZ") }
   for k, v in pairs(fields or {}) do e[k] = v end
-  emit(self, json.encode(e), "\n")
+  local line = json.encode(e)
+  if line:find("\194[\128-\159]") then line = line:gsub("\194([\128-\159])", escape_c1) end
+  emit(self, line, "\n")
 end
 
 --- Rewrites the live line (terminal only): the running migration and its elapsed time.
