@@ -71,14 +71,15 @@ end
 -- at: a log's header names its database (`database_id`; older logs: `target`), and the
 -- newest is the one whose header records the latest start.
 -- @param dir string: the log directory
--- @param db table: database_id and target (the user@dbname label) of this run's database
+-- @param db table|nil: database_id and target (the user@dbname label) of this run's
+--   database; nil: the newest log of any database
 -- @return { path, run_id } | nil
 function runlog.last_unfinished(dir, db)
   local newest, newest_start
   for _, name in ipairs(fs.list(dir) or {}) do
     if name:match("%.log$") then
       local h = header(dir .. "/" .. name)
-      local same = h and (h.database_id and h.database_id == db.database_id or
+      local same = h and (not db or h.database_id and h.database_id == db.database_id or
         not h.database_id and h.target == db.target)
       if same and (not newest_start or started(h) > newest_start) then
         newest, newest_start = name, started(h)
