@@ -4,7 +4,6 @@ local fs = require("moonshift.fs")
 local host = require("moonshift.host")
 local cjson = require("cjson")
 local errors = require("moonshift.errors")
-local ui = require("moonshift.ui")
 
 local fmt = string.format
 
@@ -152,9 +151,10 @@ function History:load(brief)
     "applied_by, duration_ms, run_id", self.migrations))
   -- unordered: sorting 10,000 rows costs the server ~12 ms
   if not rows then return nil, qerr end
-  for _, row in ipairs(rows) do
-    ui.untrusted(row.name) -- a file's name, shown escaped wherever printed
-    if row.duration_ms == pg.null then row.duration_ms = nil end
+  if not brief then
+    for _, row in ipairs(rows) do
+      if row.duration_ms == pg.null then row.duration_ms = nil end
+    end
   end
   result.list = rows
   return result

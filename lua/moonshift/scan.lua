@@ -87,8 +87,7 @@ local function diesel(self, name, path)
     self:problem(fmt("cannot list %s", msg), path)
     return
   end
-  ui.untrusted(name)
-  ui.untrusted(n)
+  ui.untrusted(n) -- its directory's name is the caller's
   for _, file in ipairs(names) do ui.untrusted(file) end
   local e = { kind = "up", layout = "diesel", version = v, name = n, id = name, dir = path }
   local files = {}
@@ -136,9 +135,9 @@ function scan.directory(self, dir)
     self:problem(fmt("cannot list the migrations directory: %s", msg), dir)
     return
   end
-  for _, name in ipairs(names) do ui.untrusted(name) end -- shown escaped wherever printed
   for _, name in ipairs(names) do
     if not skipped(self, name) then
+      local hostile = ui.untrusted(name) -- then shown escaped wherever printed
       local path = join(self.base, name)
       local st = scan.resolve(self, path)
       if st and st.type == "directory" then
@@ -147,7 +146,7 @@ function scan.directory(self, dir)
         self:problem(fmt("%s is not a regular file or directory", path), path)
       elseif st then
         local e = layouts.classify(name)
-        if e then
+        if e and hostile then
           ui.untrusted(e.id)
           ui.untrusted(e.name)
         end

@@ -2,6 +2,7 @@
 local fs = require("moonshift.fs")
 
 local fmt = string.format
+local find = string.find
 
 local ui = {}
 
@@ -35,12 +36,16 @@ end
 --- Marks a name read from outside (a file name, a history row) as one that text output
 -- shows escaped wherever it appears; a name without control characters is left alone.
 -- @param s string|nil
+-- @return boolean: whether s holds control characters
 function ui.untrusted(s)
-  if type(s) ~= "string" or untrusted[s] then return end
-  if not (s:find("%c") or s:find("\194[\128-\159]")) then return end
+  -- one scan for the common case (called for every file: ~0.25 us a name)
+  if type(s) ~= "string" or not find(s, "[^ -~]") then return false end
+  if untrusted[s] then return true end
+  if not (find(s, "%c") or find(s, "\194[\128-\159]")) then return false end
   untrusted[s] = ui.visible(s)
   untrusted_list[#untrusted_list + 1] = s
   table.sort(untrusted_list, function(a, b) return #a > #b end)
+  return true
 end
 
 -- Every occurrence of `raw` in text replaced by `with` (plain, no patterns).

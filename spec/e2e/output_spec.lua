@@ -46,6 +46,11 @@ describe("names with control characters #e2e", function()
     for _, m in ipairs(st.applied) do ids[#ids + 1] = m.id end
     assert.are.same({ "0001_a", EVIL, "0003_c" }, ids)
 
+    res = helpers.ms({ "history" })
+    assert.are.equal(0, res.code, res.stderr)
+    no_raw_controls(res.stdout, "history")
+    assert.matches("apply    " .. EVIL_SHOWN, res.stdout, 1, true)
+
     -- the file vanished: the name now comes from the history row
     assert(os.remove(db.dir .. "/migrations/" .. EVIL .. ".up.sql"))
     res = helpers.ms({ "up", "-y" })
