@@ -40,8 +40,8 @@ function history.print(ui, res, opts)
     ui:result(json.encode(res.events))
     return 0
   end
+  local visible = ui_mod.visible -- names, roles and hosts with control characters escaped
   for _, e in ipairs(res.events) do
-    local visible = ui_mod.visible -- names, roles and hosts as written, control characters escaped
     ui:result(fmt("%s  %-8s %-40s %s@%s", e.at, e.action, visible(e.name or ""),
       visible(tostring(e.applied_by)), visible(e.hostname or "?")))
   end
