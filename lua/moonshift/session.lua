@@ -299,7 +299,8 @@ function Session:reconcile_previous(dir)
 end
 
 --- Starts the run log (once a change is confirmed): beside the backups unless configured.
--- A write that fails later is warned about at once; Session:close_log returns it.
+-- A log that cannot be created, or whose first line cannot be written, refuses the run; a
+-- write that fails later is warned about at once, and Session:close_log returns it.
 -- @return true | nil, err (kind backup: no log, no run)
 function Session:open_log(direction, list)
   local cfg = self.cfg
@@ -308,8 +309,7 @@ function Session:open_log(direction, list)
   self:reconcile_previous(dir)
   local from = self.status.current and self.status.current.version or nil
   local log, err = runlog.open({ dir = dir, path = cfg.log_file, db = self.conn:info().dbname,
-    from = from or "0", run_id = self.run_id, display = paths.display,
-    on_error = function(msg) self.ui:warn(msg) end })
+    from = from or "0", run_id = self.run_id, display = paths.display })
   if not log then return nil, err end
   self.log, self.ui.log = log, log
   self.ui:info("run log: " .. paths.display(log.path))
@@ -326,6 +326,11 @@ function Session:open_log(direction, list)
       fmt(".%06dZ", math.floor((now % 1) * 1e6)),
     server_version = self.conn:server_version(), host = fs.hostname(), pid = proc.getpid(),
     from = from, to = list and list[#list] and list[#list].version or nil, plan = plan_files })
+  if log.failure then -- not even its first line: the disk is full before anything ran
+    self:close_log()
+    return nil, errors.new("backup", log.failure .. "; nothing was migrated")
+  end
+  log.on_error = function(msg) self.ui:warn(msg) end
   return true
 end
 
