@@ -244,6 +244,14 @@ static void tune_heap(void) {
 
 int main(int argc, char **argv) {
     harden();
+    /* A reader that goes away (`moonshift up --log-format json | head -1`) must not kill a
+     * run between a migration's COMMIT and its log line: writes to it fail with EPIPE
+     * instead, and the run stops before the next migration (moonshift(1), exit 141). So
+     * must a file-size limit (ulimit -f) reached by the run log: the write fails with EFBIG
+     * and is reported, as on a full disk. Children get the defaults back (proc.c resets
+     * every disposition). */
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN);
     if (getenv("MOONSHIFT_HEAP") == NULL || strcmp(getenv("MOONSHIFT_HEAP"), "plain") != 0)
         tune_heap(); /* MOONSHIFT_HEAP=plain: libc's own (to weigh what this saves) */
     lua_State *L = host_newstate();

@@ -72,8 +72,8 @@ local function build_parser()
   local p = argparse("moonshift", "PostgreSQL schema migrations you can script in Lua.")
     :epilog("Exit codes: 0 ok, 1 internal error, 2 usage, 3 pending (check), 4 cannot " ..
       "connect, 5 lock busy, 6 SQL failed (rolled back), 7 hook failed, 8 verification " ..
-      "failed, 9 refused (dirty, drift, missing, out of order), 10 backup failed, " ..
-      "130 interrupted. See moonshift(1).")
+      "failed, 9 refused (dirty, drift, missing, out of order), 10 backup failed or run " ..
+      "log not written, 130 interrupted, 141 stdout closed. See moonshift(1).")
   p:command_target("command")
   p:require_command(false)
   p:flag("--version", "Print versions and exit."):target("show_version")
@@ -192,8 +192,15 @@ function cli.main(argv)
     if not errors.is(err) then err = errors.wrap("internal", err or "unknown failure") end
     return report(ui, err)
   end
-  if mod.print then return mod.print(ui, res, opts) end
-  return math.type(res) == "integer" and res or 0
+  local code = mod.print and mod.print(ui, res, opts) or
+    (math.type(res) == "integer" and res or 0)
+  if code == 0 and ui.out_failed then
+    -- what the command did is done; its output was not all read (exit 141, as for SIGPIPE)
+    ui:error(fmt("standard output was closed (%s); the command itself finished",
+      ui.out_failed))
+    return 141
+  end
+  return code
 end
 
 return cli

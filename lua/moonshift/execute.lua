@@ -23,6 +23,8 @@ end
 
 local execute = {}
 
+local EXIT_OUTPUT_CLOSED = 141 -- 128 + SIGPIPE
+
 -- While a migration runs: a live line with its elapsed time and, for CREATE INDEX and
 -- CLUSTER / VACUUM FULL, the phase and blocks done; and who blocks it, for the lock
 -- timeout message. Read on the lock connection, which is otherwise idle.
@@ -120,7 +122,7 @@ function Run:failed(m, err)
       tx == false and "it is not transactional and is left dirty; see " ..
       "`moonshift status`" or "rolled back, nothing of it was applied"))
   end
-  if err.kind == "interrupted" then err.exit_code = code end
+  if err.kind == "interrupted" then err.exit_code = code or err.exit_code end
   self:explain(m, err)
   if self.runner.single and not err.ended_early then
     s.conn:exec("ROLLBACK")
@@ -189,6 +191,15 @@ function Run:previous_version(m)
   return prev
 end
 
+-- The reader of standard output went away (EPIPE; SIGPIPE is ignored): the migration in
+-- flight finished, the next one does not start. Exit 141, as the shell shows a SIGPIPE.
+function Run:output_gone(m)
+  local why = self.s.ui.out_failed
+  if not why then return nil end
+  return errors.new("interrupted", fmt("standard output was closed (%s); stopped before %s, " ..
+    "nothing of it was applied", why, m.id), { exit_code = EXIT_OUTPUT_CLOSED })
+end
+
 -- Runs one migration of the list; nil, err ends the run.
 function Run:step(i, m)
   local s, r, direction = self.s, self.runner, self.direction
@@ -199,6 +210,8 @@ function Run:step(i, m)
     return self:failed(m, errors.new("interrupted", fmt("interrupted before %s; nothing of " ..
       "it was applied", m.id)))
   end
+  local gone = self:output_gone(m)
+  if gone then return self:failed(m, gone) end
   self.last_blocker = nil
   r.on_tick = self:ticker(i, m)
   local res, err = r:run(m, direction)
@@ -267,6 +280,8 @@ function execute.run(s, list, direction, opts)
     if not ok then return nil, err end
   end
   for _, rep in ipairs(direction == "up" and not opts.to and s.status.repeatables or {}) do
+    local gone = run:output_gone(rep)
+    if gone then return run:failed(rep, gone) end
     local res, rerr = run.runner:run(rep, "up")
     if not res then return run:failed(rep, rerr) end
     s.ui:step(#run.done + 1, #run.done + 1, rep.id, "ok", res.duration_ms)
@@ -389,10 +404,22 @@ function execute.change(cfg, ui, opts, how)
       ok, err = s:open_log(direction, list)
       if not ok then return nil, err end
       ok, err = s:backup()
-      if not ok then return nil, err end
+      if not ok then
+        s.ui:event("run_failed", { kind = err.kind, message = err.message, done = 0 })
+        return nil, err
+      end
     end
     local res, rerr = (how.run or execute.run)(s, list, direction, opts)
+    -- the run log is the promised record of the run: a log that could not be written ends
+    -- a run that succeeded with exit 10 (a failed run keeps its own code; both warned)
+    local logged, lerr = s:close_log()
     if not res then return nil, rerr end
+    if not logged then
+      return nil, errors.new("backup", fmt("%s; the run itself finished (%s %d migration%s on " ..
+        "%s, now at %s): the database's history (`moonshift history`) is its record", lerr,
+        direction == "down" and "reverted" or "applied", #res.done, #res.done == 1 and "" or "s",
+        s.label, s:current_id()))
+    end
     if how.after then how.after(s, res) end
     if want_backup and cfg.backup and cfg.backup.keep then
       for _, path in ipairs(backup.prune(backup.dir_for(cfg), cfg.backup.keep,

@@ -2,6 +2,7 @@
 local version = require("moonshift.version")
 local errors = require("moonshift.errors")
 local paths = require("moonshift.paths")
+local ui = require("moonshift.ui")
 
 local fmt = string.format
 
@@ -25,7 +26,10 @@ function plan.status(set, hist)
       local m = by_version[row.version]
       local key = m and m.key or version.key(row.version)
       row_by_key[key] = row
-      if not (m or set.by_key[key]) then st.missing[#st.missing + 1] = row end
+      if not (m or set.by_key[key]) then
+        st.missing[#st.missing + 1] = row
+        ui.untrusted(row.name) -- its file is gone: the name is known from the row only
+      end
     end
   end
   table.sort(st.missing, function(a, b)

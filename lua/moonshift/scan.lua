@@ -2,6 +2,7 @@
 -- (a dangling one or a loop is a problem), diesel's migration directories read.
 local fs = require("moonshift.fs")
 local layouts = require("moonshift.layouts")
+local ui = require("moonshift.ui")
 
 local fmt = string.format
 
@@ -86,6 +87,8 @@ local function diesel(self, name, path)
     self:problem(fmt("cannot list %s", msg), path)
     return
   end
+  ui.untrusted(n) -- its directory's name is the caller's
+  for _, file in ipairs(names) do ui.untrusted(file) end
   local e = { kind = "up", layout = "diesel", version = v, name = n, id = name, dir = path }
   local files = {}
   for _, file in ipairs(names) do
@@ -134,6 +137,7 @@ function scan.directory(self, dir)
   end
   for _, name in ipairs(names) do
     if not skipped(self, name) then
+      local hostile = ui.untrusted(name) -- then shown escaped wherever printed
       local path = join(self.base, name)
       local st = scan.resolve(self, path)
       if st and st.type == "directory" then
@@ -142,6 +146,10 @@ function scan.directory(self, dir)
         self:problem(fmt("%s is not a regular file or directory", path), path)
       elseif st then
         local e = layouts.classify(name)
+        if e and hostile then
+          ui.untrusted(e.id)
+          ui.untrusted(e.name)
+        end
         if not e then
           self:problem(fmt("%s matches no migration layout (expected names like " ..
             "0003_add_email.up.sql, 0003_add_email.sql, V3__add_email.sql, or an ignore " ..

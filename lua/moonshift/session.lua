@@ -216,10 +216,7 @@ function Session:refresh(brief, rows)
 end
 
 function Session:close()
-  if self.log then
-    self.log:close()
-    self.ui.log, self.log = nil, nil
-  end
+  self:close_log()
   self:disconnect()
 end
 
@@ -288,10 +285,27 @@ function Session:bookkeeping(what, fn, list)
   return nil, err
 end
 
--- Warns about a previous run whose log ends without a final status; the database tells
--- how far it got.
+-- Which database this is, for telling its run logs from other databases' in a shared
+-- directory: the cluster's system identifier (host and port when the role may not read it)
+-- and the database's name.
+function Session:database_id()
+  if self.db_id then return self.db_id end
+  local info = self.conn:info()
+  local rows = self.conn:query("SELECT system_identifier::text AS id " ..
+    "FROM pg_catalog.pg_control_system()")
+  local cluster = rows and rows[1] and rows[1].id
+  if type(cluster) ~= "string" then
+    cluster = fmt("%s:%s", info.host or "?", tostring(info.port or "?"))
+  end
+  self.db_id = cluster .. "/" .. tostring(info.dbname)
+  return self.db_id
+end
+
+-- Warns about this database's previous run whose log ends without a final status; the
+-- database tells how far it got.
 function Session:reconcile_previous(dir)
-  local prev = not self.cfg.log_file and runlog.last_unfinished(dir)
+  local prev = not self.cfg.log_file and
+    runlog.last_unfinished(dir, { database_id = self:database_id(), target = self.label })
   if not (prev and prev.run_id) then return end
   local rows = self.conn:query(fmt("SELECT name, action, pg_catalog.to_char(at AT TIME " ..
     "ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS at FROM %s WHERE run_id = $1 " ..
@@ -303,7 +317,9 @@ function Session:reconcile_previous(dir)
 end
 
 --- Starts the run log (once a change is confirmed): beside the backups unless configured.
--- @return true | nil, err
+-- A log that cannot be created, or whose first line cannot be written, refuses the run; a
+-- write that fails later is warned about at once, and Session:close_log returns it.
+-- @return true | nil, err (kind backup: no log, no run)
 function Session:open_log(direction, list)
   local cfg = self.cfg
   local dir = (cfg.log and cfg.log.dir) or (cfg.backup and cfg.backup.dir) or "moonshift-backups"
@@ -311,7 +327,7 @@ function Session:open_log(direction, list)
   self:reconcile_previous(dir)
   local from = self.status.current and self.status.current.version or nil
   local log, err = runlog.open({ dir = dir, path = cfg.log_file, db = self.conn:info().dbname,
-    from = from or "0", run_id = self.run_id })
+    from = from or "0", run_id = self.run_id, display = paths.display })
   if not log then return nil, err end
   self.log, self.ui.log = log, log
   self.ui:info("run log: " .. paths.display(log.path))
@@ -321,11 +337,28 @@ function Session:open_log(direction, list)
       file = direction == "down" and m.down_path or m.up_path, sha256 = m.checksum,
       transaction = m.transaction ~= false }
   end
+  local now = fs.now()
   log:event("run_start", { tool_version = host.version, command = direction,
-    database = db.describe_target(cfg), target = self.label,
+    database = db.describe_target(cfg), target = self.label, database_id = self:database_id(),
+    started_at = os.date("!%Y-%m-%dT%H:%M:%S", math.floor(now)) ..
+      fmt(".%06dZ", math.floor((now % 1) * 1e6)),
     server_version = self.conn:server_version(), host = fs.hostname(), pid = proc.getpid(),
     from = from, to = list and list[#list] and list[#list].version or nil, plan = plan_files })
+  if log.failure then -- not even its first line: the disk is full before anything ran
+    self:close_log()
+    return nil, errors.new("backup", log.failure .. "; nothing was migrated")
+  end
+  log.on_error = function(msg) self.ui:warn(msg) end
   return true
+end
+
+--- Flushes the run log to disk and closes it.
+-- @return true | nil, message (the first write, fsync or close that failed; already warned)
+function Session:close_log()
+  local log = self.log
+  if not log then return true end
+  self.ui.log, self.log = nil, nil
+  return log:close()
 end
 
 --- Asks once on a terminal; without one, only --auto-confirm lets a change through.

@@ -28,6 +28,7 @@ local cache = require("moonshift.cache")
 local scan = require("moonshift.scan")
 local version = require("moonshift.version")
 local errors = require("moonshift.errors")
+local ui = require("moonshift.ui")
 
 local fmt = string.format
 
@@ -427,6 +428,7 @@ function Loader:cached_set()
     local flags, src = r.flags or "", r.source
     r.flags, r.source = nil, nil
     local m = setmetatable(r, Migration)
+    ui.untrusted(m.id) -- as scan.directory does for names it lists
     unread[m] = { src = src, ctx = ctx }
     m.transaction = find(flags, "t", 1, true) ~= nil
     if m.down_path then m.down_transaction = find(flags, "d", 1, true) ~= nil end

@@ -6,7 +6,8 @@ local fmt = string.format
 
 local sqlerror = {}
 
--- Byte offset in `source` of line `line`, column `col` (both 1-based, columns in bytes).
+-- Byte offset in `source` of line `line`, column `col` (both 1-based, columns in bytes, as
+-- the splitter counts them), and the offset of that line's start.
 local function offset_of(source, line, col)
   local pos = 1
   for _ = 2, line do
@@ -14,22 +15,33 @@ local function offset_of(source, line, col)
     if not nl then return nil end
     pos = nl + 1
   end
-  return pos + col - 1
+  return pos + col - 1, pos
+end
+
+-- The column in characters of the byte at `at` on the line starting at `line_start`; in
+-- bytes when the line is not valid UTF-8 up to there.
+local function char_column(source, line_start, at)
+  local n = utf8.len(source, line_start, at - 1)
+  return n and n + 1 or at - line_start + 1
 end
 
 --- Line and column in the file of a 1-based character position inside a statement. psql
 -- (and so the splitter) drops blank lines inside a statement, so the statement's text is
 -- walked against the file's, skipping what was dropped.
 function sqlerror.locate(stmt, position, source)
-  if not position or position < 1 then return stmt.line, stmt.column end
   local text = stmt.text
-  local target = utf8.offset(text, position) or math.min(position, #text + 1)
-  local i = source and offset_of(source, stmt.line, stmt.column)
+  local i, line_start = nil, nil
+  if source then i, line_start = offset_of(source, stmt.line, stmt.column) end
   local first_line = text:match("^[^\n]*")
-  if not i or source:sub(i, i + #first_line - 1) ~= first_line then
+  local col = stmt.column
+  if i and source:sub(i, i + #first_line - 1) == first_line then
+    col = char_column(source, line_start, i)
+  else
     source, i = text, 1 -- a section of a larger file (dbmate, goose): count in the text
   end
-  local line, col, j = stmt.line, stmt.column, 1
+  if not position or position < 1 then return stmt.line, col end
+  local target = utf8.offset(text, position) or math.min(position, #text + 1)
+  local line, j = stmt.line, 1
   while j < target and i <= #source do
     local c = source:sub(i, i)
     if c == text:sub(j, j) then

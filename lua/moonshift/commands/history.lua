@@ -2,6 +2,7 @@
 local session = require("moonshift.session")
 local pg = require("moonshift.pg")
 local json = require("moonshift.json")
+local ui_mod = require("moonshift.ui")
 
 local fmt = string.format
 
@@ -39,9 +40,10 @@ function history.print(ui, res, opts)
     ui:result(json.encode(res.events))
     return 0
   end
+  local visible = ui_mod.visible -- names, roles and hosts with control characters escaped
   for _, e in ipairs(res.events) do
-    ui:result(fmt("%s  %-8s %-40s %s@%s", e.at, e.action, e.name or "", e.applied_by,
-      e.hostname or "?"))
+    ui:result(fmt("%s  %-8s %-40s %s@%s", e.at, e.action, visible(e.name or ""),
+      visible(tostring(e.applied_by)), visible(e.hostname or "?")))
   end
   return 0
 end
