@@ -73,7 +73,7 @@ end
 -- @param dir string: the log directory
 -- @param db table|nil: database_id and target (the user@dbname label) of this run's
 --   database; nil: the newest log of any database
--- @return { path, run_id } | nil
+-- @return { path, run_id, host, pid } | nil
 function runlog.last_unfinished(dir, db)
   local newest, newest_start
   for _, name in ipairs(fs.list(dir) or {}) do
@@ -104,7 +104,8 @@ function runlog.last_unfinished(dir, db)
     return nil
   end
   local fok, f = pcall(json.decode, first or "")
-  return { path = dir .. "/" .. newest, run_id = fok and f.run_id or nil }
+  return { path = dir .. "/" .. newest, run_id = fok and f.run_id or nil,
+    host = fok and f.host or nil, pid = fok and f.pid or nil }
 end
 
 -- Records the first failure to write the log (msg names the file and the call, as the fs

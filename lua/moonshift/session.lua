@@ -307,6 +307,15 @@ function Session:reconcile_previous(dir)
   local prev = not self.cfg.log_file and
     runlog.last_unfinished(dir, { database_id = self:database_id(), target = self.label })
   if not (prev and prev.run_id) then return end
+  if prev.host and prev.pid then
+    -- still connected: a run in progress (lock = "table" lets one run beside us), not a
+    -- run that ended without a word
+    local tail = fmt("/%s/%s", tostring(prev.host), tostring(math.tointeger(prev.pid)))
+    local live = self.conn:query("SELECT 1 AS live FROM pg_catalog.pg_stat_activity WHERE " ..
+      "application_name LIKE 'moonshift/%' AND pg_catalog.right(application_name, " ..
+      "pg_catalog.length($1::text)) = $1::text", tail)
+    if live and live[1] then return end
+  end
   local rows = self.conn:query(fmt("SELECT name, action, pg_catalog.to_char(at AT TIME " ..
     "ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS at FROM %s WHERE run_id = $1 " ..
     "ORDER BY id DESC LIMIT 1", self.history.events), prev.run_id)

@@ -164,4 +164,34 @@ describe("reconciling the previous run #e2e", function()
     assert.are.equal(0, res.code, res.stderr)
     assert.not_matches("ended without a final status", res.stderr)
   end)
+
+  it("does not call a run still connected (lock = \"table\" beside a pooler) unfinished",
+    function()
+    local res = helpers.ms({ "up", "-y", "--to", "1" })
+    assert.are.equal(0, res.code, res.stderr)
+    local dir = db.dir .. "/moonshift-backups"
+    local header = cjson.decode(assert(fs.read(dir .. "/" .. next(logs(dir)))):match("^[^\n]+"))
+    -- a newer run, still connected as moonshift names its sessions, whose log has no end yet
+    header.run_id, header.started_at = "29990101T000000Z-00000001", "2999-01-01T00:00:00.000000Z"
+    header.pid = 4242424
+    assert(fs.write_atomic(dir .. "/zzzz-running.log", cjson.encode(header) .. "\n"))
+    local running = assert(require("moonshift.pg").connect(db.uri, {
+      application_name = "moonshift/0.0.0/" .. header.host .. "/4242424" }))
+    res = helpers.ms({ "status" })
+    assert.are.equal(0, res.code, res.stderr)
+    helpers.write_files(db.dir, { ["migrations/0009_z.up.sql"] = "SELECT 1;\n" })
+    res = helpers.ms({ "up", "-y", "--to", "2" })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.not_matches("ended without a final status", res.stderr)
+    running:close()
+    os.remove(dir .. "/" .. (function()
+      for name, events in pairs(logs(dir)) do
+        if events[1].run_id ~= header.run_id and events[#events].event == "run_done" and
+          name ~= "zzzz-running.log" and events[1].to == "0002" then return name end
+      end
+    end)() or "none")
+    res = helpers.ms({ "up", "-y" })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.matches("previous run 29990101T000000Z%-00000001 ended without a final status", res.stderr)
+  end)
 end)
