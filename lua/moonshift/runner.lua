@@ -108,13 +108,13 @@ function Runner:_timeouts_item(m, is_local, session, mark)
   return item
 end
 
--- From the history row on, moonshift's own writes wait for a lock as long as its other
--- queries do (db.bookkeeping_lock_timeout), not the migration's lock_timeout: a session
--- setting, so it is also what the session keeps after COMMIT (RESET ALL undid the one
--- db.connect made); SET LOCAL behind a pooler.
+-- What the session keeps once a migration is over: moonshift's own queries wait for a lock
+-- as long as --lock-wait says (db.bookkeeping_lock_timeout), which the migration's RESET ALL
+-- undid. Sent last, so the migration and its history row keep their lock_timeout (a SET
+-- after SET LOCAL overrides it only for what follows in the transaction: its COMMIT).
 function Runner:_bookkeeping_timeout_item()
-  return { text = "SELECT pg_catalog.set_config('lock_timeout', $1, $2)",
-    params = table.pack(db.bookkeeping_lock_timeout(self.cfg), self.pooled and true or false) }
+  return { text = "SELECT pg_catalog.set_config('lock_timeout', $1, false)",
+    params = table.pack(db.bookkeeping_lock_timeout(self.cfg)) }
 end
 
 -- The bookkeeping of a finished migration, as pipeline items.
@@ -355,8 +355,9 @@ function Runner:_transactional(m, direction, statements, path)
     return nil, errors.wrap("internal", berr)
   end
   steps[#steps + 1] = { item = { text = TX_GUARD, params = table.pack(mark) }, guard = true }
-  steps[#steps + 1] = { item = self:_bookkeeping_timeout_item() }
   for _, b in ipairs(books) do steps[#steps + 1] = { item = b } end
+  -- behind a pooler a session setting would outlive this client; none was made there
+  if not self.pooled then steps[#steps + 1] = { item = self:_bookkeeping_timeout_item() } end
   local step_ms, err, cause = self:_run_steps(m, direction, steps, path, statements)
   if step_ms and self.conn:status() ~= "intrans" then
     step_ms, err = nil, self:_ended_early(m, { tags = {}, statements = statements,
@@ -537,9 +538,7 @@ function Runner:_autocommit(m, direction, statements, path)
       "%s --not-applied` (to run it again)", m.id, m.version, m.version)), serr
   end
   local duration = math.floor(fs.clock_ms() - started)
-  local bt = self:_bookkeeping_timeout_item()
-  ok, err = self:_exec(bt.text, table.unpack(bt.params, 1, bt.params.n))
-  if ok then ok, err = self:_exec("BEGIN") end
+  ok, err = self:_exec("BEGIN")
   if direction == "up" then
     if ok then ok, err = h:record(m, "applied", duration, self.run_id) end
     if ok then ok, err = h:event("apply", m, self.run_id, { duration_ms = duration,
@@ -553,6 +552,8 @@ function Runner:_autocommit(m, direction, statements, path)
   end
   if ok then ok, err = self:_exec("COMMIT") else self.conn:exec("ROLLBACK") end
   if not ok then return nil, err end
+  local bt = self:_bookkeeping_timeout_item()
+  self:_exec(bt.text, table.unpack(bt.params, 1, bt.params.n))
   self:_exec("RESET statement_timeout")
   return { duration_ms = fs.clock_ms() - started, timings = timings }
 end
