@@ -71,9 +71,16 @@ function History:failure(err, what)
     local rows = self.conn:query(BLOCKERS_SQL, self.migrations, self.events)
     local held = {}
     for _, row in ipairs(rows or {}) do held[#held + 1] = describe_blocker(row) end
+    -- --lock-wait's, unless a non-transactional migration's own lock_timeout is in force
+    local wait_ms = math.max(1, self.lock_wait_ms or 60000)
+    local setting = self.conn:query("SELECT setting::bigint AS ms FROM pg_catalog.pg_settings " ..
+      "WHERE name = 'lock_timeout'")
+    local ms = setting and setting[1] and setting[1].ms or wait_ms
+    local waited = ms == wait_ms and fmt("%s (--lock-wait)", ui.duration(ms)) or
+      fmt("%s (the migration's lock_timeout)", ui.duration(ms))
     return errors.new("lock", fmt("moonshift's tracking tables are locked by %s; gave up " ..
-      "waiting after %s (--lock-wait)", #held > 0 and table.concat(held, "; ") or
-      "another session (it ended while we looked)", ui.duration(self.lock_wait_ms or 60000)),
+      "waiting after %s", #held > 0 and table.concat(held, "; ") or
+      "another session (it ended while we looked)", waited),
       { cause = err, sqlstate = err.sqlstate })
   end
   local sig, code = host.interrupted()

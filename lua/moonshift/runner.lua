@@ -551,7 +551,13 @@ function Runner:_autocommit(m, direction, statements, path)
     if ok then ok, err = h:sync_compat(self.previous_version, false) end
   end
   if ok then ok, err = self:_exec("COMMIT") else self.conn:exec("ROLLBACK") end
-  if not ok then return nil, err end
+  if not ok then
+    err.message = fmt("%s ran to its end, but recording that failed, so it is still marked " ..
+      "dirty; `moonshift force %s%s` records it as %s\n  %s", m.id, m.version,
+      direction == "up" and "" or " --not-applied", direction == "up" and "applied" or
+      "reverted", err.message)
+    return nil, err
+  end
   local bt = self:_bookkeeping_timeout_item()
   self:_exec(bt.text, table.unpack(bt.params, 1, bt.params.n))
   self:_exec("RESET statement_timeout")

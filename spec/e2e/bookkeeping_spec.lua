@@ -130,6 +130,25 @@ describe("a locked tracking table #e2e", function()
     assert.are.equal(2, value(db.uri, "SELECT count(*) FROM moonshift_migrations"))
   end)
 
+  it("a non-transactional migration that ran but cannot be recorded says it is dirty", function()
+    helpers.write_files(db.dir, { ["migrations/0002_b.up.sql"] = "-- moonshift:no-transaction\n" ..
+      "CREATE TABLE b (id int);\nSELECT pg_sleep(1.5);\n" })
+    local a = spawn({ "up", "-y", "-d", db.uri, "--lock-timeout", "500ms" }, db.dir)
+    wait_for_query(db.uri, "%pg_sleep%")
+    local dba = lock_history("EXCLUSIVE")
+    local res = a:wait(30000)
+    dba:close()
+    assert.are.equal(5, res.code, res.stderr)
+    assert.matches("0002_b ran to its end, but recording that failed, so it is still marked " ..
+      "dirty; `moonshift force 0002` records it as applied", res.stderr)
+    assert.matches("locked by pid %d+ %(application_name dba, user postgres, idle in " ..
+      "transaction since [^)]+%) holding ExclusiveLock on moonshift_migrations; gave up waiting " ..
+      "after 500 ms %(the migration's lock_timeout%)", res.stderr)
+    assert.are.equal("dirty", value(db.uri, "SELECT state FROM moonshift_migrations " ..
+      "WHERE version = '0002'"))
+    assert.are.equal("b", value(db.uri, "SELECT to_regclass('b')::text"))
+  end)
+
   it("a migration keeps its own --lock-timeout; --lock-wait bounds only moonshift's queries", function()
     helpers.write_files(db.dir, { ["migrations/0002_b.lua"] = [[
 return { pre = function(ctx)
