@@ -207,6 +207,10 @@ function Runner:_lock_table(m, direction)
   local ok, _, lerr = self:run_items({ { text = "BEGIN" }, self.history:lock_item() }, false)
   if not ok then
     if self.conn:status() ~= "idle" then self.conn:exec("ROLLBACK") end
+    if lerr and lerr.sqlstate == sqlstate.LOCK_NOT_AVAILABLE then
+      -- held for --lock-wait by another runner or a DBA: like a busy run lock, not retried
+      return nil, self.history:failure(lerr, "cannot lock the history table")
+    end
     return nil, errors.wrap("sql", lerr, "cannot lock the history table"), lerr
   end
   local row = self.history:applied_row(m.version)

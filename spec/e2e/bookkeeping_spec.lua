@@ -70,6 +70,24 @@ describe("a locked tracking table #e2e", function()
     assert.are.equal(1, value(db.uri, "SELECT count(*) FROM moonshift_migrations"))
   end)
 
+  it("with lock = \"table\", up waits --lock-wait for the history table, then exits 5", function()
+    helpers.write_files(db.dir, { ["migrate.lua"] = "return { lock = 'table' }\n" })
+    local dba = lock_history("EXCLUSIVE")
+    local t0 = fs.clock_ms()
+    local res = helpers.run({ "up", "-y", "-d", db.uri, "--lock-wait", "1s" },
+      { cwd = db.dir, timeout = 30000 })
+    local elapsed = fs.clock_ms() - t0
+    dba:close()
+    assert.is_false(res.timed_out, "up hung")
+    assert.are.equal(5, res.code, res.stderr)
+    assert.is_true(elapsed < 8000, "took " .. elapsed .. " ms")
+    assert.matches("locked by pid %d+ %(application_name dba, [^)]+%) holding ExclusiveLock on " ..
+      "moonshift_migrations; gave up waiting after 1%.0 s %(%-%-lock%-wait%)", res.stderr)
+    assert.is_nil(res.stderr:find("retry", 1, true))
+    assert.are.equal(1, value(db.uri, "SELECT count(*) FROM moonshift_migrations"))
+    assert.is_nil(value(db.uri, "SELECT to_regclass('b')::text"))
+  end)
+
   for _, case in ipairs({ { { "status" }, "TERM", 143 }, { { "status" }, "INT", 130 },
     { { "check" }, "INT", 130 }, { { "up", "-y" }, "INT", 130 } }) do
     local args, sig, code = case[1], case[2], case[3]
