@@ -113,6 +113,28 @@ describe("a locked tracking table #e2e", function()
     end)
   end
 
+  it("SIGINT to up whose history row waits on a locked events table exits 130 within 2 s",
+    function()
+    local dba = assert(pg.connect(db.uri .. "&application_name=dba"))
+    assert(dba:exec("BEGIN"))
+    assert(dba:exec("LOCK TABLE moonshift_events IN ACCESS EXCLUSIVE MODE"))
+    local a = spawn({ "up", "-y", "-d", db.uri, "--lock-timeout", "30s" }, db.dir)
+    wait_for_query(db.uri, "%INSERT INTO \"public\".\"moonshift_events\"%", 300)
+    local t0 = fs.clock_ms()
+    assert(a:kill("INT"))
+    local res = a:wait(10000)
+    local elapsed = fs.clock_ms() - t0
+    dba:close()
+    assert.is_truthy(res, "the first SIGINT was ignored")
+    assert.are.equal(130, res.code, res.stderr)
+    assert.is_true(elapsed < 2500, "took " .. elapsed .. " ms")
+    assert.matches("interrupted %(SIGINT%) during 0002_b; rolled back, nothing of it was applied",
+      res.stderr)
+    assert.matches("the failure of 0002_b could not be recorded", res.stderr)
+    assert.are.equal(1, value(db.uri, "SELECT count(*) FROM moonshift_migrations"))
+    assert.is_nil(value(db.uri, "SELECT to_regclass('b')::text"))
+  end)
+
   it("SIGINT to up blocked on the history table under the run lock exits 130, nothing applied",
     function()
     -- another runner holds the run lock; up reads the history, then waits for it
