@@ -26,7 +26,8 @@ db.SESSION_SETUP = "SELECT " .. db.SESSION_SETTINGS
 -- outside a migration's transaction): --lock-wait, how long moonshift waits for another
 -- session's lock on what is its own, the run lock's and the tracking tables' alike; at
 -- least 1 ms, since 0 would mean waiting for ever. A migration's transaction has its own,
--- --lock-timeout (runner.lua), until its history row is written.
+-- --lock-timeout, its history row included; its last item gives the session this one back
+-- (runner.lua).
 -- @return string: e.g. "60000ms"
 function db.bookkeeping_lock_timeout(cfg)
   return fmt("%dms", math.max(1, cfg.lock_wait_ms or 60000))
