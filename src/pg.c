@@ -593,8 +593,8 @@ static int push_outcome(lua_State *L, struct conn *c, struct result_box *box, in
  * waits for the results through await_result, so that a signal cancels it. The results
  * become the method's return values: the first error, else the last; an unexpected COPY
  * is left first. */
-static int run_sql(lua_State *L, struct conn *c, const char *sql, int params,
-                   const char **values, int want_rows) {
+static int run_sql(lua_State *L, struct conn *c, const char *sql, int params, const char **values,
+                   int want_rows) {
     struct result_box *box = push_result_box(L);
     if (PQpipelineStatus(c->pg) != PQ_PIPELINE_OFF) {
         result_release(box);
