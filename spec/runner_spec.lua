@@ -38,6 +38,24 @@ describe("runner", function()
     assert.are.equal("idle", conn:status())
   end)
 
+  it("keeps the migration's lock_timeout inside it and leaves the session --lock-wait's",
+    function()
+    local cfg = setmetatable({ lock_timeout_ms = 100, lock_wait_ms = 2500 }, { __index = CFG })
+    r.cfg = cfg
+    local m = migration("0001", "CREATE TABLE t (a int);\n")
+    local seen
+    m.companion = { pre = function(ctx)
+      seen = ctx.db:query("SELECT current_setting('lock_timeout') AS t")[1].t
+    end }
+    assert(r:run(m, "up"))
+    assert.are.equal("100ms", seen)
+    assert.are.equal("2500ms", conn:query("SHOW lock_timeout")[1].lock_timeout)
+    local nt = migration("0002", "-- moonshift:no-transaction\nCREATE TABLE u (a int);\n")
+    nt.transaction = false
+    assert(r:run(nt, "up"))
+    assert.are.equal("2500ms", conn:query("SHOW lock_timeout")[1].lock_timeout)
+  end)
+
   it("refuses transaction control before sending anything", function()
     local res, err = r:run(migration("0001", "CREATE TABLE a (x int);\n/* a /* b */ c */ " ..
       "CoMmIt;\n"), "up")

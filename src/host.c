@@ -90,6 +90,8 @@ static void on_signal(int sig) {
     pg_cancel_from_signal();
 }
 
+int host_signal_count(void) { return (int)signal_count; }
+
 /* host.catch_signals(): install the handlers (the CLI calls it; scripts do not). */
 static int host_catch_signals(lua_State *L) {
     struct sigaction sa;

@@ -24,4 +24,8 @@ void host_close(lua_State *L);
  * conn:cancel_on_signal(true), if any (PQcancel is signal-safe). */
 void pg_cancel_from_signal(void);
 
+/* Async-signal-safe: how many SIGINT/SIGTERM have arrived (host.c), so a wait can tell
+ * that one came while it waited. */
+int host_signal_count(void);
+
 #endif

@@ -497,10 +497,43 @@ static int leave_copy(PGconn *pg, ExecStatusType st) {
     return 1;
 }
 
+/* Waits until the connection's next result can be read without blocking. The wait polls
+ * the socket rather than sleeping in libpq, so that a SIGINT/SIGTERM arriving meanwhile
+ * cancels the statement: without it a query blocked on a lock (a DBA's LOCK TABLE on the
+ * history table) would hold the first signal for as long as the lock is held. The handler
+ * itself cancels the connection marked cancel_on_signal; this one cancels any other. */
+static void await_result(struct conn *c) {
+    int seen = host_signal_count();
+    while (PQisBusy(c->pg)) {
+        if (host_signal_count() != seen) {
+            seen = host_signal_count();
+            char errbuf[256];
+            if (c->cancel && c->cancel != signal_cancel)
+                PQcancel(c->cancel, errbuf, sizeof errbuf);
+        }
+        struct pollfd pfd = {PQsocket(c->pg), POLLIN, 0};
+        if (pfd.fd < 0)
+            return; /* PQgetResult reports the broken connection */
+        /* a signal interrupts poll (no SA_RESTART); the timeout covers one that comes
+         * between the check above and the poll */
+        int n = poll(&pfd, 1, 200);
+        if (n > 0 && !PQconsumeInput(c->pg))
+            return;
+        if (n < 0 && errno != EINTR)
+            return;
+    }
+}
+
+static PGresult *next_result(struct conn *c) {
+    await_result(c);
+    return PQgetResult(c->pg);
+}
+
 /* Reads results, starting with r, until PQgetResult returns NULL, keeping in the box the
  * one to report: the first error, else the last. Calls no Lua, so holding r in a local is
  * safe. Returns 1 when it had to leave a COPY and the server may not report an error. */
-static int collect(PGconn *pg, struct result_box *box, PGresult *r) {
+static int collect(struct conn *c, struct result_box *box, PGresult *r) {
+    PGconn *pg = c->pg;
     int refused = 0, copies = 0;
     while (r) {
         ExecStatusType st = PQresultStatus(r);
@@ -517,7 +550,7 @@ static int collect(PGconn *pg, struct result_box *box, PGresult *r) {
             PQclear(box->res);
             box->res = r;
         }
-        r = PQgetResult(pg);
+        r = next_result(c);
     }
     return refused;
 }
@@ -556,14 +589,30 @@ static int push_outcome(lua_State *L, struct conn *c, struct result_box *box, in
     return n;
 }
 
-/* After PQexec/PQexecParams: r into the box, leaving an unexpected COPY first. */
-static int finish_exec(lua_State *L, struct conn *c, struct result_box *box, PGresult *r,
-                       int want_rows) {
-    if (!r || !is_copy(r)) {
-        box->res = r;
-        return push_outcome(L, c, box, want_rows);
+/* Runs sql as PQexec (params < 0: several statements allowed) or PQexecParams would, but
+ * waits for the results through await_result, so that a signal cancels it. The results
+ * become the method's return values: the first error, else the last; an unexpected COPY
+ * is left first. */
+static int run_sql(lua_State *L, struct conn *c, const char *sql, int params, const char **values,
+                   int want_rows) {
+    struct result_box *box = push_result_box(L);
+    if (PQpipelineStatus(c->pg) != PQ_PIPELINE_OFF) {
+        result_release(box);
+        lua_pushnil(L);
+        push_message_error(L, "synchronous command execution functions are not allowed in "
+                              "pipeline mode");
+        return 2;
     }
-    if (collect(c->pg, box, r) && (!box->res || !is_error(box->res))) {
+    /* as PQexec does: results an earlier asynchronous query left unread are dropped */
+    if (PQtransactionStatus(c->pg) == PQTRANS_ACTIVE) {
+        collect(c, box, next_result(c));
+        result_release(box);
+    }
+    int sent = params < 0 ? PQsendQuery(c->pg, sql)
+                          : PQsendQueryParams(c->pg, sql, params, NULL, values, NULL, NULL, 0);
+    if (!sent)
+        return push_outcome(L, c, box, want_rows); /* no result: libpq's own error */
+    if (collect(c, box, next_result(c)) && (!box->res || !is_error(box->res))) {
         result_release(box);
         lua_pushnil(L);
         push_message_error(L, "COPY TO STDOUT is not supported; its output was discarded");
@@ -842,18 +891,14 @@ static int conn_query(lua_State *L) {
     const char *sql = luaL_checkstring(L, 2);
     int n;
     const char **values = check_params(L, 3, &n);
-    struct result_box *box = push_result_box(L);
-    PGresult *r = PQexecParams(c->pg, sql, n, NULL, values, NULL, NULL, 0);
-    return finish_exec(L, c, box, r, 1);
+    return run_sql(L, c, sql, n, values, 1);
 }
 
 /* conn:exec(sql) -> command tag | nil, err; simple protocol, so several statements work */
 static int conn_exec(lua_State *L) {
     struct conn *c = check_conn(L);
     const char *sql = luaL_checkstring(L, 2);
-    struct result_box *box = push_result_box(L);
-    PGresult *r = PQexec(c->pg, sql);
-    return finish_exec(L, c, box, r, 0);
+    return run_sql(L, c, sql, -1, NULL, 0);
 }
 
 /* conn:copy_in(sql, data) -> command tag | nil, err */
@@ -866,7 +911,7 @@ static int conn_copy_in(lua_State *L) {
     /* Extended protocol: one statement only, so nothing can follow the COPY. */
     PGresult *r = PQexecParams(c->pg, sql, 0, NULL, NULL, NULL, NULL, 0);
     if (!r || PQresultStatus(r) != PGRES_COPY_IN) {
-        collect(c->pg, box, r);
+        collect(c, box, r);
         if (!box->res || is_error(box->res))
             return push_outcome(L, c, box, 0);
         result_release(box);
@@ -884,7 +929,7 @@ static int conn_copy_in(lua_State *L) {
     }
     if (sent)
         PQputCopyEnd(c->pg, NULL);
-    collect(c->pg, box, PQgetResult(c->pg));
+    collect(c, box, PQgetResult(c->pg));
     return push_outcome(L, c, box, 0);
 }
 

@@ -114,6 +114,19 @@ local function report(ui, err)
   return err.exit_code or errors.EXIT[err.kind] or 1
 end
 
+-- After a SIGINT or SIGTERM a failure is the signal's doing (its cancel ended whatever
+-- statement ran): the exit code says interrupted, 130 or 143, and the message keeps what
+-- else is known. A bug stays a bug.
+local function after_signal(err)
+  local sig, code = host.interrupted()
+  if not sig or err.kind == "internal" then return err end
+  if err.kind ~= "interrupted" then
+    err.kind, err.message = "interrupted", fmt("interrupted (SIG%s): %s", sig, err.message)
+  end
+  err.exit_code = code
+  return err
+end
+
 -- "moonshift -d URL up" means "moonshift up -d URL": the options live on the commands.
 local function options_after_command(argv)
   local before, i = {}, 1
@@ -190,7 +203,7 @@ function cli.main(argv)
   local res, err = mod.run(cfg, ui, opts)
   if res == nil then
     if not errors.is(err) then err = errors.wrap("internal", err or "unknown failure") end
-    return report(ui, err)
+    return report(ui, after_signal(err))
   end
   local code = mod.print and mod.print(ui, res, opts) or
     (math.type(res) == "integer" and res or 0)

@@ -22,6 +22,17 @@ db.SESSION_SETTINGS = "pg_catalog.set_config('client_encoding', 'UTF8', false), 
   "pg_catalog.set_config('idle_session_timeout', '0', false) END"
 db.SESSION_SETUP = "SELECT " .. db.SESSION_SETTINGS
 
+--- The lock_timeout of moonshift's own queries (reading and writing the tracking tables,
+-- outside a migration's transaction): --lock-wait, how long moonshift waits for another
+-- session's lock on what is its own, the run lock's and the tracking tables' alike; at
+-- least 1 ms, since 0 would mean waiting for ever. A migration's transaction has its own,
+-- --lock-timeout, its history row included; its last item gives the session this one back
+-- (runner.lua).
+-- @return string: e.g. "60000ms"
+function db.bookkeeping_lock_timeout(cfg)
+  return fmt("%dms", math.max(1, cfg.lock_wait_ms or 60000))
+end
+
 --- The application_name every connection carries, so a DBA can tell who holds what.
 function db.application_name()
   return fmt("moonshift/%s/%s/%d", host.version, fs.hostname(), proc.getpid()):sub(1, 63)
@@ -122,12 +133,15 @@ function db.connect(cfg, warn, pending)
   end
   local pooled = rows[1].pid ~= conn:backend_pid() and
     { server_pid = rows[1].pid, client_pid = conn:backend_pid() } or nil
-  -- Migration files are UTF-8 whatever the server's encoding; our SQL is schema-qualified.
+  -- Migration files are UTF-8 whatever the server's encoding; our SQL is schema-qualified;
+  -- our queries wait for a lock at most --lock-wait (db.bookkeeping_lock_timeout).
   -- Behind a pooler a session setting would stay on a server connection others then use:
   -- only what the pooler itself tracks per client (application_name, client_encoding).
   local _, serr = conn:exec("SET application_name = " ..
     conn:escape_literal(db.application_name()) .. "; " ..
-    (pooled and "SET client_encoding = 'UTF8'" or db.SESSION_SETUP))
+    (pooled and "SET client_encoding = 'UTF8'" or db.SESSION_SETUP ..
+      ", pg_catalog.set_config('lock_timeout', " ..
+      conn:escape_literal(db.bookkeeping_lock_timeout(cfg)) .. ", false)"))
   if serr then
     conn:close()
     return nil, errors.new("connect", "cannot configure session: " .. tostring(serr))

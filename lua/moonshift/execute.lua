@@ -102,6 +102,8 @@ end
 function Run:record_failure(m, err)
   local s = self.s
   if s.conn:status() ~= "idle" then return end
+  -- after a signal the run is ending: a locked events table may delay that a second at most
+  if host.interrupted() then s.conn:exec("SET lock_timeout = '1s'") end
   local ok, eerr = s.history:event("fail", m, s.run_id, { direction = self.direction,
     kind = err.kind, sqlstate = err.sqlstate, file = err.file, line = err.line,
     message = tostring(err.message):match("\n%s*(ERROR [^\n]*)") or

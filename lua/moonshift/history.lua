@@ -5,6 +5,8 @@ local versions = require("moonshift.version")
 local host = require("moonshift.host")
 local cjson = require("cjson")
 local errors = require("moonshift.errors")
+local sqlstate = require("moonshift.sqlstate")
+local ui = require("moonshift.ui")
 
 local fmt = string.format
 
@@ -21,7 +23,7 @@ function history.new(conn, schema, cfg)
   local q = function(name) return conn:escape_identifier(name) end
   return setmetatable({
     conn = conn, schema = schema, table_name = cfg.table, events_name = cfg.events_table,
-    compat = cfg.compat,
+    compat = cfg.compat, lock_wait_ms = cfg.lock_wait_ms,
     migrations = q(schema) .. "." .. q(cfg.table),
     events = q(schema) .. "." .. q(cfg.events_table),
     compat_table = q(schema) .. "." .. q("schema_migrations"),
@@ -32,6 +34,71 @@ local function sql_error(err, what)
   return errors.wrap("sql", err, what)
 end
 
+-- Who holds (or queues ahead of us for) a lock on the tracking tables that stops a read or
+-- a write: the sessions a query of ours that gave up was waiting for.
+local BLOCKERS_SQL = [[
+  SELECT l.pid, l.mode, l.granted, l.relation::pg_catalog.regclass::text AS rel,
+         COALESCE(NULLIF(a.application_name, ''), '?') AS app, a.usename AS who, a.state,
+         pg_catalog.to_char(COALESCE(a.xact_start, a.query_start) AT TIME ZONE 'UTC',
+                            'YYYY-MM-DD HH24:MI:SS"Z"') AS since
+  FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+  WHERE l.locktype = 'relation' AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()
+    AND l.relation IN (pg_catalog.to_regclass($1), pg_catalog.to_regclass($2))
+    AND l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
+  ORDER BY l.granted DESC, l.pid LIMIT 5]]
+
+local function describe_blocker(row)
+  if row.pid == pg.null then
+    return fmt("a prepared transaction (%s on %s)", row.mode, row.rel)
+  end
+  local function text(v) return v ~= pg.null and tostring(v) or "?" end
+  return fmt("pid %s (application_name %s, user %s, %s since %s) %s %s on %s", text(row.pid),
+    text(row.app), text(row.who), text(row.state), text(row.since),
+    row.granted and "holding" or "waiting for", row.mode, row.rel)
+end
+
+--- The error of a failed query on the tracking tables: a lock timeout names who held the
+-- lock (kind lock, exit 5, like the run lock); a statement cancelled by SIGINT/SIGTERM is
+-- an interruption; anything else a SQL failure.
+-- @param err the pg error
+-- @param what string: what failed, for the message
+-- @return error
+function History:failure(err, what)
+  if type(err) == "table" and err.sqlstate == sqlstate.LOCK_NOT_AVAILABLE then
+    -- an aborted transaction (stamp's, force's) answers nothing but ROLLBACK, which is
+    -- all its caller could do with it anyway
+    if self.conn:status() == "inerror" then self.conn:exec("ROLLBACK") end
+    local rows = self.conn:query(BLOCKERS_SQL, self.migrations, self.events)
+    local held = {}
+    for _, row in ipairs(rows or {}) do held[#held + 1] = describe_blocker(row) end
+    -- --lock-wait's, unless a non-transactional migration's own lock_timeout is in force
+    local wait_ms = math.max(1, self.lock_wait_ms or 60000)
+    local setting = self.conn:query("SELECT setting::bigint AS ms FROM pg_catalog.pg_settings " ..
+      "WHERE name = 'lock_timeout'")
+    local ms = setting and setting[1] and setting[1].ms or wait_ms
+    local waited = ms == wait_ms and fmt("%s (--lock-wait)", ui.duration(ms)) or
+      fmt("%s (the migration's lock_timeout)", ui.duration(ms))
+    return errors.new("lock", fmt("moonshift's tracking tables are locked by %s; gave up " ..
+      "waiting after %s", #held > 0 and table.concat(held, "; ") or
+      "another session (it ended while we looked)", waited),
+      { cause = err, sqlstate = err.sqlstate })
+  end
+  local sig, code = host.interrupted()
+  if sig and type(err) == "table" and err.sqlstate == sqlstate.QUERY_CANCELED then
+    return errors.new("interrupted", fmt("interrupted (SIG%s) during a query on moonshift's " ..
+      "tracking tables", sig), { exit_code = code, cause = err })
+  end
+  return sql_error(err, what)
+end
+
+-- Refuses to start reading after a SIGINT/SIGTERM: nothing that follows would be used.
+local function not_interrupted(what)
+  local sig, code = host.interrupted()
+  if not sig then return true end
+  return nil, errors.new("interrupted", fmt("interrupted (SIG%s) before %s", sig, what),
+    { exit_code = code })
+end
+
 function History:_query(sql, ...)
   if self.deferred then
     -- collected for a pipeline instead of run now (see History:collect)
@@ -39,7 +106,7 @@ function History:_query(sql, ...)
     return true
   end
   local rows, err = self.conn:query(sql, ...)
-  if not rows then return nil, sql_error(err, "history") end
+  if not rows then return nil, self:failure(err, "history") end
   return rows
 end
 
@@ -68,13 +135,15 @@ end
 -- @return boolean | nil, err
 function History:exists()
   local ok, err = table_exists(self.conn, self.schema, self.table_name)
-  if ok == nil then return nil, sql_error(err, "history") end
+  if ok == nil then return nil, self:failure(err, "history") end
   return ok
 end
 
 --- Creates the tracking tables if missing (call under the run lock).
 -- @return true | nil, err
 function History:ensure()
+  local go, ierr = not_interrupted("creating the history tables")
+  if not go then return nil, ierr end
   local exists, err = self:exists()
   if exists == nil then return nil, err end
   local events_exist = table_exists(self.conn, self.schema, self.events_name)
@@ -130,7 +199,7 @@ function History:ensure()
     local _, xerr = self.conn:exec(stmt)
     if xerr then
       self.conn:exec("ROLLBACK")
-      return nil, sql_error(xerr, "cannot create the history tables")
+      return nil, self:failure(xerr, "cannot create the history tables")
     end
   end
   return true
@@ -140,6 +209,8 @@ end
 -- @param brief boolean|nil: without applied_by and duration_ms, and run_id only of dirty rows
 -- @return { list = {...} } | nil, err
 function History:load(brief)
+  local go, ierr = not_interrupted("reading the history")
+  if not go then return nil, ierr end
   local exists, err = self:exists()
   if exists == nil then return nil, err end
   local result = { list = {} }

@@ -108,6 +108,15 @@ function Runner:_timeouts_item(m, is_local, session, mark)
   return item
 end
 
+-- What the session keeps once a migration is over: moonshift's own queries wait for a lock
+-- as long as --lock-wait says (db.bookkeeping_lock_timeout), which the migration's RESET ALL
+-- undid. Sent last, so the migration and its history row keep their lock_timeout (a SET
+-- after SET LOCAL overrides it only for what follows in the transaction: its COMMIT).
+function Runner:_bookkeeping_timeout_item()
+  return { text = "SELECT pg_catalog.set_config('lock_timeout', $1, false)",
+    params = table.pack(db.bookkeeping_lock_timeout(self.cfg)) }
+end
+
 -- The bookkeeping of a finished migration, as pipeline items.
 function Runner:_bookkeeping(m, direction, duration_ms, extra)
   local h = self.history
@@ -198,6 +207,10 @@ function Runner:_lock_table(m, direction)
   local ok, _, lerr = self:run_items({ { text = "BEGIN" }, self.history:lock_item() }, false)
   if not ok then
     if self.conn:status() ~= "idle" then self.conn:exec("ROLLBACK") end
+    if lerr and lerr.sqlstate == sqlstate.LOCK_NOT_AVAILABLE then
+      -- held for --lock-wait by another runner or a DBA: like a busy run lock, not retried
+      return nil, self.history:failure(lerr, "cannot lock the history table")
+    end
     return nil, errors.wrap("sql", lerr, "cannot lock the history table"), lerr
   end
   local row = self.history:applied_row(m.version)
@@ -347,6 +360,8 @@ function Runner:_transactional(m, direction, statements, path)
   end
   steps[#steps + 1] = { item = { text = TX_GUARD, params = table.pack(mark) }, guard = true }
   for _, b in ipairs(books) do steps[#steps + 1] = { item = b } end
+  -- behind a pooler a session setting would outlive this client; none was made there
+  if not self.pooled then steps[#steps + 1] = { item = self:_bookkeeping_timeout_item() } end
   local step_ms, err, cause = self:_run_steps(m, direction, steps, path, statements)
   if step_ms and self.conn:status() ~= "intrans" then
     step_ms, err = nil, self:_ended_early(m, { tags = {}, statements = statements,
@@ -540,8 +555,15 @@ function Runner:_autocommit(m, direction, statements, path)
     if ok then ok, err = h:sync_compat(self.previous_version, false) end
   end
   if ok then ok, err = self:_exec("COMMIT") else self.conn:exec("ROLLBACK") end
-  if not ok then return nil, err end
-  self:_exec("RESET lock_timeout")
+  if not ok then
+    err.message = fmt("%s ran to its end, but recording that failed, so it is still marked " ..
+      "dirty; `moonshift force %s%s` records it as %s\n  %s", m.id, m.version,
+      direction == "up" and "" or " --not-applied", direction == "up" and "applied" or
+      "reverted", err.message)
+    return nil, err
+  end
+  local bt = self:_bookkeeping_timeout_item()
+  self:_exec(bt.text, table.unpack(bt.params, 1, bt.params.n))
   self:_exec("RESET statement_timeout")
   return { duration_ms = fs.clock_ms() - started, timings = timings }
 end

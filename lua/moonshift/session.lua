@@ -111,7 +111,12 @@ function Session:take_lock(brief)
     if not self.set then return nil, err end
     for _, w in ipairs(self.set.warnings or {}) do self.ui:warn(w) end
   end
-  if not rows then return nil, herr end
+  if not rows then
+    if herr.kind == "lock" or herr.kind == "interrupted" then
+      herr.message = herr.message .. "; nothing was changed"
+    end
+    return nil, herr
+  end
   self.run_id = new_run_id()
   return rows
 end

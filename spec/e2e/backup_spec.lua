@@ -138,3 +138,43 @@ describe("backups and the run log #e2e", function()
     assert.matches("stack traceback", fs.read(db.dir .. "/run.log"))
   end)
 end)
+
+describe("--backup-first under a role's idle_session_timeout #e2e", function()
+  local db = helpers.database({ files = {
+    ["migrations/0001_a.up.sql"] = "CREATE TABLE a (id int);\n",
+    ["migrations/0002_b.up.sql"] = "CREATE TABLE b (id int);\n",
+  } })
+
+  it("a slow pg_dump does not get moonshift's idle sessions reaped: up applies, exit 0", function()
+    local role = "reaped_" .. proc.getpid()
+    helpers.query(db.uri, "CREATE ROLE " .. role .. " LOGIN SUPERUSER")
+    local uri = db.uri
+    finally(function()
+      helpers.query(uri, "DROP OWNED BY " .. role)
+      helpers.query(db.cluster.uri, "DROP ROLE " .. role)
+    end)
+    helpers.query(db.uri, "ALTER ROLE " .. role .. " SET idle_session_timeout = '1s'")
+    -- pg_dump (the server's own, so its version always matches) after 3 s of sleep, while
+    -- the session moonshift holds and the run lock's sit idle; pg_restore beside it
+    local bin = db.cluster.bin_dir
+    helpers.write_files(db.dir, {
+      ["tools/pg_dump"] = '#!/bin/sh\n[ "$1" = --version ] || sleep 3\nexec "' .. bin ..
+        '/pg_dump" "$@"\n',
+      ["migrate.lua"] = "return { backup = { pg_dump = '" .. db.dir .. "/tools/pg_dump' } }\n",
+    })
+    assert(fs.chmod(db.dir .. "/tools/pg_dump", tonumber("755", 8)))
+    assert(fs.symlink(bin .. "/pg_restore", db.dir .. "/tools/pg_restore"))
+    local as_role = db.uri:gsub("user=postgres", "user=" .. role)
+    assert.are.equal("1s", value(as_role, "SHOW idle_session_timeout"))
+    assert.are.equal(0, helpers.run({ "up", "-y", "--to", "1", "-d", as_role }, { cwd = db.dir }).code)
+    local t0 = fs.clock_ms()
+    local res = helpers.run({ "up", "-y", "--backup-first", "-d", as_role }, { cwd = db.dir })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.is_true(fs.clock_ms() - t0 >= 3000, "pg_dump did not take its 3 s")
+    assert.matches("backup: moonshift%-backups/[%w_]+%-v0001%-%d+T%d+Z%.dump", res.stderr)
+    assert.are.equal(2, value(db.uri, "SELECT count(*) FROM moonshift_migrations"))
+    assert.are.equal(role, value(db.uri, "SELECT applied_by FROM moonshift_migrations " ..
+      "WHERE version = '0002'"))
+    assert.are.equal("b", value(db.uri, "SELECT to_regclass('b')::text"))
+  end)
+end)
