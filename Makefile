@@ -4,31 +4,35 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build deps test test-asan test-matrix test-soak fuzz demo bench install clean
+.PHONY: all build deps deps-test test test-asan test-matrix test-soak fuzz demo bench install clean
 
 all: build
 
+# `make` installs only what building needs; the tests install the rest.
 deps:
-	@scripts/deps.sh
+	@scripts/deps.sh build
+
+deps-test:
+	@scripts/deps.sh test
 
 build: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
 
-test: build
+test: deps-test build
 	@cd $(BUILD) && ctest --output-on-failure
 
-test-asan: deps
+test-asan: deps-test
 	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMOONSHIFT_SANITIZE=ON >/dev/null
 	@cmake --build build-asan -j $(JOBS)
 	@cd build-asan && ctest --output-on-failure
 
 SOAK_RUNS ?= 100
-test-soak: build
+test-soak: deps-test build
 	@MOONSHIFT_SOAK_RUNS=$(SOAK_RUNS) MOONSHIFT_BIN=$(BUILD)/moonshift MOONSHIFT_LUA_DIR= \
 		$(BUILD)/moonshift --run-lua spec/busted.lua --tags=soak --exclude-tags=none spec/soak
 
-test-matrix: build
+test-matrix: deps-test build
 	@scripts/test-matrix.sh
 
 fuzz:
@@ -40,9 +44,10 @@ fuzz:
 	build-fuzz/fuzz_splitter -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus
 
 demo: build
+	@scripts/deps.sh postgresql-15 postgresql-client-15
 	@$(BUILD)/moonshift demo
 
-bench: build
+bench: deps-test build
 	@scripts/deps.sh hyperfine
 	@bench/run.sh
 

@@ -1,16 +1,24 @@
 #!/bin/sh
-# Installs the Debian packages moonshift builds and tests with, if any are missing.
-# As root it runs apt-get; otherwise it names what to install and fails.
+# Installs the Debian packages moonshift builds (`deps.sh build`) or tests (`deps.sh test`)
+# with, or the packages named, if any are missing. As root it runs apt-get; otherwise it
+# names what to install and fails.
 set -eu
-PACKAGES="${*:-cmake make gcc pkg-config liblua5.4-dev libpq-dev libssl-dev lua-cjson-dev
-  lua-argparse lua-busted lua-check postgresql-15 postgresql-client-15 pgbouncer openssl}"
+BUILD="cmake make gcc pkg-config liblua5.4-dev libpq-dev libssl-dev lua-cjson-dev lua-argparse"
+# the tests: a server, PgBouncer, busted and luacheck, pg_dump/psql, script(1), man(1)
+TEST="$BUILD lua-busted lua-check postgresql-15 postgresql-client-15 pgbouncer openssl
+  bsdutils man-db"
+case "${1:-build}" in
+    build) PACKAGES=$BUILD; set -- ;;
+    test) PACKAGES=$TEST; set -- ;;
+    *) PACKAGES=$* ;;
+esac
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
 # psql 15.19 stopped counting words inside parentheses when it looks for CREATE FUNCTION
 # ... BEGIN; the splitter follows the current psql and the specs compare with it.
-if [ $# -eq 0 ]; then
+if [ "$PACKAGES" = "$TEST" ]; then
     minor=$(dpkg-query -W -f='${Version}' postgresql-client-15 2>/dev/null |
         sed -n 's/^15\.\([0-9]*\).*/\1/p')
     [ -n "$minor" ] && [ "$minor" -lt 19 ] && missing="$missing postgresql-client-15 postgresql-15"

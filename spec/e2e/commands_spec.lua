@@ -74,3 +74,19 @@ describe("backup, -c, --migrations, new --timestamp and demo #e2e", function()
     assert.matches("throwaway server is stopped", res.stdout)
   end)
 end)
+
+describe("the man page #e2e", function()
+  it("renders each command's synopsis on one line", function()
+    local proc = require("moonshift.proc")
+    local res = assert(proc.run({ "/bin/sh", "-c", "man -l docs/moonshift.1 | col -b" },
+      { cwd = helpers.root(), env = helpers.env({ MANWIDTH = "200" }) }))
+    assert.are.equal(0, res.code, res.stderr)
+    for _, synopsis in ipairs({
+      "up [--to V] [--count N] [--out-of-order] [--single-transaction] [--backup-first]",
+      "down [N | --to V | --all] [--allow-empty-down] [--backup-first]",
+      "history [--json] [--limit N]", "stamp V [--rewind]", "restore [DUMP] [--terminate]",
+    }) do
+      assert.is_truthy(res.stdout:find("\n       " .. synopsis .. "\n", 1, true), synopsis)
+    end
+  end)
+end)
