@@ -12,8 +12,8 @@ end
 
 --- The status listing (status, check), in one write: 10,000 flushed lines cost ~40 ms.
 function report.status(ui, st)
-  local lines = { fmt("%s: %s", st.target, st.current and ("at " .. st.current_id) or
-    "nothing applied") }
+  local lines = { fmt("%s: %s%s", st.target, st.current and ("at " .. st.current_id) or
+    "nothing applied", st.target_version and ("; target " .. st.target_version) or "") }
   local function add(...) lines[#lines + 1] = fmt(...) end
   local late = {}
   for _, m in ipairs(st.out_of_order) do late[m.id] = true end
@@ -25,14 +25,14 @@ function report.status(ui, st)
   end
   for _, m in ipairs(st.drift) do add("  CHANGED  %-40s file differs from what ran", m.id) end
   for _, m in ipairs(st.missing) do add("  MISSING  %-40s applied, no file", m.id) end
+  -- a short hash per pending file: what will run, to compare with a review
   for _, m in ipairs(st.pending) do
-    if late[m.id] then
-      add("  pending  %-40s %s", m.id, late_note)
-    else
-      add("  pending  %s", m.id)
-    end
+    add("  pending  %-40s sha256 %s%s", m.id, tostring(m.checksum):sub(1, 12),
+      late[m.id] and ("  " .. late_note) or "")
   end
-  for _, m in ipairs(st.repeatables) do add("  pending  %s (repeatable)", m.id) end
+  for _, m in ipairs(st.repeatables) do
+    add("  pending  %-40s sha256 %s", m.id .. " (repeatable)", tostring(m.checksum):sub(1, 12))
+  end
   local counts = { fmt("%d applied", #st.applied),
     fmt("%d pending", #st.pending + #st.repeatables) }
   for _, c in ipairs({ { #st.dirty, "dirty" }, { #st.drift, "changed" },

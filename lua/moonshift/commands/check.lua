@@ -3,7 +3,13 @@ local status = require("moonshift.commands.status")
 local errors = require("moonshift.errors")
 
 local check = { summary = "Exit 0 if up to date, 3 if migrations are pending, 9 if refused.",
-  uses = { "connection" }, arguments = status.arguments, options = status.options }
+  uses = { "connection" }, arguments = status.arguments }
+
+function check.options(args)
+  local o = status.options(args)
+  o.quiet = args.quiet
+  return o
+end
 
 --- Validates the files and compares them with the database.
 -- @return status with `verdict` ("ok", "pending", "refused") | nil, err
@@ -12,7 +18,7 @@ function check.run(cfg, ui, opts)
 end
 
 function check.print(ui, st, opts)
-  status.print(ui, st, opts)
+  if not opts.quiet then status.print(ui, st, opts) end -- -q: the exit code alone
   return errors.EXIT[st.verdict] or 0
 end
 
