@@ -34,14 +34,25 @@ describe("conninfo.parse", function()
 
   it("refuses what libpq cannot parse, with libpq's reason but none of the string", function()
     local _, reason = conninfo.parse("host=h password='sekrit")
-    assert.are.equal("unterminated quoted string", reason)
+    assert.are.equal("libpq cannot parse it: unterminated quoted string", reason)
     _, reason = conninfo.parse("host=h password=sek rit")
-    assert.are.equal("a word is not followed by \"=\"", reason)
+    assert.are.equal("libpq cannot parse it: a word is not followed by \"=\"", reason)
     local ok, msg = conninfo.check("postgresql://u:s3cret%zz@h/d", "DATABASE_URL")
     assert.is_nil(ok)
-    assert.matches("^the connection string in DATABASE_URL cannot be parsed: invalid percent%-", msg)
+    assert.matches("^the connection string in DATABASE_URL is refused: libpq cannot parse it: invalid percent%-", msg)
     assert.is_nil(msg:find("s3cret", 1, true))
   end)
+
+  it("refuses a URI libpq would take for a database name (a stray quote, another scheme)",
+    function()
+      for _, s in ipairs({ "'postgresql://u:zqxv@h/d'", "postgresql+psycopg2://u:zqxv@h/d",
+        "POSTGRESQL://u:zqxv@h/d" }) do
+        local info, reason, hint = conninfo.parse(s)
+        assert.is_nil(info, s)
+        assert.matches("does not start with postgresql://", reason, 1, true)
+        assert.is_nil((reason .. hint):find("zqxv", 1, true))
+      end
+    end)
 
   it("takes a bare database name and the empty string as libpq does", function()
     assert.are.equal("mydb", conninfo.parse("mydb").display)

@@ -822,7 +822,7 @@ static const char *conninfo_reason(const char *libpq_message) {
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (strncmp(libpq_message, known[i].prefix, strlen(known[i].prefix)) == 0)
             return known[i].reason;
-    return "libpq cannot parse it";
+    return "malformed";
 }
 
 /* pg.conninfo_parse(s) -> { keyword = value } (only what s sets) | nil, err. Takes URIs and

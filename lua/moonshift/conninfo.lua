@@ -1,5 +1,6 @@
 -- Connection strings as libpq reads them: refused when ambiguous, shown with secrets masked.
 local pg = require("moonshift.pg")
+local redact = require("moonshift.redact")
 
 local fmt = string.format
 
@@ -149,7 +150,14 @@ end
 function conninfo.parse(s)
   local rest, prefix = uri_rest(s)
   if not rest and not s:find("=", 1, true) then
-    -- libpq takes it as a database name (expand_dbname): no keyword, no secret
+    -- libpq takes it as a database name (expand_dbname), and the server's "database ...
+    -- does not exist" would quote it: a URI spelled otherwise (a stray quote, another
+    -- scheme, capitals) would show its password there
+    if s:find("://", 1, true) then
+      return nil, "it looks like a URI but does not start with postgresql:// or " ..
+        "postgres://, so libpq would take all of it for a database name",
+        "write it as postgresql://user:password@host/dbname, without quotes around it"
+    end
     return { params = s ~= "" and { dbname = s } or {}, display = s, secrets = {} }
   end
   if rest then
@@ -161,7 +169,7 @@ function conninfo.parse(s)
   end
   local params, err = pg.conninfo_parse(s)
   if not params then
-    return nil, err.reason or "libpq cannot parse it", rest and "percent-encode special " ..
+    return nil, "libpq cannot parse it: " .. (err.reason or "malformed"), rest and "percent-encode special " ..
       "characters in the URL's user name and password: @ as %40, / as %2F, % as %25" or
       "quote a value that holds a space, and write a quote or backslash in it as \\' or " ..
       "\\\\: password='it\\'s'"
@@ -200,6 +208,7 @@ function conninfo.parse(s)
     if display and #v >= 3 and display:find(v, 1, true) then display = nil end
   end
   if not display then display, raw = rebuilt(params), {} end
+  display = redact.secrets(display) -- a URI inside a value (dbname=postgresql://...) too
   for _, v in ipairs(raw) do
     if v ~= "" and v ~= MASK then found[#found + 1] = v end
   end
@@ -213,17 +222,17 @@ end
 function conninfo.check(s, source)
   local info, why, hint = conninfo.parse(s)
   if info then return info end
-  return nil, fmt("the connection string in %s cannot be parsed: %s (it is not shown " ..
+  return nil, fmt("the connection string in %s is refused: %s (it is not shown " ..
     "because it may hold a password); %s", source, why, hint)
 end
 
 --- The connection string for messages and logs: every secret masked, or a placeholder
--- when it cannot be parsed (conninfo.check refuses those before anything connects).
+-- when it is refused (conninfo.check refuses those before anything connects).
 -- @param s string
 -- @return string
 function conninfo.display(s)
   local info = conninfo.parse(s)
-  return info and info.display or "(a connection string that cannot be parsed; not shown)"
+  return info and info.display or "(a connection string moonshift refuses; not shown)"
 end
 
 --- The secret values a connection string holds, decoded and as written (for scrubbing
