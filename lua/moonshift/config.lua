@@ -115,12 +115,17 @@ local function read_env_file(path)
     if k then
       local q = v:sub(1, 1)
       if q == '"' or q == "'" then
-        if #v < 2 or v:sub(-1) ~= q then
+        local close = v:find(q, 2, true)
+        if not close then
           return nil, errors.new("usage", fmt("%s:%d: the value of %s opens a quote (%s) that " ..
             "does not close on the same line; a value cannot span lines (it is not shown " ..
             "because it may hold a password)", paths.display(path), n, k, q))
         end
-        v = v:sub(2, -2)
+        if #v >= 2 and v:sub(-1) == q then
+          v = v:sub(2, -2)
+        elseif v:find("^%s*#", close + 1) then
+          v = v:sub(2, close - 1) -- KEY="value" # a comment
+        end
       end
       vars[k] = v
     end

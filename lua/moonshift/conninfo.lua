@@ -169,10 +169,10 @@ function conninfo.parse(s)
   end
   local params, err = pg.conninfo_parse(s)
   if not params then
-    return nil, "libpq cannot parse it: " .. (err.reason or "malformed"), rest and "percent-encode special " ..
-      "characters in the URL's user name and password: @ as %40, / as %2F, % as %25" or
-      "quote a value that holds a space, and write a quote or backslash in it as \\' or " ..
-      "\\\\: password='it\\'s'"
+    local hint = rest and "percent-encode special characters in the URL's user name and " ..
+      "password: @ as %40, / as %2F, % as %25" or "quote a value that holds a space, and " ..
+      "write a quote or backslash in it as \\' or \\\\: password='it\\'s'"
+    return nil, "libpq cannot parse it: " .. (err.reason or "malformed"), hint
   end
   local secrets, found = secret_keywords(), {}
   for k, v in pairs(params) do
