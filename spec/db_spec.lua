@@ -51,6 +51,15 @@ describe("db.redact_sql", function()
       db.scrub('missing "=" after "otherhalf"', nil, table.unpack(secrets)))
   end)
 
+  it("masks a password in a body of SQL: DO blocks, EXECUTE strings", function()
+    local sql, secrets = db.redact_sql("DO $$ BEGIN EXECUTE 'ALTER ROLE x PASSWORD ''sekrit'''; " ..
+      "END $$")
+    assert.are.equal("DO $$ BEGIN EXECUTE 'ALTER ROLE x PASSWORD ''***'''; END $$", sql)
+    assert.are.same({ "sekrit" }, secrets)
+    assert.are.equal("DO 'BEGIN EXECUTE ''CREATE ROLE y PASSWORD ''''***''''''; END'",
+      (db.redact_sql("DO 'BEGIN EXECUTE ''CREATE ROLE y PASSWORD ''''sekrit''''''; END'")))
+  end)
+
   it("leaves statements without a password alone, comments and identifiers included", function()
     for _, sql in ipairs({ "SELECT 'password' AS x, 'abc'", "SELECT 'reset your password now'",
       "-- password 'x'\nSELECT 1", "SELECT \"password\" FROM t" }) do

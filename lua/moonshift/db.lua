@@ -168,16 +168,26 @@ end
 -- '... password=...') replaced by ***, and those secrets, to scrub them from the server's
 -- messages about the statement too (db.scrub(msg, nil, table.unpack(secrets))).
 -- @param sqltext string
+-- @param depth integer|nil: how deep in nested literals (bodies of SQL) this is; internal
 -- @return string, array of strings
-function db.redact_sql(sqltext)
+function db.redact_sql(sqltext, depth)
+  depth = depth or 1
   local secrets, parts, pos = {}, {}, 1
   for _, lit in ipairs(sql_literals(sqltext)) do
     local masked
+    local has_password = lit.value:lower():find("password", 1, true)
+    -- a body of SQL (DO $$ ... EXECUTE 'ALTER ROLE ... PASSWORD ...' $$, a function's)
+    local inner, inner_secrets
+    if has_password and not lit.after_password and depth < 4 then
+      inner, inner_secrets = db.redact_sql(lit.value, depth + 1)
+    end
     if lit.after_password then
       masked = "***"
       secrets[#secrets + 1] = lit.value
-    elseif lit.value:lower():find("password", 1, true) or
-        lit.value:find("^%s*postgres[%a]*://") then
+    elseif inner_secrets and #inner_secrets > 0 then
+      for _, v in ipairs(inner_secrets) do secrets[#secrets + 1] = v end
+      masked = lit.dollar and inner or inner:gsub("'", "''")
+    elseif has_password or lit.value:find("^%s*postgres[%a]*://") then
       -- a connection string: masked as libpq reads it; one libpq cannot read (the server
       -- quotes its pieces: missing "=" after "..."), from the password on
       local info = conninfo.parse(lit.value)
