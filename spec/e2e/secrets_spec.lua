@@ -153,6 +153,7 @@ describe("passwords in failed statements #e2e", function()
     encrypted = "CREATE ROLE postgres LOGIN ENCRYPTED PASSWORD 'sekrit';\n",
     mapping = "CREATE USER MAPPING FOR postgres SERVER no_such_server " ..
       "OPTIONS (user 'bob', password 'sekrit');\n",
+    block = "DO $$ BEGIN EXECUTE 'ALTER ROLE no_such_role PASSWORD ''sekrit'''; END $$;\n",
     -- the server quotes a piece of a connection string it cannot parse
     subscription = "CREATE SUBSCRIPTION s CONNECTION 'dbname=x password=sekrit otherhalf' " ..
       "PUBLICATION p WITH (connect = false);\n",
