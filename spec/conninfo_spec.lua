@@ -22,6 +22,7 @@ describe("conninfo.parse", function()
       ["postgresql://u:zq@xv@h/d"] = "more than one \"@\"",
       ["postgresql://u:zq/xv@h/d"] = "an \"@\" after a \"/\"",
       ["postgresql://u:zq?xv@h/d"] = "a \"?\" before the \"@\"",
+      ["postgresql://u:zqxv"] = "a port that is not a number",
     }) do
       local info, reason, hint = conninfo.parse(s)
       assert.is_nil(info)
@@ -53,6 +54,11 @@ describe("conninfo.parse", function()
         assert.is_nil((reason .. hint):find("zqxv", 1, true))
       end
     end)
+
+  it("takes hosts with ports, IPv6 ones included", function()
+    assert.are.equal("postgresql://u:***@[::1]:5433,h2:5434,h3/d",
+      conninfo.parse("postgresql://u:zq@[::1]:5433,h2:5434,h3/d").display)
+  end)
 
   it("takes a bare database name and the empty string as libpq does", function()
     assert.are.equal("mydb", conninfo.parse("mydb").display)

@@ -40,13 +40,23 @@ local function uri_problem(rest)
   local auth = rest:sub(1, auth_end - 1)
   local _, ats = auth:gsub("@", "")
   if ats > 1 then return "it holds more than one \"@\" before the host" end
-  if ats == 1 then return nil end
-  local at = rest:find("@", 1, true)
-  if at and at < slash then return "it holds a \"?\" before the \"@\" that ends the password" end
-  if slash <= #rest then
-    local path_end = rest:find("?", slash, true) or #rest + 1
-    if rest:sub(slash, path_end - 1):find("@", 1, true) then
-      return "it holds an \"@\" after a \"/\" (a \"/\" in the password?)"
+  if ats == 0 then
+    local at = rest:find("@", 1, true)
+    if at and at < slash then
+      return "it holds a \"?\" before the \"@\" that ends the password"
+    end
+    if slash <= #rest then
+      local path_end = rest:find("?", slash, true) or #rest + 1
+      if rest:sub(slash, path_end - 1):find("@", 1, true) then
+        return "it holds an \"@\" after a \"/\" (a \"/\" in the password?)"
+      end
+    end
+  end
+  -- libpq would report a password cut short (at a line break, say) as a port
+  for spec in (auth:match("@(.*)$") or auth):gmatch("[^,]+") do
+    local port = spec:match("^%[.*%]:(.*)$") or (not spec:find("^%[") and spec:match(":(.*)$"))
+    if port and not port:match("^%d*$") then
+      return "a port that is not a number follows a host (a password without its user name?)"
     end
   end
   return nil

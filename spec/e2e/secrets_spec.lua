@@ -134,6 +134,16 @@ describe("passwords in connection strings #e2e", function()
     assert.is_nil(res.stderr:find("sekr3t", 1, true), res.stderr)
   end)
 
+  it("refuses a URL password cut at a line break in .env, which libpq reads as a port",
+    function()
+      helpers.write_files(db.dir, { [".env"] = "DATABASE_URL=postgresql://postgres:sekr3t\n" ..
+        "w0rd@localhost/x\n" })
+      local res = helpers.run({ "status" }, { cwd = db.dir })
+      assert.are.equal(2, res.code, res.stderr)
+      assert.matches("a port that is not a number follows a host", res.stderr)
+      assert.is_nil(res.stderr:find("sekr3t", 1, true), res.stderr)
+    end)
+
   it("names the .env file a refused DATABASE_URL came from", function()
     helpers.write_files(db.dir, { [".env"] = "DATABASE_URL=" .. url("sek@cr3tw0rd", "localhost")
       .. "\n" })
