@@ -22,7 +22,7 @@ describe("conninfo.parse", function()
       ["postgresql://u:zq@xv@h/d"] = "more than one \"@\"",
       ["postgresql://u:zq/xv@h/d"] = "an \"@\" after a \"/\"",
       ["postgresql://u:zq?xv@h/d"] = "a \"?\" before the \"@\"",
-      ["postgresql://u:zqxv"] = "a port that is not a number",
+      ["postgresql://u:zqxv"] = "the port after the host is not a number",
     }) do
       local info, reason, hint = conninfo.parse(s)
       assert.is_nil(info)

@@ -48,7 +48,7 @@ local function uri_problem(rest)
     if slash <= #rest then
       local path_end = rest:find("?", slash, true) or #rest + 1
       if rest:sub(slash, path_end - 1):find("@", 1, true) then
-        return "it holds an \"@\" after a \"/\" (a \"/\" in the password?)"
+        return "it holds an \"@\" after a \"/\", as a \"/\" in the password would"
       end
     end
   end
@@ -56,7 +56,7 @@ local function uri_problem(rest)
   for spec in (auth:match("@(.*)$") or auth):gmatch("[^,]+") do
     local port = spec:match("^%[.*%]:(.*)$") or (not spec:find("^%[") and spec:match(":(.*)$"))
     if port and not port:match("^%d*$") then
-      return "a port that is not a number follows a host (a password without its user name?)"
+      return "the port after the host is not a number, as when a password is cut short"
     end
   end
   return nil

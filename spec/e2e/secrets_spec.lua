@@ -140,7 +140,7 @@ describe("passwords in connection strings #e2e", function()
         "w0rd@localhost/x\n" })
       local res = helpers.run({ "status" }, { cwd = db.dir })
       assert.are.equal(2, res.code, res.stderr)
-      assert.matches("a port that is not a number follows a host", res.stderr)
+      assert.matches("the port after the host is not a number", res.stderr)
       assert.is_nil(res.stderr:find("sekr3t", 1, true), res.stderr)
     end)
 
