@@ -33,6 +33,26 @@ describe("config", function()
     assert.are.equal(outer or "migrate.lua", cfg.database_source)
   end)
 
+  it("reads .env quotes, and names the file and line of one left open, not its value",
+    function()
+      local dir = helpers.tmpdir()
+      local k = "MOONSHIFT_SPEC_DOTENV_" .. proc.getpid()
+      helpers.write_files(dir, { ["migrate.lua"] = "return { env_file = 'more.env' }\n",
+        [".env"] = k .. "_A=\"quoted\" # a comment\nexport " .. k .. "_B='it\"s'\n",
+        ["more.env"] = "# more\n" .. k .. "_C=\"zqxv\n" .. "tail\"\n" })
+      local cfg, err = config.load({ config = dir .. "/migrate.lua" })
+      assert.is_nil(cfg)
+      assert.are.equal("usage", err.kind)
+      assert.matches("more%.env:2: the value of " .. k .. "_C opens a quote", tostring(err))
+      assert.is_nil(tostring(err):find("zqxv", 1, true))
+      helpers.write_files(dir, { ["more.env"] = k .. "_C=plain\n" })
+      cfg = assert(config.load({ config = dir .. "/migrate.lua" }))
+      helpers.rmdir(dir)
+      assert.are.equal("quoted", cfg.env(k .. "_A"))
+      assert.are.equal('it"s', cfg.env(k .. "_B"))
+      assert.are.equal("plain", cfg.env(k .. "_C"))
+    end)
+
   it("rejects unknown keys, wrong types and over-long names", function()
     local dir = helpers.tmpdir()
     local function load(text)

@@ -799,9 +799,36 @@ static int pending_close(lua_State *L) {
     return 0;
 }
 
+/* What is wrong with a connection string, from the start of libpq's message (the rest
+ * quotes the input, which may be a password or a piece of one). Messages libpq does not
+ * spell this way (another libpq, a translation) get the generic reason. */
+static const char *conninfo_reason(const char *libpq_message) {
+    static const struct {
+        const char *prefix, *reason;
+    } known[] = {
+        {"missing \"=\" after", "a word is not followed by \"=\""},
+        {"unterminated quoted string", "unterminated quoted string"},
+        {"invalid connection option", "it names an unknown keyword"},
+        {"invalid percent-encoded token", "invalid percent-encoding (\"%\" must be followed by "
+                                          "two hexadecimal digits)"},
+        {"forbidden value %00", "a percent-encoded zero byte (%00)"},
+        {"extra key/value separator", "a query parameter with more than one \"=\""},
+        {"missing key/value separator", "a query parameter without \"=\""},
+        {"invalid URI query parameter", "a query parameter that names an unknown keyword"},
+        {"unexpected character", "an unexpected character after the host"},
+        {"end of string reached when looking for matching \"]\"", "an unclosed \"[\" in the host"},
+        {"IPv6 host address may not be empty", "an empty IPv6 host \"[]\""},
+    };
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strncmp(libpq_message, known[i].prefix, strlen(known[i].prefix)) == 0)
+            return known[i].reason;
+    return "malformed";
+}
+
 /* pg.conninfo_parse(s) -> { keyword = value } (only what s sets) | nil, err. Takes URIs and
  * key=value strings. libpq's message may quote the input, password included, so it is
- * not passed on. */
+ * not passed on: err.message is "invalid connection string", err.reason what is wrong,
+ * in words that quote nothing of s. */
 static int pg_lconninfo_parse(lua_State *L) {
     const char *s = luaL_checkstring(L, 1);
     struct options_box *box = lua_newuserdatauv(L, sizeof *box, 0);
@@ -811,11 +838,14 @@ static int pg_lconninfo_parse(lua_State *L) {
     box->opts = PQconninfoParse(s, &errmsg);
     if (!box->opts) {
         int oom = errmsg == NULL; /* libpq reports a parse error, or nothing when out of memory */
+        const char *reason = oom ? NULL : conninfo_reason(errmsg);
         PQfreemem(errmsg);
         if (oom)
             return luaL_error(L, "not enough memory");
         lua_pushnil(L);
         push_message_error(L, "invalid connection string");
+        lua_pushstring(L, reason);
+        lua_setfield(L, -2, "reason");
         return 2;
     }
     lua_newtable(L); // [s, box, t]
@@ -823,6 +853,29 @@ static int pg_lconninfo_parse(lua_State *L) {
         if (o->val) { /* an explicit empty value counts: it overrides the environment */
             lua_pushstring(L, o->val);
             lua_setfield(L, -2, o->keyword);
+        }
+    }
+    PQconninfoFree(box->opts);
+    box->opts = NULL;
+    return 1;
+}
+
+/* pg.secret_keywords() -> { "password", "sslpassword", ... }: the keywords libpq itself
+ * marks as secret (dispchar '*', "hide the value"), sorted, so that a keyword a newer libpq
+ * adds is masked without a list of ours. */
+static int pg_lsecret_keywords(lua_State *L) {
+    struct options_box *box = lua_newuserdatauv(L, sizeof *box, 0);
+    box->opts = NULL;
+    luaL_setmetatable(L, OPTIONS_META); // [box]
+    box->opts = PQconndefaults();
+    if (!box->opts)
+        return luaL_error(L, "not enough memory");
+    lua_newtable(L); // [box, t]
+    lua_Integer n = 0;
+    for (const PQconninfoOption *o = box->opts; o->keyword; o++) {
+        if (o->dispchar && strchr(o->dispchar, '*')) {
+            lua_pushstring(L, o->keyword);
+            lua_seti(L, -2, ++n);
         }
     }
     PQconninfoFree(box->opts);
@@ -1154,6 +1207,7 @@ static const luaL_Reg funcs[] = {
     {"connect_begin", pg_lconnect_begin},
     {"lib_version", pg_llib_version},
     {"conninfo_parse", pg_lconninfo_parse},
+    {"secret_keywords", pg_lsecret_keywords},
     {NULL, NULL},
 };
 

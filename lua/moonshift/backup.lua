@@ -4,8 +4,8 @@ local fs = require("moonshift.fs")
 local pg = require("moonshift.pg")
 local proc = require("moonshift.proc")
 local host = require("moonshift.host")
-local redact = require("moonshift.redact")
 local connection = require("moonshift.db")
+local conninfo_mod = require("moonshift.conninfo")
 
 local fmt = string.format
 local floor = math.floor
@@ -48,8 +48,10 @@ local ENV_FOR_KEYWORD = {
   load_balance_hosts = "PGLOADBALANCEHOSTS",
 }
 
--- Keywords that carry a secret: never on a command line.
-local SECRET_KEYWORDS = { password = true, sslpassword = true }
+-- Keywords that carry a secret, as libpq marks them (password, sslpassword, ...): never on
+-- a command line.
+local SECRET_KEYWORDS = {}
+for _, k in ipairs(pg.secret_keywords()) do SECRET_KEYWORDS[k] = true end
 
 -- What the restore command takes from the environment when the connection string is silent.
 local RESTORE_FROM_ENV = { "host", "hostaddr", "port", "user", "dbname" }
@@ -335,6 +337,12 @@ function backup.preflight(opts)
     return fail("the connection string sets sslpassword, which pg_dump could only get on its "
       .. "command line; use a client key without a passphrase for backups")
   end
+  for k in pairs(rest) do
+    if SECRET_KEYWORDS[k] then
+      return fail(fmt("the connection string sets %s, a secret pg_dump could only get on its " ..
+        "command line; back up without it", k))
+    end
+  end
   local inherited = opts.environ or proc.environ()
   local child_env = base_env(inherited)
   for k, v in pairs(env) do child_env[k] = v end
@@ -503,7 +511,7 @@ function backup.restore_command(conninfo, path, opts)
     params.dbname = dbname == "postgres" and "template1" or "postgres"
     target = backup.conninfo_string(params)
   else
-    target = redact.secrets(conninfo) -- unparsable: show it, never its password
+    target = conninfo_mod.display(conninfo) -- unparsable: a placeholder, never its password
   end
   local program = opts.pg_restore and shell_quote(opts.pg_restore) or "pg_restore"
   return fmt("%s --clean --create --exit-on-error --dbname=%s %s", program,

@@ -199,6 +199,12 @@ function cli.main(argv)
     require_tls = args.require_tls,
   })
   if not cfg then return report(ui, cerr) end
+  for _, group in ipairs(mod.uses or {}) do
+    if group == "connection" then
+      local safe, derr = config.check_database(cfg)
+      if not safe then return report(ui, derr) end
+    end
+  end
   local opts = mod.options and mod.options(args) or {}
   local res, err = mod.run(cfg, ui, opts)
   if res == nil then

@@ -3,6 +3,8 @@ local fs = require("moonshift.fs")
 local errors = require("moonshift.errors")
 local sandbox = require("moonshift.sandbox")
 local ui = require("moonshift.ui")
+local paths = require("moonshift.paths")
+local conninfo = require("moonshift.conninfo")
 
 local fmt = string.format
 
@@ -98,17 +100,33 @@ local function check_keys(file, path)
 end
 
 
--- KEY=VALUE lines; "export " and quotes allowed; # comments.
+-- KEY=VALUE lines; "export " and quotes allowed; # comments. A value that opens a quote
+-- and does not close it on its line is an error naming the file and line, never the value
+-- (it may be a password, pasted in two pieces).
+-- @return vars | nil, err (kind usage)
 local function read_env_file(path)
   local text = fs.read(path)
   if not text then return {} end
-  local vars = {}
-  for line in text:gmatch("[^\n]+") do
+  local vars, n = {}, 0
+  for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+    n = n + 1
     local k, v = line:match("^%s*export%s+([%w_]+)%s*=%s*(.-)%s*$")
     if not k then k, v = line:match("^%s*([%w_]+)%s*=%s*(.-)%s*$") end
     if k then
       local q = v:sub(1, 1)
-      if (q == '"' or q == "'") and v:sub(-1) == q and #v >= 2 then v = v:sub(2, -2) end
+      if q == '"' or q == "'" then
+        local close = v:find(q, 2, true)
+        if not close then
+          return nil, errors.new("usage", fmt("%s:%d: the value of %s opens a quote (%s) that " ..
+            "does not close on the same line; a value cannot span lines (it is not shown " ..
+            "because it may hold a password)", paths.display(path), n, k, q))
+        end
+        if #v >= 2 and v:sub(-1) == q then
+          v = v:sub(2, -2)
+        elseif v:find("^%s*#", close + 1) then
+          v = v:sub(2, close - 1) -- KEY="value" # a comment
+        end
+      end
       vars[k] = v
     end
   end
@@ -197,7 +215,10 @@ function config.load(opts)
   local root = path and path:match("^(.*)/[^/]+$") or cwd
   if root == "" then root = "/" end
 
-  local dotenv = read_env_file(absolute(root, ".env"))
+  local dotenv, derr = read_env_file(absolute(root, ".env"))
+  if not dotenv then return nil, derr end
+  local dotenv_file = {} -- where a .env value came from, for messages
+  for k in pairs(dotenv) do dotenv_file[k] = absolute(root, ".env") end
   local function env(name, default)
     local v = os.getenv(name)
     if v == nil then v = dotenv[name] end
@@ -216,7 +237,11 @@ function config.load(opts)
     local ok, kerr = check_keys(file, path)
     if not ok then return nil, errors.new("usage", kerr) end
     if file.env_file then
-      for k, v in pairs(read_env_file(absolute(root, file.env_file))) do dotenv[k] = v end
+      local more, merr = read_env_file(absolute(root, file.env_file))
+      if not more then return nil, merr end
+      for k, v in pairs(more) do
+        dotenv[k], dotenv_file[k] = v, absolute(root, file.env_file)
+      end
     end
   end
 
@@ -231,11 +256,25 @@ function config.load(opts)
   if opts.require_tls then cfg.require_tls = true end
 
   cfg.database, cfg.database_source = database(opts, env, file)
+  local name = cfg.database_source
+  if dotenv_file[name] and os.getenv(name) == nil then
+    cfg.database_source = fmt("%s (from %s)", name, paths.display(dotenv_file[name]))
+  end
   -- a path on the command line is the caller's, relative to where they are
   cfg.migrations = absolute(opts.migrations and cwd or root, cfg.migrations)
   cfg.cache_dir = cache_dir()
   cfg.hooks = absolute(root, cfg.hooks)
   return check_values(cfg)
+end
+
+--- Refuses a connection string that cannot be used safely (conninfo.check), before
+-- anything connects; the message names where it came from and never shows it.
+-- @param cfg table: from config.load
+-- @return true | nil, err (kind usage)
+function config.check_database(cfg)
+  local ok, why = conninfo.check(cfg.database or "", cfg.database_source or "the configuration")
+  if not ok then return nil, errors.new("usage", why) end
+  return true
 end
 
 return config

@@ -5,6 +5,7 @@ local proc = require("moonshift.proc")
 local host = require("moonshift.host")
 local redact = require("moonshift.redact")
 local errors = require("moonshift.errors")
+local conninfo = require("moonshift.conninfo")
 
 local fmt = string.format
 
@@ -44,16 +45,17 @@ db.MIN_MASKED = 3
 
 -- Every spelling of the password in a connection string, for scrubbing messages: libpq
 -- quotes a malformed URI's pieces ("invalid percent-encoded token: \"s3cret%\"").
-local function password_candidates(conninfo, extra)
+local function password_candidates(conninfo_s, extra)
   local out = {}
   for _, pw in ipairs(extra) do out[#out + 1] = pw end
-  local userinfo = conninfo:match("^%a[%w+.-]*://([^/?#]*)@")
+  for _, pw in ipairs(conninfo.secrets(conninfo_s)) do out[#out + 1] = pw end
+  local userinfo = conninfo_s:match("^%a[%w+.-]*://([^/?#]*)@")
   local pw = userinfo and userinfo:match("^[^:]*:(.*)$")
   if pw and pw ~= "" then out[#out + 1] = pw end
-  for v in conninfo:gmatch("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*=%s*'([^']*)'") do
+  for v in conninfo_s:gmatch("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*=%s*'([^']*)'") do
     out[#out + 1] = v
   end
-  for v in conninfo:gmatch("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*=%s*([^%s&']+)") do
+  for v in conninfo_s:gmatch("[Pp][Aa][Ss][Ss][Ww][Oo][Rr][Dd]%s*=%s*([^%s&']+)") do
     out[#out + 1] = v
   end
   local more = {}
@@ -70,17 +72,17 @@ end
 -- conninfo holds, and the passwords given (PGPASSWORD, say). The one scrubber: connection
 -- errors, pg_dump's stderr and the run log all go through it.
 -- @param msg string
--- @param conninfo string|nil
+-- @param conn_string string|nil: a connection string whose secrets (conninfo.secrets) go too
 -- @param ... string|nil: further passwords known to be in play
 -- @return string
-function db.scrub(msg, conninfo, ...)
+function db.scrub(msg, conn_string, ...)
   msg = redact.secrets(msg)
   local extra = {}
   for i = 1, select("#", ...) do
     local pw = select(i, ...)
     if type(pw) == "string" then extra[#extra + 1] = pw end
   end
-  for _, pw in ipairs(password_candidates(conninfo or "", extra)) do
+  for _, pw in ipairs(password_candidates(conn_string or "", extra)) do
     if #pw >= db.MIN_MASKED then
       local s, e = msg:find(pw, 1, true)
       while s do
@@ -90,6 +92,140 @@ function db.scrub(msg, conninfo, ...)
     end
   end
   return msg
+end
+
+-- The string literals of a statement, in order: { first, last (the content, quotes
+-- excluded), value (unescaped), dollar (dollar-quoted), after_password (the word before it
+-- is PASSWORD) }.
+-- Comments, quoted identifiers and dollar quotes are stepped over as the server would.
+local function sql_literals(sqltext)
+  local out, i, n, prev_word = {}, 1, #sqltext, nil
+  while i <= n do
+    local c = sqltext:sub(i, i)
+    if c:match("%s") then
+      i = i + 1
+    elseif sqltext:sub(i, i + 1) == "--" then
+      i = (sqltext:find("\n", i, true) or n) + 1
+    elseif sqltext:sub(i, i + 1) == "/*" then
+      local depth = 1
+      i = i + 2
+      while i <= n and depth > 0 do
+        local two = sqltext:sub(i, i + 1)
+        if two == "/*" then depth, i = depth + 1, i + 2
+        elseif two == "*/" then depth, i = depth - 1, i + 2
+        else i = i + 1 end
+      end
+    elseif c == "'" or ((c == "E" or c == "e") and sqltext:sub(i + 1, i + 1) == "'") then
+      local escapes = c ~= "'"
+      if escapes then i = i + 1 end
+      local first, chars = i + 1, {}
+      i = i + 1
+      while i <= n do
+        local d = sqltext:sub(i, i)
+        if d == "'" then
+          if sqltext:sub(i + 1, i + 1) ~= "'" then break end
+          i = i + 1
+        elseif d == "\\" and escapes and i < n then
+          i = i + 1
+          d = sqltext:sub(i, i)
+        end
+        chars[#chars + 1] = d
+        i = i + 1
+      end
+      out[#out + 1] = { first = first, last = i - 1, value = table.concat(chars),
+        after_password = prev_word == "password" }
+      prev_word = nil
+      i = i + 1
+    elseif c == '"' then
+      local close = sqltext:find('"', i + 1, true) or n
+      prev_word = sqltext:sub(i + 1, close - 1):lower()
+      i = close + 1
+    elseif c == "$" and sqltext:match("^%$[%a_]*[%w_]*%$", i) then
+      local tag = sqltext:match("^%$[%a_]*[%w_]*%$", i)
+      local close = sqltext:find(tag, i + #tag, true)
+      out[#out + 1] = { first = i + #tag, last = (close or n + 1) - 1,
+        value = sqltext:sub(i + #tag, (close or n + 1) - 1), dollar = true,
+        after_password = prev_word == "password" }
+      prev_word = nil
+      i = close and close + #tag or n + 1
+    else
+      local word = sqltext:match("^[%a_][%w_$]*", i)
+      if word then
+        prev_word = word:lower()
+        i = i + #word
+      else
+        prev_word = nil
+        i = i + 1
+      end
+    end
+  end
+  return out
+end
+
+--- A statement fit to print and log: the literal after PASSWORD (CREATE/ALTER ROLE ...
+-- [ENCRYPTED] PASSWORD '...', a user mapping's OPTIONS (password '...')) and every
+-- secret in a literal holding a connection string (CREATE SUBSCRIPTION ... CONNECTION
+-- '... password=...') replaced by ***, and those secrets, to scrub them from the server's
+-- messages about the statement too (db.scrub(msg, nil, table.unpack(secrets))).
+-- @param sqltext string
+-- @param depth integer|nil: how deep in nested literals (bodies of SQL) this is; internal
+-- @return string, array of strings
+function db.redact_sql(sqltext, depth)
+  depth = depth or 1
+  local secrets, parts, pos = {}, {}, 1
+  for _, lit in ipairs(sql_literals(sqltext)) do
+    local masked
+    local has_password = lit.value:lower():find("password", 1, true)
+    -- a body of SQL (DO $$ ... EXECUTE 'ALTER ROLE ... PASSWORD ...' $$, a function's)
+    local inner, inner_secrets
+    if has_password and not lit.after_password and depth < 4 then
+      inner, inner_secrets = db.redact_sql(lit.value, depth + 1)
+    end
+    if lit.after_password then
+      masked = "***"
+      secrets[#secrets + 1] = lit.value
+    elseif inner_secrets and #inner_secrets > 0 then
+      for _, v in ipairs(inner_secrets) do secrets[#secrets + 1] = v end
+      masked = lit.dollar and inner or inner:gsub("'", "''")
+    elseif has_password or lit.value:find("^%s*postgres[%a]*://") then
+      -- a connection string: masked as libpq reads it; one libpq cannot read (the server
+      -- quotes its pieces: missing "=" after "..."), from the password on
+      local info = conninfo.parse(lit.value)
+      local value
+      if info then
+        for _, v in ipairs(info.secrets) do secrets[#secrets + 1] = v end
+        value = info.display
+      else
+        local _, after = lit.value:lower():find("password%s*=%s*")
+        if after then
+          local rest = lit.value:sub(after + 1)
+          secrets[#secrets + 1] = rest
+          for word in rest:gmatch("[^%s'\\]+") do secrets[#secrets + 1] = word end
+          value = lit.value:sub(1, after) .. "***"
+        else
+          -- a URI libpq splits elsewhere than meant: the password up to the last "@", and
+          -- the pieces libpq would take for a host or port
+          local pw = lit.value:match("^%s*%a[%w+.-]*://[^:/]*:(.*)@")
+          if pw then
+            secrets[#secrets + 1] = pw
+            for piece in pw:gmatch("[^@/?]+") do secrets[#secrets + 1] = piece end
+          end
+          value = redact.secrets(lit.value)
+        end
+      end
+      if value ~= lit.value then
+        masked = lit.dollar and value or value:gsub("'", "''")
+      end
+    end
+    if masked then
+      parts[#parts + 1] = sqltext:sub(pos, lit.first - 1) .. masked
+      pos = lit.last + 1
+    end
+  end
+  parts[#parts + 1] = sqltext:sub(pos)
+  local out = table.concat(parts)
+  if #secrets > 0 then out = db.scrub(out, nil, table.unpack(secrets)) end
+  return out, secrets
 end
 
 -- Whether a connection leaves the machine: TCP to an address other than loopback.
@@ -159,10 +295,11 @@ function db.connect(cfg, warn, pending)
   return conn, nil, pooled
 end
 
---- The redacted connection string, for messages.
+--- The connection string for messages, status --json and the run log: every value of a
+-- keyword libpq marks secret masked (conninfo.display).
 function db.describe_target(cfg)
   if cfg.database == "" then return "the default database (PG* environment)" end
-  return redact.secrets(cfg.database)
+  return conninfo.display(cfg.database)
 end
 
 --- "user@dbname" of an open connection.

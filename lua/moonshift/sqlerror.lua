@@ -1,6 +1,7 @@
 -- Where a failed statement is in its file, and the error an operator reads about it.
 local errors = require("moonshift.errors")
 local paths = require("moonshift.paths")
+local db = require("moonshift.db")
 
 local fmt = string.format
 
@@ -79,21 +80,30 @@ function sqlerror.statement(m, path, stmt, err, state_text)
   local source = path == m.up_path and m.up_sql or m.down_sql
   path = paths.display(path)
   local line, col = sqlerror.locate(stmt, err.position, source)
+  -- a password in the statement (ALTER ROLE ... PASSWORD, a subscription's CONNECTION) is
+  -- masked in it and in what the server said about it, which may quote it
+  local text, secrets = db.redact_sql(stmt.text)
+  local function clean(s)
+    if s == nil or #secrets == 0 then return s end
+    return db.scrub(s, nil, table.unpack(secrets))
+  end
+  local message, detail, hint = clean(tostring(err.message or err)), clean(err.detail),
+    clean(err.hint)
   local parts = {
     fmt("%s failed; %s", m.id, state_text),
     fmt("  at %s:%d:%d", path, line, col),
-    fmt("  ERROR %s: %s", tostring(err.sqlstate or "-----"), tostring(err.message or err)),
+    fmt("  ERROR %s: %s", tostring(err.sqlstate or "-----"), message),
   }
-  if err.detail then parts[#parts + 1] = "  DETAIL: " .. err.detail end
-  if err.hint then parts[#parts + 1] = "  HINT: " .. err.hint end
+  if detail then parts[#parts + 1] = "  DETAIL: " .. detail end
+  if hint then parts[#parts + 1] = "  HINT: " .. hint end
   if err.where and not err.where:find("^SQL statement") then
-    parts[#parts + 1] = "  CONTEXT: " .. err.where:gsub("\n", "\n    ")
+    parts[#parts + 1] = "  CONTEXT: " .. clean(err.where):gsub("\n", "\n    ")
   end
-  parts[#parts + 1] = "  statement: " .. excerpt(stmt.text, 6)
+  parts[#parts + 1] = "  statement: " .. excerpt(text, 6)
   return errors.new(err.kind == "connection_lost" and "connect" or "sql",
     table.concat(parts, "\n"), {
       file = path, line = line, column = col, sqlstate = err.sqlstate, version = m.version,
-      statement = stmt.text, detail = err.detail, hint = err.hint, cause = err,
+      statement = text, detail = detail, hint = hint, cause = #secrets == 0 and err or nil,
     })
 end
 

@@ -813,7 +813,7 @@ describe("reliability catalogue #e2e", function()
     assert.are.equal(0, res.code, res.stderr)
     local bad = helpers.run({ "status", "--database=postgresql://u:canarySECRET%@/x?host=/nonexistent" },
       { cwd = db.dir })
-    assert.are.equal(4, bad.code)
+    assert.are.equal(2, bad.code) -- libpq cannot parse it: refused, not shown (issue 14)
     for _, text in ipairs({ res.stdout, res.stderr, bad.stdout, bad.stderr }) do
       assert.is_nil(text:find("canarySECRET", 1, true))
     end
