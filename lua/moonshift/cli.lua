@@ -13,8 +13,17 @@ local cli = {}
 
 -- The commands, in the order `moonshift --help` lists them; each is a module in
 -- lua/moonshift/commands/ declaring its arguments (arguments, options) and its run and print.
-local COMMANDS = { "status", "up", "down", "goto", "redo", "stamp", "accept", "force", "history",
-  "new", "check", "verify", "do", "script", "backup", "backups", "restore", "demo" }
+local COMMANDS = { "status", "current", "up", "down", "goto", "redo", "stamp", "accept", "force",
+  "history", "new", "check", "verify", "do", "script", "backup", "backups", "restore", "demo" }
+
+-- Other tools' words for moonshift's commands: a usage error on one of them says which
+-- moonshift command to use.
+local PEER_WORDS = {
+  upgrade = "moonshift up", downgrade = "moonshift down", migrate = "moonshift up",
+  create = "moonshift new NAME", rollback = "moonshift down", deploy = "moonshift up",
+  revert = "moonshift down", baseline = "moonshift stamp V", repair = "moonshift accept",
+  info = "moonshift status", validate = "moonshift check", apply = "moonshift up",
+}
 
 -- The options shared by commands, by group; a command lists the groups it uses (`uses`),
 -- and its --help shows only those (the others are still accepted, hidden, so a script can
@@ -23,6 +32,7 @@ local COMMANDS = { "status", "up", "down", "goto", "redo", "stamp", "accept", "f
 local GROUPS = {
   { "project", function(cmd)
     cmd:option("-c --config", "The migrate.lua to use (default: found in . or a parent).")
+    cmd:option("--env-file", "Read KEY=VALUE lines from this file too (after .env).")
     cmd:option("--migrations", "The migrations directory (default: migrations).")
     cmd:flag("-q --quiet", "Only errors and results.")
   end },
@@ -53,6 +63,7 @@ local VALUE_OPTIONS = {
   ["--schema"] = "schema", ["--table"] = "table", ["--lock-wait"] = "lock_wait",
   ["--lock-timeout"] = "lock_timeout", ["--statement-timeout"] = "statement_timeout",
   ["--migrations"] = "migrations", ["--log-format"] = "log_format", ["--log-file"] = "log_file",
+  ["--env-file"] = "env_file",
 }
 
 local function command_module(name)
@@ -77,9 +88,13 @@ local function build_parser()
   p:command_target("command")
   p:require_command(false)
   p:flag("--version", "Print versions and exit."):target("show_version")
+  local commands = {}
   for _, name in ipairs(COMMANDS) do
     local mod = command_module(name)
-    local cmd = p:command(name, mod.summary)
+    local cmd = p:command(table.concat({ name, table.unpack(mod.aliases or {}) }, " "),
+      mod.summary)
+    commands[name] = cmd
+    for _, alias in ipairs(mod.aliases or {}) do commands[alias] = cmd end
     if mod.arguments then mod.arguments(cmd) end
     local uses = { project = not mod.no_config }
     for _, g in ipairs(mod.uses or {}) do uses[g] = true end
@@ -90,7 +105,7 @@ local function build_parser()
     for _, group in ipairs(GROUPS) do add_group(cmd, group[2], uses[group[1]]) end
     if mod.passes_arguments then cmd:handle_options(false) end
   end
-  return p
+  return p, commands
 end
 
 local function version_text()
@@ -166,19 +181,59 @@ local function take_our_options(args)
   args.args = rest
 end
 
+--- `moonshift help [COMMAND]`: a command's help, or every command and the options they
+-- share. Returns the exit code.
+function cli.help(parser, commands, name)
+  if name and not commands[name] then
+    io.stderr:write(fmt("moonshift: no command %q; `moonshift help` lists them\n", name))
+    return errors.EXIT.usage
+  end
+  io.stdout:write((name and commands[name] or parser):get_help(), "\n")
+  if not name then
+    local shared = argparse("moonshift COMMAND", "The options commands share; each " ..
+      "command's help (moonshift help COMMAND) lists those it takes.")
+    for _, group in ipairs(GROUPS) do group[2](shared) end
+    io.stdout:write("\n", shared:get_help(), "\n")
+  end
+  return 0
+end
+
+--- A moonshift command line for another tool's spelling (`upgrade`, `down -1`), or nil.
+-- @param argv table: the arguments as given
+-- @return string | nil
+function cli.did_you_mean(argv)
+  local word, second = argv[1], argv[2]
+  if PEER_WORDS[word] then return PEER_WORDS[word] end
+  if word == "down" and second and second:match("^%-%d+$") then
+    return "moonshift down " .. second:sub(2)
+  end
+  if word == "force" and second == "-1" then
+    return "moonshift force V --not-applied (the version whose row to remove)"
+  end
+  if word == "new" and second == "-seq" then
+    return "moonshift new NAME (numbering is automatic)"
+  end
+  return nil
+end
+
 --- Runs the command line; returns the exit code.
 -- @param argv table: the arguments (without the program name)
 -- @return integer
 function cli.main(argv)
   math.randomseed(os.time(), require("moonshift.proc").getpid())
   host.catch_signals()
-  local parser = build_parser()
-  local ok, args = parser:pparse(options_after_command(argv))
+  local parser, commands = build_parser()
+  if argv[1] == "help" then return cli.help(parser, commands, argv[2]) end
+  argv = options_after_command(argv)
+  local ok, args = parser:pparse(argv)
   local json_events = ok and args.log_format == "json"
   local ui = ui_mod.new({ quiet = ok and (args.quiet or json_events), json = json_events })
   if not ok then
     ui:error(args)
-    io.stderr:write(parser:get_usage(), "\n")
+    local word = argv[1]
+    local hint = cli.did_you_mean(argv)
+    if hint then ui:info("did you mean: " .. hint) end
+    io.stderr:write((commands[word] or parser):get_usage(), "\n")
     return errors.EXIT.usage
   end
   if args.show_version then
@@ -190,13 +245,17 @@ function cli.main(argv)
     return 0
   end
   local mod = command_module(args.command)
-  if mod.passes_arguments then take_our_options(args) end
+  if mod.passes_arguments then
+    local first = args.name or args.file
+    if first == "--help" or first == "-h" then return cli.help(parser, commands, args.command) end
+    take_our_options(args)
+  end
   local cfg, cerr = config.load({
     config = args.config, database = args.database, schema = args.schema, table = args.table,
     lock_wait = args.lock_wait, lock_timeout = args.lock_timeout,
     statement_timeout = args.statement_timeout, allow_out_of_order = args.out_of_order,
     migrations = args.migrations, log_format = args.log_format, log_file = args.log_file,
-    require_tls = args.require_tls,
+    require_tls = args.require_tls, env_file = args.env_file,
   })
   if not cfg then return report(ui, cerr) end
   for _, group in ipairs(mod.uses or {}) do

@@ -219,6 +219,16 @@ function config.load(opts)
   if not dotenv then return nil, derr end
   local dotenv_file = {} -- where a .env value came from, for messages
   for k in pairs(dotenv) do dotenv_file[k] = absolute(root, ".env") end
+  local given = {} -- keys from --env-file, which nothing in migrate.lua's directory overrides
+  if opts.env_file then
+    local env_path = absolute(cwd, opts.env_file)
+    if not fs.exists(env_path) then
+      return nil, errors.new("usage", "env file not found: " .. opts.env_file)
+    end
+    local more, merr = read_env_file(env_path)
+    if not more then return nil, merr end
+    for k, v in pairs(more) do dotenv[k], dotenv_file[k], given[k] = v, env_path, true end
+  end
   local function env(name, default)
     local v = os.getenv(name)
     if v == nil then v = dotenv[name] end
@@ -240,7 +250,7 @@ function config.load(opts)
       local more, merr = read_env_file(absolute(root, file.env_file))
       if not more then return nil, merr end
       for k, v in pairs(more) do
-        dotenv[k], dotenv_file[k] = v, absolute(root, file.env_file)
+        if not given[k] then dotenv[k], dotenv_file[k] = v, absolute(root, file.env_file) end
       end
     end
   end

@@ -323,10 +323,23 @@ function execute.print_dry_run(s, list, direction)
   return { dry_run = true, planned = #list }
 end
 
---- The migration a version names, or nil when no version is given.
--- @return migration | nil | nil, err
-function execute.target(s, v)
+--- Before every migration: the target `base` (nothing applied), where a command takes it.
+execute.BASE = { base = true, id = "base" }
+
+--- The migration a version names (`head`: the last one), or nil when no version is given;
+-- with allow_base, `base` gives execute.BASE.
+-- @return migration | execute.BASE | nil | nil, err
+function execute.target(s, v, allow_base)
   if not v then return nil end
+  if v == "head" then
+    local last = s.set.migrations[#s.set.migrations]
+    if last then return last end
+    return nil, errors.new("usage", "head: there are no migrations in " .. s.set.dir)
+  end
+  if v == "base" then
+    if allow_base then return execute.BASE end
+    return nil, errors.new("usage", "base (before every migration) is not a target here")
+  end
   return plan.find(s.set, v)
 end
 

@@ -11,6 +11,15 @@ function json.array(t)
   return setmetatable(t or {}, ARRAY)
 end
 
+--- JSON's null, for a field that is there with no value (`"current": null`).
+json.null = cjson.null
+
+-- cjson writes "/" as "\/"; plain "/" is as valid and what people grep for. Every "\/" in
+-- its output is an escaped slash: a backslash is always written "\\", never before "/".
+local function string_text(s)
+  return (cjson.encode(s):gsub("\\/", "/"))
+end
+
 local function encode(v, out)
   local t = type(v)
   if t == "table" then
@@ -29,14 +38,16 @@ local function encode(v, out)
     out[#out + 1] = "{"
     for i, k in ipairs(keys) do
       if i > 1 then out[#out + 1] = "," end
-      out[#out + 1] = cjson.encode(k)
+      out[#out + 1] = string_text(k)
       out[#out + 1] = ":"
       local val = v[k]
       if val == nil then val = v[tonumber(k)] end
       encode(val, out)
     end
     out[#out + 1] = "}"
-  elseif t == "string" or t == "number" or t == "boolean" then
+  elseif t == "string" then
+    out[#out + 1] = string_text(v)
+  elseif t == "number" or t == "boolean" then
     out[#out + 1] = cjson.encode(v)
   else
     out[#out + 1] = "null" -- nil, pg.null, cjson.null

@@ -237,6 +237,7 @@ end
 -- @return array
 function plan.up(st, to)
   local out = {}
+  if to and to.base then return out end
   for _, m in ipairs(st.pending) do
     if not to or version.compare(m.version, to.version) <= 0 then out[#out + 1] = m end
   end
@@ -252,7 +253,7 @@ function plan.down(st, count, to, allow_empty)
   for i = #st.applied, 1, -1 do
     local m = st.applied[i]
     if to then
-      if version.compare(m.version, to.version) > 0 then out[#out + 1] = m end
+      if to.base or version.compare(m.version, to.version) > 0 then out[#out + 1] = m end
     elseif #out >= count then
       break
     else

@@ -9,7 +9,8 @@ local down = { summary = "Revert applied migrations (default: the newest).",
   uses = { "connection", "lock", "timeouts", "log", "confirm" } }
 
 function down.arguments(cmd)
-  cmd:argument("count", "How many to revert."):args("?"):convert(math.tointeger)
+  cmd:argument("count", "How many to revert (base: all of them)."):args("?")
+    :convert(function(v) return v == "base" and v or math.tointeger(v) end)
   cmd:option("--to", "Revert down to (not including) this version.")
   cmd:flag("--all", "Revert everything.")
   cmd:flag("--allow-empty-down", "Revert a migration whose down script holds no statements.")
@@ -17,9 +18,10 @@ function down.arguments(cmd)
 end
 
 function down.options(args)
-  return { count = args.count, to = args.to, all = args.all, dry_run = args.dry_run,
-    auto_confirm = args.auto_confirm, allow_empty_down = args.allow_empty_down,
-    backup_first = args.backup_first }
+  local base = args.count == "base"
+  return { count = not base and args.count or nil, to = args.to, all = args.all or base,
+    dry_run = args.dry_run, auto_confirm = args.auto_confirm,
+    allow_empty_down = args.allow_empty_down, backup_first = args.backup_first }
 end
 
 --- Reverts applied migrations: the last opts.count (default 1), all above opts.to, or all.
@@ -31,7 +33,7 @@ function down.run(cfg, ui, opts)
       if not ok then return nil, err end
       local to
       if opts.to then
-        to, err = execute.target(s, opts.to)
+        to, err = execute.target(s, opts.to, true)
         if not to then return nil, err end
       end
       local list, lerr = plan.down(s.status, opts.all and math.huge or (opts.count or 1), to,

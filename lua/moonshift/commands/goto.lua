@@ -28,7 +28,7 @@ function go.run(cfg, ui, opts)
   local res, err = execute.change(cfg, ui, opts, {
     plan = function(s)
       local err
-      to, err = execute.target(s, opts.version)
+      to, err = execute.target(s, opts.version, true)
       if not to then return nil, err end
       local ok, rerr = plan.check_runnable(s.status, cfg)
       if not ok then return nil, rerr end

@@ -55,6 +55,7 @@ function status.run(cfg, ui, opts)
       target_version = last and last.version or nil, history_table = s.history.migrations,
       current = st.current and st.current.version or nil,
       current_id = st.current and st.current.id or nil,
+      pending_count = #st.pending + #st.repeatables,
       applied = applied(st, opts.brief), pending = briefs(st.pending),
       out_of_order = briefs(st.out_of_order),
       dirty = briefs(st.dirty, function(d)
@@ -85,7 +86,15 @@ function status.verdict(st, cfg)
 end
 
 function status.print(ui, st, opts)
-  if opts.json then ui:result(json.encode(st)) else report.status(ui, st) end
+  if opts.json then
+    -- always there, null when nothing is applied (nil, in the Lua API)
+    local doc = {}
+    for k, v in pairs(st) do doc[k] = v end
+    doc.current, doc.current_id = st.current or json.null, st.current_id or json.null
+    ui:result(json.encode(doc))
+  else
+    report.status(ui, st)
+  end
   return 0
 end
 

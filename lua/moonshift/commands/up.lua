@@ -34,7 +34,7 @@ function up.run(cfg, ui, opts)
       local ok, err = plan.check_runnable(s.status, cfg)
       if not ok then return nil, err end
       if opts.to then
-        to, err = execute.target(s, opts.to)
+        to, err = execute.target(s, opts.to, true)
         if not to then return nil, err end
       end
       local list = plan.up(s.status, to)
