@@ -33,7 +33,7 @@ local KEYS = {
   require_tls = "boolean",
   compat = "string", backup = "table", log = "table", order = "function", workflows = "table",
   env_file = "string", ignore = "table", hook_timeout = "string|number",
-  hook_memory = "string|number", single_transaction = "boolean",
+  hook_memory = "string|number", single_transaction = "boolean", protected = "table",
 }
 
 -- The keys of the nested tables, checked the same way ("count" is a whole number >= 1).
@@ -69,9 +69,11 @@ local function check_nested(file, path)
       end
     end
   end
-  for i, v in pairs(file.ignore or {}) do
-    if math.type(i) ~= "integer" or type(v) ~= "string" then
-      return nil, fmt("%s: ignore must be a list of name patterns (strings)", path)
+  for key, what in pairs({ ignore = "name patterns", protected = "database names" }) do
+    for i, v in pairs(file[key] or {}) do
+      if math.type(i) ~= "integer" or type(v) ~= "string" then
+        return nil, fmt("%s: %s must be a list of %s (strings)", path, key, what)
+      end
     end
   end
   for name, f in pairs(file.workflows or {}) do
