@@ -89,6 +89,7 @@ local function build_parser()
   p:command_target("command")
   p:require_command(false)
   p:flag("--version", "Print versions and exit."):target("show_version")
+  p:add_complete() -- --completion bash|zsh|fish: generated from this parser
   local commands = {}
   for _, name in ipairs(COMMANDS) do
     local mod = command_module(name)
@@ -148,7 +149,7 @@ local function options_after_command(argv)
   local before, i = {}, 1
   while argv[i] and argv[i]:sub(1, 1) == "-" and argv[i] ~= "--" do
     local a = argv[i]
-    if a == "-h" or a == "--help" or a == "--version" then return argv end
+    if a == "-h" or a == "--help" or a == "--version" or a == "--completion" then return argv end
     before[#before + 1] = a
     if VALUE_OPTIONS[a] and argv[i + 1] then
       before[#before + 1] = argv[i + 1]

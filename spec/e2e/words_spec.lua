@@ -93,4 +93,18 @@ describe("the words people type #e2e", function()
     assert.are.equal(2, res.code)
     assert.matches("base %(before every migration%) is not a target here", res.stderr)
   end)
+
+  it("completes commands and options in bash, from the parser", function()
+    local proc = require("moonshift.proc")
+    local script = "source <(\"$0\" --completion bash); COMP_WORDS=(moonshift re); " ..
+      "COMP_CWORD=1; _moonshift; echo \"${COMPREPLY[*]}\"; COMP_WORDS=(moonshift down --allow); " ..
+      "COMP_CWORD=2; _moonshift; echo \"${COMPREPLY[*]}\""
+    local res = assert(proc.run({ "/bin/bash", "-c", script, helpers.bin() },
+      { env = helpers.env() }))
+    assert.are.equal(0, res.code, res.stderr)
+    assert.are.equal("redo restore reset\n--allow-empty-down\n", res.stdout)
+    local zsh = helpers.run({ "--completion", "zsh" })
+    assert.are.equal(0, zsh.code)
+    assert.matches("#compdef moonshift", zsh.stdout)
+  end)
 end)
