@@ -111,8 +111,8 @@ describe("execute", function()
       assert(execute.change(load_cfg(), u, { auto_confirm = true }, UP))
       local again = new_ui()
       local res = assert(execute.change(load_cfg(), again, {}, UP)) -- no -y: asking would fail
-      assert.are.same({ done = {}, current = "0003_seed", nothing = true,
-        target = "postgres@" .. db.name }, res)
+      assert.are.same({ done = {}, current = "0003_seed", current_version = "0003",
+        nothing = true, target = "postgres@" .. db.name }, res)
       assert.are.same({}, event_names(again))
       assert.are.same(ALL, applied())
       assert.are.equal(3, value(db.uri, "SELECT count(*) FROM moonshift_events"))
@@ -362,10 +362,12 @@ describe("execute", function()
       assert.are.same({ "run_start",
         "migration_start", "migration_done", "migration_start", "migration_done",
         "migration_start", "migration_done", "run_done" }, event_names(u))
-      local start = find_event(u, "run_start")
-      assert.are.same(ALL, start.plan)
-      assert.are.equal(res.run_id, start.run_id)
+      local start = find_event(u, "run_start") -- the run log's header
+      assert.are.same(ALL, ids(start.plan))
+      assert.are.equal(64, #start.plan[1].sha256)
+      assert.are.equal(res.run_id, u.run_id)
       assert.are.equal("up", start.direction)
+      assert.matches("%.log$", start.log)
       local first = find_event(u, "migration_start")
       assert.are.equal("0001_users", first.id)
       assert.matches(plain("/migrations/0001_users.up.sql") .. "$", first.file)

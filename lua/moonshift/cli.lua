@@ -118,17 +118,24 @@ local function version_text()
     v // 10000, v % 10000, hash.openssl_version())
 end
 
+-- The last event of every run with --log-format json, whatever happened: its exit code,
+-- and what it did or why it did not.
+local function finished(ui, code, fields)
+  if not ui.json then return end
+  fields.exit_code = code
+  ui:event("run_finished", fields)
+end
+
 local function report(ui, err)
-  if ui.json then
-    io.stdout:write(json.encode({ event = "error", kind = err.kind, message = err.message,
-      file = err.file, line = err.line, sqlstate = err.sqlstate }), "\n")
-  end
   ui:error(tostring(err))
   if err.done and #err.done > 0 then
     ui:info(fmt("applied before the failure (still committed): %s",
       report_mod.plural(#err.done, "migration")))
   end
-  return err.exit_code or errors.EXIT[err.kind] or 1
+  local code = err.exit_code or errors.EXIT[err.kind] or 1
+  finished(ui, code, { ok = false, kind = err.kind, message = err.message, file = err.file,
+    line = err.line, sqlstate = err.sqlstate, applied = err.done and #err.done or 0 })
+  return code
 end
 
 -- After a SIGINT or SIGTERM a failure is the signal's doing (its cancel ended whatever
@@ -274,6 +281,11 @@ function cli.main(argv)
   end
   local code = mod.print and mod.print(ui, res, opts) or
     (math.type(res) == "integer" and res or 0)
+  if type(res) == "table" then
+    finished(ui, code, { ok = code == 0, applied = res.done and #res.done or 0,
+      nothing = res.nothing or false, dry_run = res.dry_run or false,
+      direction = res.reverted and "down" or "up", current = res.current_version or json.null })
+  end
   if code == 0 and ui.out_failed then
     -- what the command did is done; its output was not all read (exit 141, as for SIGPIPE)
     ui:error(fmt("standard output was closed (%s); the command itself finished",

@@ -129,7 +129,7 @@ function Run:failed(m, err)
   if self.runner.single and not err.ended_early then
     s.conn:exec("ROLLBACK")
     err.message = err.message .. "\n  --single-transaction: the whole run was rolled back"
-    self.done = {}
+    self.done = json.array()
   end
   if s.backup_path then
     if #self.done > 0 or tx == false or err.ended_early then
@@ -257,8 +257,9 @@ end
 function execute.run(s, list, direction, opts)
   local ids = {}
   for i, m in ipairs(list) do ids[i] = m.id end
-  local run = setmetatable({ s = s, list = list, direction = direction, ids = ids, done = {},
-    skipped = {}, started = fs.clock_ms() }, Run)
+  -- lists stay lists in JSON (a workflow's result), empty or not
+  local run = setmetatable({ s = s, list = list, direction = direction, ids = ids,
+    done = json.array(), skipped = json.array(), started = fs.clock_ms() }, Run)
   local ok, err = run:preflight(opts)
   if not ok then return nil, err end
   ok, err = s.history:ensure()
@@ -268,8 +269,6 @@ function execute.run(s, list, direction, opts)
     if not ok then return nil, err end
   end
   run.runner = s:runner(ids)
-  s.ui:event("run_start", { run_id = s.run_id, direction = direction, target = s.label,
-    plan = json.array(ids) })
   ok, err = run:global("before_run", { conn = s.conn, expect = "idle" })
   if not ok then return run:ended(err) end
   if opts.single_transaction then
@@ -407,7 +406,8 @@ function execute.change(cfg, ui, opts, how)
         ok, err = s:check_target()
         if not ok then return nil, err end
       end
-      return { done = {}, current = s:current_id(), nothing = true, target = s.label }
+      return { done = json.array(), current = s:current_id(), nothing = true, target = s.label,
+        current_version = s.status.current and s.status.current.version }
     end
     if opts.dry_run then return (how.dry_run or execute.print_dry_run)(s, list, direction) end
     local changed = not asked or execute.plan_change(asked, list, direction)
@@ -443,6 +443,7 @@ function execute.change(cfg, ui, opts, how)
       end
     end
     res.current, res.target = s:current_id(), s.label
+    res.current_version = s.status.current and s.status.current.version
     return res
   end)
 end

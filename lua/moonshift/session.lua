@@ -117,7 +117,6 @@ function Session:take_lock(brief)
     end
     return nil, herr
   end
-  self.run_id = new_run_id()
   return rows
 end
 
@@ -144,7 +143,8 @@ end
 -- @return Session (close it, or use `<close>`) | nil, err
 function session.open(cfg, ui, opts)
   opts = opts or {}
-  local s = setmetatable({ cfg = cfg, ui = ui }, Session)
+  local s = setmetatable({ cfg = cfg, ui = ui, run_id = new_run_id() }, Session)
+  ui.run_id = s.run_id -- on every event, from the first
   local pending = db.connect_begin(cfg)
   if opts.change and cfg.lock == "advisory" then
     s.lock_pending = db.connect_begin(cfg)
@@ -352,7 +352,9 @@ function Session:open_log(direction, list)
       transaction = m.transaction ~= false }
   end
   local now = fs.now()
-  log:event("run_start", { tool_version = host.version, command = direction,
+  -- the header: first in the log, and first on stdout with --log-format json
+  self.ui:event("run_start", { tool_version = host.version, command = direction,
+    direction = direction, log = log.path,
     database = db.describe_target(cfg), target = self.label, database_id = self:database_id(),
     started_at = os.date("!%Y-%m-%dT%H:%M:%S", math.floor(now)) ..
       fmt(".%06dZ", math.floor((now % 1) * 1e6)),

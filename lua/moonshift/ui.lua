@@ -103,7 +103,7 @@ function Ui:event(name, fields)
   if self.log then self.log:event(name, fields) end
   if not self.json then return end
   local json = require("moonshift.json")
-  local e = { event = name, time = os.date("!%Y-%m-%dT%H:%M:%SZ") }
+  local e = { event = name, time = os.date("!%Y-%m-%dT%H:%M:%SZ"), run_id = self.run_id }
   for k, v in pairs(fields or {}) do e[k] = v end
   local line = json.encode(e)
   if line:find("\194[\128-\159]") then line = line:gsub("\194([\128-\159])", escape_c1) end

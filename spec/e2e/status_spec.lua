@@ -260,7 +260,8 @@ describe("status, check, history, stamp, force #e2e", function()
     local names = {}
     for line in res.stdout:gmatch("[^\n]+") do names[#names + 1] = cjson.decode(line).event end
     assert.are.equal("run_start", names[1])
-    assert.are.equal("run_done", names[#names])
+    assert.are.equal("run_done", names[#names - 1])
+    assert.are.equal("run_finished", names[#names])
     assert.is_truthy(table.concat(names, ","):find("migration_start,statement,migration_done", 1, true))
   end)
 
