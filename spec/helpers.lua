@@ -106,7 +106,44 @@ function helpers.env(extra)
   return env
 end
 
+--- Validates JSON text (one document per line) against docs/json/<schema>.schema.json with
+-- a real validator (python3-jsonschema); raises naming what does not match.
+function helpers.validate_json(schema, text)
+  if not text:find("%S") then return end
+  local file = os.tmpname()
+  local f = assert(io.open(file, "w"))
+  f:write(text)
+  f:close()
+  local res = assert(proc.run({ "/usr/bin/python3", helpers.root() .. "/scripts/validate-json.py",
+    helpers.root() .. "/docs/json/" .. schema .. ".schema.json", file }, { env = helpers.env() }))
+  os.remove(file)
+  if res.code ~= 0 then
+    error(string.format("output does not match docs/json/%s.schema.json:\n%s\n%s", schema,
+      res.stderr, text:sub(1, 2000)), 2)
+  end
+end
+
+-- The schema a command's JSON output follows, if it prints JSON: documents for --json,
+-- events for --log-format json (one per line).
+local JSON_DOCUMENTS = { status = "status", check = "status", current = "current",
+  version = "current", history = "history", verify = "verify", backups = "backups" }
+
+local function json_schema_of(args)
+  local command, json_flag, events
+  for i, a in ipairs(args) do
+    if not command and JSON_DOCUMENTS[a] then command = a end
+    if a == "--json" then json_flag = true end
+    if a == "--log-format=json" or (a == "json" and args[i - 1] == "--log-format") then
+      events = true
+    end
+  end
+  if events then return "event" end
+  if json_flag then return JSON_DOCUMENTS[command] end
+  return nil
+end
+
 --- Runs moonshift with args, as a user would, and returns { code, stdout, stderr, signal }.
+-- Whatever it prints as JSON is validated against its schema in docs/json/.
 -- opts: cwd, env (added to helpers.env()), stdin, timeout (ms)
 function helpers.run(args, opts)
   opts = opts or {}
@@ -116,6 +153,8 @@ function helpers.run(args, opts)
     cwd = opts.cwd, env = helpers.env(opts.env), stdin = opts.stdin,
     timeout = opts.timeout or 120000,
   }))
+  local schema = json_schema_of(args)
+  if schema and res.stdout:match("^[{%[]") then helpers.validate_json(schema, res.stdout) end
   return res
 end
 

@@ -28,6 +28,7 @@ describe("the event stream #e2e", function()
     for _, e in ipairs(events) do assert.are.equal(head.run_id, e.run_id, e.event) end
     assert.are.equal("run_finished", last.event)
     assert.are.same({ 0, 2, "0002", true }, { last.exit_code, last.applied, last.current, last.ok })
+    helpers.validate_json("event", assert(fs.read(head.log))) -- the run log's lines too
     local logged = {}
     for line in assert(fs.read(head.log)):gmatch("[^\n]+") do
       logged[#logged + 1] = cjson.decode(line).event

@@ -200,7 +200,7 @@ describe("Lua hooks and workflows #e2e", function()
         "  if #st.drift > 0 then return nil, 'drift' end\n" ..
         "  local up = assert(ms.up({ auto_confirm = args.yes }))\n" ..
         "  return { pending_before = #st.pending, applied = #up.done, first = args[1] }\n" ..
-        "end } }\n",
+        "end, again = function(ms) return assert(ms.up({ auto_confirm = true })) end } }\n",
       ["ci.lua"] = "local st = assert(ms.status())\n" ..
         "if #st.pending ~= tonumber(args[1]) then return nil, 'expected ' .. args[1] end\n",
     })
@@ -208,12 +208,16 @@ describe("Lua hooks and workflows #e2e", function()
     assert.are.equal(0, res.code, res.stderr)
     local doc = cjson.decode(res.stdout)
     assert.are.same({ pending_before = 1, applied = 1, first = "blue" }, doc)
+    local again = ms({ "do", "again" }) -- nothing to do: an empty list stays a list
+    assert.are.equal(0, again.code, again.stderr)
+    assert.matches('"done":%[%]', again.stdout)
+    helpers.validate_json("run-result", again.stdout)
     assert.are.equal(0, ms({ "script", "ci.lua", "0" }).code)
     local bad = ms({ "script", "ci.lua", "3" })
     assert.are.equal(7, bad.code)
     assert.matches("expected 3", bad.stderr)
     local none = ms({ "do", "nope" })
     assert.are.equal(2, none.code)
-    assert.matches("no workflow \"nope\".*has: deploy", none.stderr)
+    assert.matches("no workflow \"nope\".*has: again, deploy", none.stderr)
   end)
 end)
