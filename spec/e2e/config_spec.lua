@@ -35,4 +35,13 @@ describe("configuration #e2e", function()
     assert.are.equal("b", helpers.value(db.uri, "SELECT to_regclass('b')::text"))
     assert.is_nil(helpers.value(db.uri, "SELECT to_regclass('a')::text"))
   end)
+
+  it("single_transaction = true runs every up in one transaction", function()
+    helpers.write_files(db.dir, { ["migrate.lua"] = "return { single_transaction = true }\n",
+      ["migrations/0002_bad.up.sql"] = "CREATE TABLE bad (id int);\nSELECT 1/0;\n" })
+    local res = helpers.ms({ "up", "-y" })
+    assert.are.equal(6, res.code, res.stderr)
+    assert.matches("the whole run was rolled back", res.stderr)
+    assert.is_nil(helpers.value(db.uri, "SELECT to_regclass('a')::text"))
+  end)
 end)

@@ -10,7 +10,7 @@ local run_workflow = { summary = "Run a workflow from migrate.lua: moonshift do 
   uses = { "connection", "lock", "timeouts", "log" }, passes_arguments = true }
 
 function run_workflow.arguments(cmd)
-  cmd:argument("name")
+  cmd:argument("name", "The workflow (a key of workflows in migrate.lua).")
   cmd:argument("args", "Passed to the workflow (-y sets args.yes)."):args("*")
 end
 

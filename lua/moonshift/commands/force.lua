@@ -8,7 +8,7 @@ local force = { summary = "Mark a (dirty) migration as applied, or not applied."
   uses = { "connection", "lock" } }
 
 function force.arguments(cmd)
-  cmd:argument("version"):target("version_arg")
+  cmd:argument("version", "The migration (version, id, or head)."):target("version_arg")
   cmd:flag("--not-applied", "Remove its row so it runs again.")
   cmd:flag("-y --auto-confirm", "Do not ask.")
 end

@@ -10,7 +10,8 @@ local go = { summary = "Apply or revert until exactly this version is current.",
   uses = { "connection", "lock", "timeouts", "log", "confirm" } }
 
 function go.arguments(cmd)
-  cmd:argument("version"):target("version_arg")
+  cmd:argument("version", "The version to reach (or head, or base: nothing applied).")
+    :target("version_arg")
   cmd:flag("--allow-empty-down", "Revert a migration whose down script holds no statements.")
   cmd:flag("--backup-first", "pg_dump the database before anything changes.")
 end

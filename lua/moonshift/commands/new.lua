@@ -8,7 +8,7 @@ local fmt = string.format
 local new = { summary = "Create the files for a new migration.", uses = {} }
 
 function new.arguments(cmd)
-  cmd:argument("name")
+  cmd:argument("name", "What the migration does, in a few words (add_users).")
   cmd:flag("--timestamp", "Number by UTC timestamp (when there are no migrations yet).")
 end
 

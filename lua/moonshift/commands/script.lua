@@ -10,7 +10,7 @@ local script = { summary = "Run a Lua file with the moonshift API (ms, args).",
   uses = run_workflow.uses, passes_arguments = true, print = run_workflow.print }
 
 function script.arguments(cmd)
-  cmd:argument("file")
+  cmd:argument("file", "The Lua file to run.")
   cmd:argument("args", "Passed to the script as args."):args("*")
 end
 

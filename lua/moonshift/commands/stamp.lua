@@ -11,7 +11,7 @@ local stamp = { summary = "Record versions up to V as applied without running th
   uses = { "connection", "lock" } }
 
 function stamp.arguments(cmd)
-  cmd:argument("version"):target("version_arg")
+  cmd:argument("version", "The migration (version, id, or head)."):target("version_arg")
   cmd:flag("--rewind", "Also un-record applied migrations newer than V (their objects stay).")
   cmd:flag("-y --auto-confirm", "Do not ask.")
 end

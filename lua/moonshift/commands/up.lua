@@ -28,7 +28,8 @@ end
 function up.run(cfg, ui, opts)
   local to
   return execute.change(cfg, ui, { dry_run = opts.dry_run, auto_confirm = opts.auto_confirm,
-    single_transaction = opts.single_transaction, backup_first = opts.backup_first,
+    single_transaction = opts.single_transaction or cfg.single_transaction,
+    backup_first = opts.backup_first,
     to = opts.to }, {
     plan = function(s)
       local ok, err = plan.check_runnable(s.status, cfg)
