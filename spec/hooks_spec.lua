@@ -280,8 +280,9 @@ describe("hooks", function()
       assert.are.equal("0002_b.lua:3: backfill first", e.message)
     end)
 
-    it("spawn runs a program with only the environment given", function()
-      local ctx = hooks.ctx({ ui = ui() })
+    it("spawn runs a program with only the environment given (global hooks only)", function()
+      assert.is_nil(hooks.ctx({ ui = ui() }).spawn)
+      local ctx = hooks.ctx({ ui = ui(), spawn = true })
       local res = assert(ctx.spawn({ "/bin/sh", "-c", "echo \"$A:$HOME\"; cat" },
         { env = { A = "1" }, stdin = "in" }))
       assert.are.equal(0, res.code)

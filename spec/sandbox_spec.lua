@@ -55,10 +55,18 @@ describe("sandbox", function()
       assert.is_false(env.print)
     end)
 
-    it("requires only moonshift.verify and cjson", function()
+    it("requires only moonshift.verify and cjson, as copies of its own", function()
       local env = sandbox.env()
-      assert.are.equal(require("moonshift.verify"), env.require("moonshift.verify"))
-      assert.are.equal(require("cjson"), env.require("cjson"))
+      local verify = env.require("moonshift.verify")
+      assert.are.same(require("moonshift.verify"), verify)
+      assert.are_not.equal(require("moonshift.verify"), verify)
+      assert.are.equal(verify, env.require("moonshift.verify"))
+      assert.are_not.equal(verify, sandbox.env().require("moonshift.verify"))
+      local cjson = env.require("cjson")
+      assert.are_not.equal(require("cjson"), cjson)
+      assert.are.equal('{"a":1}', cjson.encode({ a = 1 }))
+      cjson.encode_max_depth(1) -- its own settings: the host's encoder keeps its own
+      assert.are.equal('{"a":{"b":1}}', require("cjson").encode({ a = { b = 1 } }))
       for _, name in ipairs({ "moonshift.fs", "moonshift.proc", "moonshift.pg", "os", "io", "lfs" }) do
         assert.has_error(function() env.require(name) end,
           "require of '" .. name .. "' is not allowed here")
@@ -97,10 +105,15 @@ describe("sandbox", function()
 
     it("lets pcall and xpcall not swallow a time or memory limit", function()
       local env = sandbox.env()
-      local limit = { limit = true, message = "time limit" }
+      local _, limit = sandbox.call({ ms = 1, bytes = 1 << 20 }, function()
+        while true do end
+      end)
+      assert.is_true(sandbox.made_limit(limit))
       local ok, err = pcall(env.pcall, error, limit)
       assert.is_false(ok)
       assert.are.equal(limit, err)
+      -- a table that only says it is a limit is caught like any error
+      assert.is_false((env.pcall(error, { limit = true })))
       ok, err = pcall(env.pcall, error, "not enough memory", 0)
       assert.is_false(ok)
       assert.are.equal("not enough memory", err)
@@ -150,7 +163,7 @@ describe("sandbox", function()
       none, err = sandbox.dofile(file("e.lua", "error(setmetatable({}, " ..
         "{ __tostring = function() return 'custom' end }))"), sandbox.env())
       assert.is_nil(none)
-      assert.are.equal("custom", err)
+      assert.are.equal("(error object is a table value)", err) -- its __tostring is not run
       none, err = sandbox.dofile(dir .. "/nope.lua", sandbox.env())
       assert.is_nil(none)
       assert.matches("nope%.lua", err)
