@@ -128,7 +128,8 @@ describe("loading user Lua under the hook limits #e2e", function()
 
   it("stops a companion that allocates without bound: exit 2, memory stays bounded", function()
     helpers.write_files(db.dir, { ["migrations/0001_a.lua"] =
-      "local t = {}\nfor i = 1, 3e8 do t[i] = i end\nreturn {}\n" })
+      "local t = {}\nfor i = 1, 3e8 do t[i] = i end\nreturn {}\n",
+      ["migrate.lua"] = "return { hook_timeout = '30s', hook_memory = '64MB' }\n" })
     local res = assert(proc.run({ "/usr/bin/time", "-f", "maxrss=%M", helpers.bin(), "status",
       "--database=" .. db.uri }, { cwd = db.dir, env = helpers.env(), timeout = 60000 }))
     assert.are.equal(2, res.code, res.stderr)
