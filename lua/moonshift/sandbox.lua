@@ -150,7 +150,7 @@ end
 -- functions that never return.
 -- @param limits table: from sandbox.limits; `what` ("hook", "loading") names the code in
 --   messages, `watchdog` is what the watchdog prints if it has to end the process
--- @return true, fn's results | false, err, traceback: err is a string or an error (kind
+-- @return true, fn's first result | false, err, traceback: err is a string or an error (kind
 --   hook, limit = true, for the time and memory limits; kind interrupted for a signal)
 function sandbox.call(limits, fn, ...)
   local what = limits.what or "hook"
@@ -172,14 +172,14 @@ function sandbox.call(limits, fn, ...)
   end, "", 10000)
   local previous = host.memory_limit(host.memory_used() + limits.bytes)
   host.watchdog(limits.ms, limits.watchdog, limits.watchdog_code)
-  local res = table.pack(coroutine.resume(co))
+  -- nothing may allocate until the limit is lifted: the code may have left no room
+  local ok, e = coroutine.resume(co)
   local overran = host.watchdog(0)
   host.memory_limit(previous)
-  local ok, e = res[1], res[2]
   if ok and coroutine.status(co) ~= "dead" then
     ok, e = false, what .. " may not yield"
   end
-  if ok and not overran then return table.unpack(res, 1, res.n) end
+  if ok and not overran then return true, e end
   if ok then e = "it returned only after the limit" end
   local tb = debug.traceback(co, tostring(type(e) == "string" and e or what .. " failed"))
   if e == "not enough memory" then
