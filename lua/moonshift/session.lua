@@ -58,7 +58,7 @@ function session.finish_source(cfg, loading)
     end
   end
   local ordered
-  ordered, err = plan.order(set.migrations, cfg.order)
+  ordered, err = plan.order(set.migrations, cfg.order, cfg)
   if not ordered then return nil, err end
   set.version_order = ordered == set.migrations -- still as loaded, sorted by version
   set.migrations = ordered

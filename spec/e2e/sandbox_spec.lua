@@ -139,6 +139,26 @@ describe("loading user Lua under the hook limits #e2e", function()
     assert.is_true(kb < 400 * 1024, "peak RSS " .. tostring(kb) .. " kB")
   end)
 
+  it("ends a C function that never returns at load time: exit 2 naming the file", function()
+    helpers.write_files(db.dir, { ["migrations/0001_a.lua"] =
+      "string.rep('a', 60):find(string.rep('a*', 20) .. 'c')\nreturn {}\n" })
+    local started = fs.clock_ms()
+    local res = helpers.ms({ "status" }, { timeout = 30000 })
+    assert.are.equal(2, res.code, res.stderr)
+    assert.matches("loading migrations/0001_a%.lua ran past its time limit inside a C " ..
+      "function and could not be stopped", res.stderr)
+    assert.is_true(fs.clock_ms() - started < 15000)
+  end)
+
+  it("stops an order function in migrate.lua that loops", function()
+    helpers.write_files(db.dir, { ["migrate.lua"] =
+      "return { hook_timeout = '1s', order = function(list)\n  while true do end\nend }\n" })
+    local res = helpers.ms({ "status" }, { timeout = 30000 })
+    assert.are.equal(2, res.code, res.stderr)
+    assert.matches("order function in migrate.lua failed: .*migrate%.lua:2: the order function " ..
+      "exceeded its time limit of 1%.0 s", res.stderr)
+  end)
+
   it("stops a migrate.lua that loops, under the default limits' signal check", function()
     helpers.write_files(db.dir, { ["migrate.lua"] = "while true do end\n" })
     local h = helpers.spawn({ "status", "--database=" .. db.uri }, db.dir)
