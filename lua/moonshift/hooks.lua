@@ -35,8 +35,11 @@ local HOOK_KINDS = { hook = true, verify = true }
 -- A hook's error object as a fresh one of kind hook or verify, read raw.
 local function hook_error(e, what, traceback)
   if e.kind == "interrupted" and host.interrupted() then return e end -- a real signal
-  local fields = {}
-  for k, v in next, e do fields[k] = v end
+  local fields = {} -- plain values only: a table or function would be user code run later
+  for k, v in next, e do
+    local t = type(v)
+    if t == "string" or t == "number" or t == "boolean" then fields[k] = v end
+  end
   local kind, msg = HOOK_KINDS[fields.kind] and fields.kind or "hook", fields.message
   fields.kind, fields.message, fields.exit_code = nil, nil, nil
   fields.hook = fields.hook or what
@@ -204,7 +207,13 @@ function hooks.load_companion(path, cfg)
   end
   if type(t.requires) == "table" then
     local list = {}
-    for k, v in next, t.requires do list[k] = v end
+    for k, v in next, t.requires do
+      if type(v) ~= "string" and type(v) ~= "number" then
+        return nil, errors.new("usage", fmt("%s: requires must list versions, not a %s",
+          paths.display(path), type(v)))
+      end
+      list[k] = v
+    end
     t.requires = list
   end
   for k, v in next, t do
