@@ -21,6 +21,41 @@ describe("sandbox", function()
       assert.is_nil(env.package)
     end)
 
+    it("hands out no metatable of the host's: a string's is its own, over its own string", function()
+      local env = sandbox.env()
+      local smt = env.getmetatable("")
+      assert.are_not.equal(getmetatable(""), smt)
+      assert.are.equal(env.string, smt.__index)
+      smt.__index.find = nil -- its copy only
+      assert.are.equal(1, ("abc"):find("a"))
+      local _, perr = require("moonshift.pg").connect("postgresql:///x?host=/nonexistent")
+      assert.is_nil(env.getmetatable(perr))
+      assert.is_nil(env.getmetatable(require("moonshift.errors").new("hook", "x")))
+      local mt = {}
+      assert.are.equal(mt, env.getmetatable(env.setmetatable({}, mt)))
+      assert.are.equal("locked", env.getmetatable(env.setmetatable({}, { __metatable = "locked" })))
+    end)
+
+    it("refuses a __gc metamethod (it would run later, outside every limit)", function()
+      local env = sandbox.env()
+      assert.has_error(function() env.setmetatable({}, { __gc = function() end }) end,
+        "__gc is not allowed here")
+    end)
+
+    it("gives coroutines the time limit of the code that creates them", function()
+      local env = assert(sandbox.env())
+      local chunk = assert(env.load("coroutine.wrap(function() while true do end end)()"))
+      local ok, err = sandbox.call({ ms = 50, bytes = 1 << 20 }, chunk)
+      assert.is_false(ok)
+      assert.is_true(sandbox.made_limit(err))
+      assert.matches("exceeded its time limit", err.message)
+      chunk = assert(env.load("local co = coroutine.create(function() while true do end end)\n" ..
+        "while true do coroutine.resume(co) end"))
+      ok, err = sandbox.call({ ms = 50, bytes = 1 << 20 }, chunk)
+      assert.is_false(ok)
+      assert.is_true(sandbox.made_limit(err))
+    end)
+
     it("keeps only os.time, date, clock and difftime", function()
       local env = sandbox.env()
       local names = {}
