@@ -52,7 +52,7 @@ end
 -- the time limit and the signal check).
 local function hooked(co)
   local hook, mask, count = debug.gethook()
-  if hook then debug.sethook(co, hook, mask, count) end
+  if type(hook) == "function" then debug.sethook(co, hook, mask, count) end
   return co
 end
 
