@@ -65,7 +65,7 @@ local function coroutine_lib()
     return function(...)
       local res = table.pack(coroutine.resume(c, ...))
       if not res[1] then
-        if type(res[2]) == "string" then error(res[2], 2) end
+        if type(res[2]) == "string" and not is_limit(res[2]) then error(res[2], 2) end
         error(res[2], 0)
       end
       return table.unpack(res, 2, res.n)
