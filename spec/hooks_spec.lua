@@ -280,8 +280,30 @@ describe("hooks", function()
       assert.are.equal("0002_b.lua:3: backfill first", e.message)
     end)
 
-    it("spawn runs a program with only the environment given", function()
-      local ctx = hooks.ctx({ ui = ui() })
+    it("env hides any variable whose value holds the connection's password", function()
+      local vars = { PGPASSWORD = "pw-canary-1", OTHER = "x:pw-canary-1@y", URL2 =
+        "postgresql://u:pw-canary-2@h/db", PLAIN = "fine" }
+      local ctx = hooks.ctx({ ui = ui(), cfg = { database = "postgresql://u:pw-canary-2@h/db",
+        env = function(name) return vars[name] end } })
+      assert.is_nil(ctx.env("PGPASSWORD"))
+      assert.is_nil(ctx.env("OTHER"))
+      assert.are.equal("d", ctx.env("URL2", "d"))
+      assert.are.equal("fine", ctx.env("PLAIN"))
+    end)
+
+    it("hands out copies of the plan, the results and the error", function()
+      local plan, results = { "0001_a", "0002_b" }, { { id = "0001_a" } }
+      local ctx = hooks.ctx({ ui = ui(), plan = plan, results = results, error = { kind = "sql" } })
+      table.remove(ctx.plan)
+      ctx.results[1].id = "changed"
+      assert.are.same({ "0001_a", "0002_b" }, plan)
+      assert.are.equal("0001_a", results[1].id)
+      assert.are.equal("sql", ctx.error.kind)
+    end)
+
+    it("spawn runs a program with only the environment given (global hooks only)", function()
+      assert.is_nil(hooks.ctx({ ui = ui() }).spawn)
+      local ctx = hooks.ctx({ ui = ui(), spawn = true })
       local res = assert(ctx.spawn({ "/bin/sh", "-c", "echo \"$A:$HOME\"; cat" },
         { env = { A = "1" }, stdin = "in" }))
       assert.are.equal(0, res.code)

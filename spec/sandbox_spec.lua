@@ -21,6 +21,41 @@ describe("sandbox", function()
       assert.is_nil(env.package)
     end)
 
+    it("hands out no metatable of the host's: a string's is its own, over its own string", function()
+      local env = sandbox.env()
+      local smt = env.getmetatable("")
+      assert.are_not.equal(getmetatable(""), smt)
+      assert.are.equal(env.string, smt.__index)
+      smt.__index.find = nil -- its copy only
+      assert.are.equal(1, ("abc"):find("a"))
+      local _, perr = require("moonshift.pg").connect("postgresql:///x?host=/nonexistent")
+      assert.is_nil(env.getmetatable(perr))
+      assert.is_nil(env.getmetatable(require("moonshift.errors").new("hook", "x")))
+      local mt = {}
+      assert.are.equal(mt, env.getmetatable(env.setmetatable({}, mt)))
+      assert.are.equal("locked", env.getmetatable(env.setmetatable({}, { __metatable = "locked" })))
+    end)
+
+    it("refuses a __gc metamethod (it would run later, outside every limit)", function()
+      local env = sandbox.env()
+      assert.has_error(function() env.setmetatable({}, { __gc = function() end }) end,
+        "__gc is not allowed here")
+    end)
+
+    it("gives coroutines the time limit of the code that creates them", function()
+      local env = assert(sandbox.env())
+      local chunk = assert(env.load("coroutine.wrap(function() while true do end end)()"))
+      local ok, err = sandbox.call({ ms = 50, bytes = 1 << 20 }, chunk)
+      assert.is_false(ok)
+      assert.is_true(sandbox.made_limit(err))
+      assert.matches("exceeded its time limit", err.message)
+      chunk = assert(env.load("local co = coroutine.create(function() while true do end end)\n" ..
+        "while true do coroutine.resume(co) end"))
+      ok, err = sandbox.call({ ms = 50, bytes = 1 << 20 }, chunk)
+      assert.is_false(ok)
+      assert.is_true(sandbox.made_limit(err))
+    end)
+
     it("keeps only os.time, date, clock and difftime", function()
       local env = sandbox.env()
       local names = {}
@@ -55,10 +90,18 @@ describe("sandbox", function()
       assert.is_false(env.print)
     end)
 
-    it("requires only moonshift.verify and cjson", function()
+    it("requires only moonshift.verify and cjson, as copies of its own", function()
       local env = sandbox.env()
-      assert.are.equal(require("moonshift.verify"), env.require("moonshift.verify"))
-      assert.are.equal(require("cjson"), env.require("cjson"))
+      local verify = env.require("moonshift.verify")
+      assert.are.same(require("moonshift.verify"), verify)
+      assert.are_not.equal(require("moonshift.verify"), verify)
+      assert.are.equal(verify, env.require("moonshift.verify"))
+      assert.are_not.equal(verify, sandbox.env().require("moonshift.verify"))
+      local cjson = env.require("cjson")
+      assert.are_not.equal(require("cjson"), cjson)
+      assert.are.equal('{"a":1}', cjson.encode({ a = 1 }))
+      cjson.encode_max_depth(1) -- its own settings: the host's encoder keeps its own
+      assert.are.equal('{"a":{"b":1}}', require("cjson").encode({ a = { b = 1 } }))
       for _, name in ipairs({ "moonshift.fs", "moonshift.proc", "moonshift.pg", "os", "io", "lfs" }) do
         assert.has_error(function() env.require(name) end,
           "require of '" .. name .. "' is not allowed here")
@@ -97,10 +140,15 @@ describe("sandbox", function()
 
     it("lets pcall and xpcall not swallow a time or memory limit", function()
       local env = sandbox.env()
-      local limit = { limit = true, message = "time limit" }
+      local _, limit = sandbox.call({ ms = 1, bytes = 1 << 20 }, function()
+        while true do end
+      end)
+      assert.is_true(sandbox.made_limit(limit))
       local ok, err = pcall(env.pcall, error, limit)
       assert.is_false(ok)
       assert.are.equal(limit, err)
+      -- a table that only says it is a limit is caught like any error
+      assert.is_false((env.pcall(error, { limit = true })))
       ok, err = pcall(env.pcall, error, "not enough memory", 0)
       assert.is_false(ok)
       assert.are.equal("not enough memory", err)
@@ -150,7 +198,7 @@ describe("sandbox", function()
       none, err = sandbox.dofile(file("e.lua", "error(setmetatable({}, " ..
         "{ __tostring = function() return 'custom' end }))"), sandbox.env())
       assert.is_nil(none)
-      assert.are.equal("custom", err)
+      assert.are.equal("(error object is a table value)", err) -- its __tostring is not run
       none, err = sandbox.dofile(dir .. "/nope.lua", sandbox.env())
       assert.is_nil(none)
       assert.matches("nope%.lua", err)

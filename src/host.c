@@ -111,6 +111,15 @@ static int host_catch_signals(lua_State *L) {
  * WATCHDOG_GRACE_S later, it exits: the server rolls back the open transaction. */
 #define WATCHDOG_GRACE_S 3
 static volatile sig_atomic_t watchdog_stage = 0;
+static const char default_watchdog_msg[] =
+    "moonshift: a hook ran past its time limit inside a C function "
+    "and could not be stopped; exiting (the server rolls back the "
+    "open transaction)\n";
+/* What the watchdog prints and exits with: a hook's failure by default (7); loading a
+ * companion or migrate.lua gives its own (exit 2, bad input). */
+static char watchdog_msg[512];
+static size_t watchdog_len = 0;
+static int watchdog_code = 7;
 
 static void on_watchdog(int sig) {
     (void)sig;
@@ -121,22 +130,27 @@ static void on_watchdog(int sig) {
         setitimer(ITIMER_REAL, &grace, NULL);
         return;
     }
-    static const char msg[] = "moonshift: a hook ran past its time limit inside a C function "
-                              "and could not be stopped; exiting (the server rolls back the "
-                              "open transaction)\n";
-    ssize_t ignored = write(STDERR_FILENO, msg, sizeof msg - 1);
+    ssize_t ignored = write(STDERR_FILENO, watchdog_msg, watchdog_len);
     (void)ignored;
-    _exit(7); /* the hook failure exit code */
+    _exit(watchdog_code);
 }
 
-/* host.watchdog(ms) arms the watchdog (0 disarms) and returns whether the previous one fired. */
+/* host.watchdog(ms [, message, exit_code]) arms the watchdog (0 disarms) and returns
+ * whether the previous one fired. */
 static int host_watchdog(lua_State *L) {
     lua_Integer ms = luaL_checkinteger(L, 1);
+    size_t len = 0;
+    const char *msg = luaL_optlstring(L, 2, default_watchdog_msg, &len);
+    lua_Integer code = luaL_optinteger(L, 3, 7);
     struct itimerval off = {{0, 0}, {0, 0}}, on = {{0, 0}, {0, 0}};
     setitimer(ITIMER_REAL, &off, NULL);
     int fired = watchdog_stage != 0;
     watchdog_stage = 0;
     if (ms > 0) {
+        /* the timer is off: the handler cannot read these while they change */
+        watchdog_len = len < sizeof watchdog_msg ? len : sizeof watchdog_msg;
+        memcpy(watchdog_msg, msg, watchdog_len);
+        watchdog_code = (int)code;
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = on_watchdog;

@@ -240,7 +240,9 @@ function config.load(opts)
 
   local file = {}
   if path then
+    -- migrate.lua runs under the default hook limits: its own are not known before it ran
     local result, err = sandbox.dofile(path, sandbox.env({ env = env }))
+    if errors.is(err) then return nil, err end
     if err then return nil, errors.new("usage", "cannot load " .. path .. ": " .. err) end
     if type(result) ~= "table" then
       return nil, errors.new("usage", path .. " must return a table")

@@ -73,7 +73,8 @@ end
 function Run:global(name, extra)
   local g = self.s.hooks[name]
   if not g then return true end
-  local o = { ui = self.s.ui, cfg = self.s.cfg, plan = self.ids, direction = self.direction }
+  local o = { ui = self.s.ui, cfg = self.s.cfg, plan = self.ids, direction = self.direction,
+    spawn = true }
   for k, v in pairs(extra or {}) do o[k] = v end
   return hooks.call(paths.display(g.path), g.fn, hooks.ctx(o), self.s.cfg)
 end

@@ -8,6 +8,7 @@ local sandbox = require("moonshift.sandbox")
 local paths = require("moonshift.paths")
 local ui = require("moonshift.ui")
 local statement = require("moonshift.statement")
+local db_mod = require("moonshift.db")
 
 local fmt = string.format
 
@@ -27,8 +28,28 @@ local SECRET_ENV = {
   PGSERVICEFILE = true,
 }
 
+-- The kinds a hook's error may keep: an error object it caught (pcall(ctx.fail), say) and
+-- changed must not turn its failure into another exit code.
+local HOOK_KINDS = { hook = true, verify = true }
+
+-- A hook's error object as a fresh one of kind hook or verify, read raw.
+local function hook_error(e, what, traceback)
+  if e.kind == "interrupted" and host.interrupted() then return e end -- a real signal
+  local fields = {} -- plain values only: a table or function would be user code run later
+  for k, v in next, e do
+    local t = type(v)
+    if t == "string" or t == "number" or t == "boolean" then fields[k] = v end
+  end
+  local kind, msg = HOOK_KINDS[fields.kind] and fields.kind or "hook", fields.message
+  fields.kind, fields.message, fields.exit_code = nil, nil, nil
+  fields.hook = fields.hook or what
+  fields.traceback = fields.traceback or traceback
+  return errors.new(kind, type(msg) == "string" and msg or "(no message)", fields)
+end
+
 --- The error a hook's Lua error becomes: kind hook, or verify when the verification
 -- library raised it; "file:line: message" first, the traceback kept for the run log.
+-- No code of the hook runs here (an error object's metamethods are not called).
 function hooks.failure(what, e, traceback)
   -- a verify function that fails, by error() or ctx.fail, is a failed verification (exit 8)
   local kind = what:match(" verify$") and "verify" or "hook"
@@ -41,13 +62,19 @@ function hooks.failure(what, e, traceback)
   local msg
   if type(e) == "string" then
     msg = e
+  elseif type(e) == "table" and sandbox.user_object(e) then
+    msg = type(rawget(e, "message")) == "string" and rawget(e, "message") or
+      "(error object is a table value)"
   elseif type(e) == "table" and getmetatable(e) and getmetatable(e).__tostring then
-    msg = tostring(e)
-  elseif type(e) == "table" and e.message then
-    msg = tostring(e.message)
+    msg = tostring(e) -- a pg error
+  elseif type(e) == "table" and type(rawget(e, "message")) == "string" then
+    msg = rawget(e, "message")
+  elseif type(e) == "table" then
+    local k = next(e)
+    msg = fmt("(error object is a table value: %s)",
+      type(k) == "string" and k .. "=..." or k == nil and "{}" or "...")
   else
-    msg = fmt("(error object is a %s value%s)", type(e),
-      type(e) == "table" and (": " .. (next(e) and tostring(next(e)) .. "=..." or "{}")) or "")
+    msg = sandbox.message(e)
   end
   return errors.new(kind, fmt("%s failed: %s", what, msg), { hook = what,
     traceback = traceback, cause = type(e) == "table" and e or nil })
@@ -94,17 +121,28 @@ function hooks.db(conn, expect)
   return db
 end
 
---- The ctx a hook receives.
--- @param opts table: conn, expect, migration, direction, plan, ui, cfg, dry_run, error
+-- A copy of a table of plain values, nested tables copied too: what a hook gets of the
+-- host's own tables (the plan, the results, the error), so that changing it changes nothing.
+local function deep_copy(t)
+  if type(t) ~= "table" then return t end
+  local c = {}
+  for k, v in next, t do c[k] = deep_copy(v) end
+  return c
+end
+
+--- The ctx a hook receives. Everything in it is the hook's own: tables are copies, functions
+-- close over what they need, and nothing leads back to the host's tables.
+-- @param opts table: conn, expect, migration, direction, plan, ui, cfg, dry_run, error,
+--   results, spawn (true for global hooks only: companions get no ctx.spawn)
 function hooks.ctx(opts)
   local out = opts.ui
   local m = opts.migration
   local ctx = {
     db = opts.conn and hooks.db(opts.conn, opts.expect) or nil,
-    plan = opts.plan or {},
+    plan = deep_copy(opts.plan or {}),
     dry_run = opts.dry_run or false,
-    error = opts.error,
-    results = opts.results,
+    error = deep_copy(opts.error),
+    results = deep_copy(opts.results),
     log = {
       info = function(msg) out:info(tostring(msg)) end,
       warn = function(msg) out:warn(tostring(msg)) end,
@@ -115,11 +153,16 @@ function hooks.ctx(opts)
       path = paths.display(opts.direction == "down" and m.down_path or m.up_path),
       checksum = m.checksum, direction = opts.direction or "up" }
   end
-  local env = opts.cfg and opts.cfg.env or os.getenv
+  local cfg = opts.cfg or {}
+  local env = cfg.env or os.getenv
+  -- A variable that holds the connection's password (under any name) is not handed out.
+  local function secret(v)
+    return db_mod.scrub(v, cfg.database or "", env("PGPASSWORD")) ~= v
+  end
   function ctx.env(name, default)
     if SECRET_ENV[name] then return default end
     local v = env(name)
-    if v == nil then return default end
+    if v == nil or secret(v) then return default end
     return v
   end
   function ctx.fail(msg)
@@ -128,72 +171,55 @@ function hooks.ctx(opts)
       .. ": ") or ""
     error(errors.new("hook", at .. tostring(msg)), 2)
   end
-  --- Runs a program (never a shell), with only the environment given: e.g. curl to a webhook.
-  function ctx.spawn(argv, o)
-    o = o or {}
-    return proc.run(argv, { env = o.env or { PATH = os.getenv("PATH") or "/usr/bin:/bin" },
-      stdin = o.stdin, timeout = o.timeout or 30000 })
+  if opts.spawn then
+    --- Runs a program (never a shell), with only the environment given: e.g. curl to a webhook.
+    function ctx.spawn(argv, o)
+      o = o or {}
+      return proc.run(argv, { env = o.env or { PATH = os.getenv("PATH") or "/usr/bin:/bin" },
+        stdin = o.stdin, timeout = o.timeout or 30000 })
+    end
   end
   return ctx
 end
 
---- Calls fn(ctx) with the hook limits: a wall-clock budget checked by a count hook, and a
--- memory cap on the allocator. Returns true | nil, err (kind hook or verify).
+--- Calls fn(ctx) with the hook limits (sandbox.call): a wall-clock budget checked by a count
+-- hook and the watchdog, and a memory cap on the allocator. Returns true | nil, err (kind
+-- hook or verify; interrupted at a signal).
 -- @param what string: "0007_backfill.lua pre", for messages
 function hooks.call(what, fn, ctx, cfg)
-  local limit_ms = ui.parse_duration(cfg and cfg.hook_timeout or "60s") or 60000
-  local mem = cfg and cfg.hook_memory
-  local mem_bytes = type(mem) == "number" and math.floor(mem) or
-    (tonumber(tostring(mem or ""):match("^(%d+)%s*[Mm][Bb]?$") or "256") * 1024 * 1024)
-  local deadline = fs.clock_ms() + limit_ms
-  local co = coroutine.create(function() return fn(ctx) end)
-  debug.sethook(co, function()
-    local sig, code = host.interrupted()
-    if sig then
-      error(errors.new("interrupted", "interrupted (SIG" .. sig .. ") in a hook",
-        { limit = true, exit_code = code }), 0)
-    end
-    if fs.clock_ms() > deadline then
-      local where = debug.getinfo(2, "Sl")
-      error(errors.new("hook", fmt("%s:%d: hook exceeded its time limit of %s (hook_timeout)",
-        where and where.short_src or "?", where and where.currentline or 0,
-        ui.duration(limit_ms)), { limit = true }), 0)
-    end
-  end, "", 10000)
-  local previous = host.memory_limit(host.memory_used() + mem_bytes)
-  host.watchdog(limit_ms)
-  local ok, e = coroutine.resume(co)
-  local overran = host.watchdog(0)
-  host.memory_limit(previous)
-  if ok and coroutine.status(co) ~= "dead" then
-    ok, e = false, "hooks may not yield"
-  end
-  if ok and not overran then return true end
-  if ok then e = "it returned only after the limit" end
-  local tb = debug.traceback(co, tostring(type(e) == "string" and e or "hook failed"))
-  if e == "not enough memory" then
-    e = fmt("hook exceeded its memory limit of %d MB (hook_memory)", mem_bytes // (1024 * 1024))
-  end
-  if overran and not (errors.is(e) and e.limit) then
-    -- the watchdog cancelled what the hook was waiting for
-    e = errors.new("hook", fmt("hook exceeded its time limit of %s (hook_timeout); what it " ..
-      "was waiting for was cancelled: %s", ui.duration(limit_ms),
-      tostring(errors.is(e) and e.message or e)), { limit = true })
-  end
+  local ok, e, tb = sandbox.call(sandbox.limits(cfg), fn, ctx)
+  if ok then return true end
+  if sandbox.made_limit(e) then return nil, hooks.failure(what, e, tb) end
+  if errors.is(e) then return nil, hook_error(e, what, tb) end
   return nil, hooks.failure(what, e, tb)
 end
 
---- Loads a migration's companion table (text only, sandboxed), checking its keys.
--- @return table | nil, err (kind usage)
-function hooks.load_companion(path)
+--- Loads a migration's companion table (text only, sandboxed, under the hook limits of cfg),
+-- checking its keys.
+-- @param path string
+-- @param cfg table|nil: hook_timeout, hook_memory
+-- @return table | nil, err (kind usage; interrupted at a signal)
+function hooks.load_companion(path, cfg)
   local env = sandbox.env()
-  local t, err = sandbox.dofile(path, env, paths.display(path))
+  local t, err = sandbox.dofile(path, env, paths.display(path), cfg)
+  if errors.is(err) then return nil, err end
   if err then return nil, errors.new("usage", "cannot load " .. paths.display(path) ..
     ": " .. err) end
   if type(t) ~= "table" then
     return nil, errors.new("usage", paths.display(path) .. " must return a table")
   end
-  for k, v in pairs(t) do
+  if type(t.requires) == "table" then
+    local list = {}
+    for k, v in next, t.requires do
+      if type(v) ~= "string" and type(v) ~= "number" then
+        return nil, errors.new("usage", fmt("%s: requires must list versions, not a %s",
+          paths.display(path), type(v)))
+      end
+      list[k] = v
+    end
+    t.requires = list
+  end
+  for k, v in next, t do
     local want = COMPANION_KEYS[k]
     if not want then
       return nil, errors.new("usage", fmt("%s: unknown key %q", paths.display(path),
@@ -216,14 +242,16 @@ function hooks.load_companion(path)
   return t
 end
 
---- Loads the global hooks from a directory: { before_run = fn, ... } (missing ones absent).
--- @return table | nil, err (kind usage)
-function hooks.load_global(dir)
+--- Loads the global hooks from a directory: { before_run = fn, ... } (missing ones absent),
+-- each under the hook limits of cfg.
+-- @return table | nil, err (kind usage; interrupted at a signal)
+function hooks.load_global(dir, cfg)
   local out = {}
   for _, name in ipairs(hooks.GLOBAL) do
     local path = dir .. "/" .. name .. ".lua"
     if fs.exists(path) then
-      local fn, err = sandbox.dofile(path, sandbox.env(), paths.display(path))
+      local fn, err = sandbox.dofile(path, sandbox.env(), paths.display(path), cfg)
+      if errors.is(err) then return nil, err end
       if err then
         return nil, errors.new("usage", "cannot load " .. paths.display(path) .. ": " .. err)
       end

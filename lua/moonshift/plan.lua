@@ -1,6 +1,7 @@
 -- Compares the migrations on disk with the history and decides what a command will do.
 local version = require("moonshift.version")
 local errors = require("moonshift.errors")
+local sandbox = require("moonshift.sandbox")
 local paths = require("moonshift.paths")
 local ui = require("moonshift.ui")
 
@@ -186,40 +187,50 @@ local function by_requires(list)
 end
 
 --- Puts migrations in running order: by version, then `requires`, then migrate.lua's
--- `order(list)`, which must return a permutation of what it was given.
--- @return array | nil, err (kind usage)
-function plan.order(list, order_fn)
+-- `order(list)`, which must return a permutation of what it was given. It gets copies
+-- ({ id, version, name, description }) and runs under the hook limits of cfg.
+-- @return array | nil, err (kind usage; interrupted at a signal)
+function plan.order(list, order_fn, cfg)
   local ordered, err = by_requires(list)
   if not ordered then return nil, err end
   if not order_fn then return ordered end
-  local copy = {}
-  for i, m in ipairs(ordered) do copy[i] = m end
-  local ok, result = pcall(order_fn, copy)
+  local copy, original = {}, {}
+  for i, m in ipairs(ordered) do
+    copy[i] = { id = m.id, version = m.version, name = m.name,
+      description = m.companion and m.companion.description }
+    original[copy[i]] = m
+  end
+  local limits = sandbox.limits(cfg)
+  limits.what, limits.during = "the order function", "in the order function of migrate.lua"
+  local ok, result = sandbox.call(limits, order_fn, copy)
   if not ok then
-    return nil, errors.new("usage", "order function in migrate.lua failed: " .. tostring(result))
+    if sandbox.made_limit(result) and result.kind == "interrupted" then return nil, result end
+    return nil, errors.new("usage", "order function in migrate.lua failed: " ..
+      sandbox.message(result))
   end
   if type(result) ~= "table" then
     return nil, errors.new("usage", "order function in migrate.lua must return a list")
   end
-  local seen, extra, missing = {}, {}, {}
-  local known = {}
-  for _, m in ipairs(ordered) do known[m] = true end
-  for _, m in ipairs(result) do
-    if not known[m] or seen[m] then
-      extra[#extra + 1] = type(m) == "table" and tostring(m.id) or tostring(m)
+  local seen, extra, missing, out = {}, {}, {}, {}
+  for i = 1, rawlen(result) do
+    local r = rawget(result, i)
+    local m = original[r]
+    if not m or seen[m] then
+      extra[#extra + 1] = type(r) == "table" and tostring(rawget(r, "id")) or tostring(r)
     end
-    seen[m] = true
+    if m then seen[m] = true end
+    out[i] = m
   end
   for _, m in ipairs(ordered) do
     if not seen[m] then missing[#missing + 1] = m.id end
   end
-  if #extra > 0 or #missing > 0 or #result ~= #ordered then
+  if #extra > 0 or #missing > 0 or #out ~= #ordered then
     return nil, errors.new("usage", "order function in migrate.lua must return a " ..
       "permutation of its input" .. (#missing > 0 and ("; missing: " ..
       table.concat(missing, ", ")) or "") .. (#extra > 0 and ("; extra or repeated: " ..
       table.concat(extra, ", ")) or ""))
   end
-  return result
+  return out
 end
 
 --- Finds a migration by version (any spelling of the same key) or id.

@@ -175,7 +175,10 @@ function Runner:_steps(m, direction, statements, begun, mark)
   local global = self.hooks or {}
   local function global_hook(name)
     local g = global[name]
-    if g then hook(name, g.fn, paths.display(g.path)) end
+    if g then
+      hook(name, g.fn, paths.display(g.path))
+      steps[#steps].global = true
+    end
   end
   -- Each migration starts from a clean session: one that ran `SET search_path` or
   -- `SET ROLE` without LOCAL must not change what the next one does.
@@ -229,7 +232,7 @@ function Runner:_hook_step(m, direction, step)
   else
     local ctx = hooks.ctx({ conn = self.conn, expect = "intrans", migration = m,
       direction = direction, plan = self.plan_ids, ui = self.ui, cfg = self.cfg,
-      dry_run = false })
+      dry_run = false, spawn = step.global })
     ok, err = hooks.call(step.what, step.hook, ctx, self.cfg)
   end
   self.emit("hook", { id = m.id, hook = step.what or ".verify.sql", ok = ok and true or false,
@@ -484,7 +487,7 @@ function Runner:_autocommit_hooks(m, direction, steps, before_sql)
       else
         hok, herr = hooks.call(step.what, step.hook, hooks.ctx({ conn = self.conn,
           expect = "idle", migration = m, direction = direction, plan = self.plan_ids,
-          ui = self.ui, cfg = self.cfg }), self.cfg)
+          ui = self.ui, cfg = self.cfg, spawn = step.global }), self.cfg)
       end
       if not hok then
         self.history:event("fail", m, self.run_id, { hook = step.what or "verify.sql" })

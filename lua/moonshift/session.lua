@@ -41,7 +41,8 @@ function session.begin_source(cfg)
   local cache = cfg.cache_dir and fmt("%s/%s.cache", cfg.cache_dir,
     hash.sha256(fs.realpath(cfg.migrations) or cfg.migrations):sub(1, 32))
   return source.load_begin(cfg.migrations, { format = cfg.format, ignore = cfg.ignore,
-    load_companion = hooks.load_companion, lazy = true, cache = cache })
+    load_companion = function(path) return hooks.load_companion(path, cfg) end, lazy = true,
+    cache = cache })
 end
 
 --- Completes session.begin_source: the migrations with their verify scripts, in running order.
@@ -57,7 +58,7 @@ function session.finish_source(cfg, loading)
     end
   end
   local ordered
-  ordered, err = plan.order(set.migrations, cfg.order)
+  ordered, err = plan.order(set.migrations, cfg.order, cfg)
   if not ordered then return nil, err end
   set.version_order = ordered == set.migrations -- still as loaded, sorted by version
   set.migrations = ordered
@@ -74,7 +75,7 @@ function Session:attach(pending)
   local conn, err, pooled = db.connect(self.cfg, function(msg) self.ui:warn(msg) end, pending)
   if not conn then return nil, err end
   self.conn, self.pooled, self.label = conn, pooled, db.label(conn)
-  self.hooks, err = hooks.load_global(self.cfg.hooks)
+  self.hooks, err = hooks.load_global(self.cfg.hooks, self.cfg)
   if not self.hooks then return nil, err end
   local schema, serr = db.tracking_schema(conn, self.cfg)
   if not schema then return nil, serr end

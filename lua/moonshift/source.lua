@@ -295,6 +295,7 @@ function Loader:attach_companion(m)
   if not (m.companion_path and self.load_companion) then return true end
   local companion, err = self.load_companion(m.companion_path)
   if not companion then
+    if type(err) == "table" and err.kind == "interrupted" then self.stopped = err end
     self:problem(tostring(err), m.companion_path)
     return false
   end
@@ -573,7 +574,7 @@ function Loader:finish()
     for _, list in ipairs({ cached.migrations, cached.repeatables }) do
       for _, m in ipairs(list) do
         if m.companion_path and not self:attach_companion(m) then
-          return nil, failure(dir, self.problems)
+          return nil, self.stopped or failure(dir, self.problems)
         end
       end
     end
@@ -601,7 +602,7 @@ function Loader:finish()
     local r = self:build(e)
     if r then set.repeatables[#set.repeatables + 1] = r end
   end
-  if #self.problems > 0 then return nil, failure(dir, self.problems) end
+  if #self.problems > 0 then return nil, self.stopped or failure(dir, self.problems) end
   self.files:save()
   sort_migrations(set.migrations)
   table.sort(set.repeatables, function(a, b) return a.name < b.name end)

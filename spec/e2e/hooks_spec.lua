@@ -156,7 +156,7 @@ describe("Lua hooks and workflows #e2e", function()
       ["migrations/0002_loop.lua"] = "return { pre = function()\n" ..
       "  local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 100) .. i end\nend }\n" })
     res = ms({ "up", "-y" })
-    assert.are.equal(7, res.code)
+    assert.are.equal(7, res.code, res.stderr)
     assert.matches("hook exceeded its memory limit of 64 MB", res.stderr)
     assert.is_nil(value(db.uri, "SELECT to_regclass('loop')::text"))
   end)
