@@ -41,6 +41,8 @@ local function hook_error(e, what, traceback)
     if t == "string" or t == "number" or t == "boolean" then fields[k] = v end
   end
   local kind, msg = HOOK_KINDS[fields.kind] and fields.kind or "hook", fields.message
+  -- a verify function that fails, by error() or ctx.fail, is a failed verification (exit 8)
+  if what:match(" verify$") then kind = "verify" end
   fields.kind, fields.message, fields.exit_code = nil, nil, nil
   fields.hook = fields.hook or what
   fields.traceback = fields.traceback or traceback
