@@ -134,8 +134,9 @@ function Loader:load_script(e)
 end
 
 -- Splits a script into statements and checks them; nil (and problems) when it is refused.
-function Loader:statements(path, text, offset, transaction)
-  local stmts, problems = statement.script(path, text, offset, transaction)
+function Loader:statements(path, text, offset, transaction, layout, direction)
+  local stmts, problems = statement.script(path, text, offset, transaction, {
+    hint = layouts.no_transaction_hint(layout, direction), alone = layouts.auto(layout) })
   for _, p in ipairs(problems) do self:problem(p, path) end
   return stmts
 end
@@ -270,7 +271,7 @@ local function split(loader, m)
   local e, down = u.e, u.down
   if not loader:texts(e) or (down and not loader:texts(down)) then return false end
   local f = e.facts
-  local stmts = loader:statements(e.path, e.up_sql, f.up_offset, m.transaction)
+  local stmts = loader:statements(e.path, e.up_sql, f.up_offset, m.transaction, f.layout, "up")
   rawset(m, "up_sql", e.up_sql)
   rawset(m, "statements", stmts)
   if stmts and #stmts == 0 then
@@ -280,7 +281,8 @@ local function split(loader, m)
   local down_stmts
   if m.down_path then
     local down_sql = down and down.up_sql or e.down_sql
-    down_stmts = loader:statements(m.down_path, down_sql, f.down_offset, m.down_transaction)
+    down_stmts = loader:statements(m.down_path, down_sql, f.down_offset, m.down_transaction,
+      f.layout, "down")
     rawset(m, "down_sql", down_sql)
     rawset(m, "down_statements", down_stmts)
   end
@@ -312,18 +314,25 @@ end
 function Loader:build(e)
   local f = e.facts
   local down = e.down -- a down script in a file of its own
-  local down_directive
+  local down_marked, down_auto = false, false
   if down then
-    down_directive = down.facts.directive
+    down_marked, down_auto = layouts.down_no_transaction(down.facts)
   elseif f.has_down then
-    down_directive = f.down_directive
+    down_marked = f.down_directive
   end
-  e.tx = layouts.transactional(e)
-  e.down_tx = e.tx and not down_directive and not f.down_tx_off
+  local why
+  e.tx, why = layouts.transactional(e)
+  e.auto = why == "statements" or nil
+  -- moonshift's directives that take the up script out of a transaction take its down out
+  -- too; morph's marker and the statements of the up script decide only for the up script
+  local marked = (not e.tx and not why) or down_marked or f.down_tx_off
+  e.down_tx = not (marked or down_auto)
+  e.down_auto = (down_auto and not marked) or nil
   local m = setmetatable({
     version = e.version, key = e.key, name = e.name, id = e.id, format = e.layout,
     up_path = e.path, up_sql = e.up_sql, checksum = f.checksum, transaction = e.tx,
     companion_path = e.companion_path, verify_path = e.verify_path,
+    no_transaction_auto = e.auto, down_no_transaction_auto = e.down_auto,
   }, Migration)
   unread[m] = { e = e, down = down, ctx = self.ctx }
   if e.kind == "repeatable" then
@@ -397,7 +406,8 @@ local function record_of(m)
   local e, down = u.e, u.down
   return { version = m.version, key = m.key, name = m.name, id = m.id, format = m.format,
     up_path = m.up_path, checksum = m.checksum,
-    flags = (m.repeatable and "r" or "") .. (e.tx and "t" or "") .. (e.down_tx and "d" or ""),
+    flags = (m.repeatable and "r" or "") .. (e.tx and "t" or "") .. (e.down_tx and "d" or "") ..
+      (e.auto and "a" or "") .. (e.down_auto and "b" or ""),
     down_path = m.down_path, companion_path = m.companion_path, verify_path = m.verify_path,
     source = (e.lone and "1" or "0") .. ";" .. cache.encode_facts(e.facts):gsub(" %x+ ", " ", 1)
       .. (down and ";" .. cache.encode_facts(down.facts) or "") }
@@ -432,6 +442,8 @@ function Loader:cached_set()
     unread[m] = { src = src, ctx = ctx }
     m.transaction = find(flags, "t", 1, true) ~= nil
     if m.down_path then m.down_transaction = find(flags, "d", 1, true) ~= nil end
+    m.no_transaction_auto = find(flags, "a", 1, true) ~= nil or nil
+    m.down_no_transaction_auto = find(flags, "b", 1, true) ~= nil or nil
     if find(flags, "r", 1, true) then
       m.repeatable = true
       repeatables[#repeatables + 1] = m
