@@ -267,6 +267,45 @@ describe("moonshift.source", function()
     end)
   end)
 
+  describe("sql-migrate layout", function()
+    it("splits Up and Down sections and reads notransaction on either line", function()
+      local set = assert(load({
+        ["1_create.sql"] = "-- +migrate Up\ncreate table t (id int);\n\n" ..
+          "-- +migrate Down\ndrop table t;\n",
+        ["2_idx.sql"] = "-- +migrate Up notransaction\ncreate index concurrently i on t (id);\n" ..
+          "-- +migrate Down\ndrop index i;\n",
+        ["3_func.sql"] = "-- +migrate Up\n-- +migrate StatementBegin\n" ..
+          "create function f() returns int language plpgsql as $$ begin return 1; end $$;\n" ..
+          "-- +migrate StatementEnd\n-- +migrate Down notransaction\ndrop function f();\n",
+      }))
+      assert.equal("sql-migrate", set.format)
+      local create, idx, func = table.unpack(set.migrations)
+      assert.equal("create table t (id int);\n\n", create.up_sql)
+      assert.equal("drop table t;\n", create.down_sql)
+      assert.is_true(create.transaction and create.down_transaction)
+      assert.is_false(idx.transaction)
+      assert.is_false(idx.down_transaction)
+      assert.equal(2, idx.statements[1].line)
+      assert.is_true(func.transaction)
+      assert.is_false(func.down_transaction)
+      assert.equal(1, #func.statements)
+    end)
+
+    it("reads the section lines only as sql-migrate spells them", function()
+      local set = assert(load({ ["1_a.sql"] = "--  +migrate up\nselect 1;\n" }))
+      assert.equal("native", set.format)
+    end)
+
+    it("asks for notransaction where sql-migrate needs it", function()
+      local msg = refused({ ["1_a.sql"] = "-- +migrate Up\ncreate index concurrently i on t (x);\n" ..
+        "-- +migrate Down\ndrop index concurrently i;\n" })
+      assert.matches("1_a.sql:2: CREATE INDEX CONCURRENTLY cannot run inside a transaction " ..
+        "block; add `notransaction` to its `-- +migrate Up` line", msg, 1, true)
+      assert.matches("1_a.sql:4: DROP INDEX CONCURRENTLY cannot run inside a transaction " ..
+        "block; add `notransaction` to its `-- +migrate Down` line", msg, 1, true)
+    end)
+  end)
+
   describe("diesel layout", function()
     it("reads one directory per migration", function()
       local set = assert(load({

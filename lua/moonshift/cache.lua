@@ -56,7 +56,7 @@ end
 -- @return table | nil
 function cache.decode_facts(s)
   local layout, checksum, flags, up_offset, down_offset =
-    s:match("^(%a+) (%x+) ([01]+) (%d+) (%d+)$")
+    s:match("^([%a-]+) (%x+) ([01]+) (%d+) (%d+)$")
   if not layout or #flags ~= #FLAGS then return nil end
   local a, b, c, d, e, g, h, i = flags:byte(1, 8) -- FLAGS, in order
   return { layout = layout, checksum = checksum, up_offset = tonumber(up_offset),
@@ -152,7 +152,7 @@ end
 function Sets:lookup()
   local data = self.path and read_private(self.path, SET_HEADER .. "\t")
   if not data then return nil end
-  local key, format, nwarn, pos = data:match("^(%x+)\t(%a+)\t(%d+)\n()", #SET_HEADER + 2)
+  local key, format, nwarn, pos = data:match("^(%x+)\t([%a-]+)\t(%d+)\n()", #SET_HEADER + 2)
   if not key then return nil end
   local warnings = {}
   for _ = 1, tonumber(nwarn) do

@@ -1,5 +1,5 @@
 -- The migration layouts moonshift reads: what a file name is, how a lone file splits into
--- up and down sections (dbmate, goose), and which directives take a migration out of a
+-- up and down sections (dbmate, goose, sql-migrate), and which directives take a migration out of a
 -- transaction. Pure functions of names and texts; source.lua walks the directory.
 local hash = require("moonshift.hash")
 local sql = require("moonshift.sql")
@@ -31,6 +31,8 @@ local NO_TX_HINT = {
     down = "`-- +goose NO TRANSACTION` to the file" },
   diesel = { up = "`run_in_transaction = false` to its metadata.toml",
     down = "`run_in_transaction = false` to its metadata.toml" },
+  ["sql-migrate"] = { up = "`notransaction` to its `-- +migrate Up` line",
+    down = "`notransaction` to its `-- +migrate Down` line" },
 }
 
 --- Files a diesel migration directory may hold, and what each is.
@@ -106,7 +108,17 @@ local function goose_marker(line)
   return nil
 end
 
--- Which section layout a lone file uses, from its text: "dbmate", "goose" or "native".
+-- sql-migrate's section lines, as its parser reads them (github.com/rubenv/sql-migrate,
+-- sqlparse/sqlparse.go): `-- +migrate Up` or `Down` at the start of a line, exactly so
+-- spelled, then options separated by blanks (`notransaction`).
+local function sql_migrate_marker(line)
+  local which, rest = line:match("^%-%- %+migrate (%a+)(.*)$")
+  if which == "Up" or which == "Down" then return which:lower(), rest end
+  return nil
+end
+
+-- Which section layout a lone file uses, from its text: "dbmate", "goose", "sql-migrate"
+-- or "native".
 local function lone_layout(text)
   local low = "\n" .. text:lower()
   if low:find("\n[ \t]*%-%-[ \t]*migrate:up") then return "dbmate" end
@@ -114,15 +126,31 @@ local function lone_layout(text)
       low:find("\n[ \t]*%-%-[ \t]*%+goose[ \t]+up[ \t]*$") then
     return "goose"
   end
+  if ("\n" .. text):find("\n%-%- %+migrate Up%f[%s%z]") then return "sql-migrate" end
   return "native"
 end
 
--- Splits a dbmate or goose file into its up and down sections: { up, up_offset, up_options,
--- down, down_offset, down_options }; nil and the problem when the sections are not one up
--- followed by one down.
+local MARKERS = { dbmate = dbmate_marker, goose = goose_marker,
+  ["sql-migrate"] = sql_migrate_marker }
+local LABELS = { dbmate = "-- migrate:", goose = "-- +goose ", ["sql-migrate"] = "-- +migrate " }
+
+-- True when a section line's options hold this layout's no-transaction option.
+local function tx_off(layout, options)
+  if layout == "dbmate" then return options:find("transaction:%s*false") ~= nil end
+  if layout == "sql-migrate" then
+    for word in options:gmatch("%S+") do
+      if word == "notransaction" then return true end
+    end
+  end
+  return false
+end
+
+-- Splits a dbmate, goose or sql-migrate file into its up and down sections: { up,
+-- up_offset, up_options, down, down_offset, down_options }; nil and the problem when the
+-- sections are not one up followed by one down.
 local function sections(e, layout, text)
-  local marks = marker_lines(text, layout == "dbmate" and dbmate_marker or goose_marker)
-  local label = layout == "dbmate" and "-- migrate:" or "-- +goose "
+  local marks = marker_lines(text, MARKERS[layout])
+  local label = LABELS[layout]
   local up, down
   for _, m in ipairs(marks) do
     if (m.value == "up" and up) or (m.value == "down" and down) then
@@ -215,10 +243,8 @@ function layouts.facts(e, text)
       if not sec then return nil, problem end
       up, down, f.up_offset, f.down_offset = sec.up, sec.down, sec.up_offset, sec.down_offset
       f.has_down = down ~= nil
-      if f.layout == "dbmate" then
-        f.up_tx_off = sec.up_options:find("transaction:%s*false") ~= nil
-        f.down_tx_off = (sec.down_options or ""):find("transaction:%s*false") ~= nil
-      end
+      f.up_tx_off = tx_off(f.layout, sec.up_options)
+      f.down_tx_off = tx_off(f.layout, sec.down_options or "")
     end
   end
   local low = up:lower()

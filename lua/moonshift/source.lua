@@ -3,7 +3,8 @@
 -- Policy, in one place (moonshift(1) repeats it):
 -- * Layouts: native/golang-migrate/sqlx (`0003_x.up.sql`, `0003_x.down.sql`, a lone
 --   `0003_x.sql` is up-only), dbmate (a lone `.sql` with `-- migrate:up` / `-- migrate:down`
---   sections), goose (a lone `.sql` with `-- +goose Up` / `-- +goose Down` sections), Flyway
+--   sections), goose (a lone `.sql` with `-- +goose Up` / `-- +goose Down` sections),
+--   sql-migrate (a lone `.sql` with `-- +migrate Up` / `-- +migrate Down` sections), Flyway
 --   (`V3__x.sql`, `U3__x.sql` undo, `R__x.sql` repeatable, `V3__x.sql.conf`), diesel (a
 --   directory `<version>_<name>/` with `up.sql`, `down.sql`, `metadata.toml`). One layout
 --   per directory.
@@ -41,7 +42,7 @@ source.DEFAULT_IGNORE = { "README*", "*.md", "*.txt" }
 source.MAX_FILE_SIZE = 256 * 1024 * 1024
 
 local FORMATS = { auto = true, native = true, flyway = true, dbmate = true, diesel = true,
-  goose = true }
+  goose = true, ["sql-migrate"] = true }
 
 
 local line_of = statement.line_of
@@ -415,7 +416,7 @@ end
 
 -- The entries a record's `source` describes, for source.check; nil when it is damaged.
 local function entries_of(m, src)
-  local lone, layout, up, down = (src or ""):match("^([01]);(%a+)( [^;]+);?(.*)$")
+  local lone, layout, up, down = (src or ""):match("^([01]);([%a-]+)( [^;]+);?(.*)$")
   if not lone then return nil end
   local f = cache.decode_facts(layout .. " " .. m.checksum .. up)
   local df = down ~= "" and cache.decode_facts(down)
@@ -494,10 +495,11 @@ end
 -- caller may do other work (read the history) meanwhile. source.load does both at once.
 -- @param dir string: the migrations directory (a symlink to one is followed)
 -- @param opts table|nil: `format` ("auto" (default), "native", "flyway", "dbmate",
---   "diesel", "goose"), `ignore` (array of glob patterns matched against names; default
---   source.DEFAULT_IGNORE; names starting with "." are always ignored), `max_file_size`
---   (bytes, default source.MAX_FILE_SIZE), `load_companion` (function(path) -> table | nil, err:
---   loads a `.lua` companion, whose `transaction = false` applies before validation),
+--   "diesel", "goose", "sql-migrate"), `ignore` (array of glob patterns matched against
+--   names; default source.DEFAULT_IGNORE; names starting with "." are always ignored),
+--   `max_file_size` (bytes, default source.MAX_FILE_SIZE), `load_companion`
+--   (function(path) -> table | nil, err: loads a `.lua` companion, whose
+--   `transaction = false` applies before validation),
 --   `lazy` (statements are split and checked by source.check(m), or on first use), `cache` (path of
 --   a checksum cache file, `<name>.cache`: files whose stat matches are not read until
 --   source.check or first use; with `lazy`, a whole set
@@ -517,8 +519,8 @@ function source.load_begin(dir, opts)
   opts = opts or {}
   local format = opts.format or "auto"
   if not FORMATS[format] then
-    error(fmt("source.load: unknown format %q (auto, native, flyway, dbmate, diesel, goose)",
-      tostring(format)), 2)
+    error(fmt("source.load: unknown format %q (auto, native, flyway, dbmate, diesel, goose, " ..
+      "sql-migrate)", tostring(format)), 2)
   end
   local ignore = {}
   for i, glob in ipairs(opts.ignore or source.DEFAULT_IGNORE) do

@@ -1,6 +1,6 @@
 -- Other tools' no-transaction markers and semantics: morph's marker, golang-migrate's and
--- Flyway's scripts of statements that cannot run in a transaction, and the refusal of a
--- script that mixes both kinds.
+-- Flyway's scripts of statements that cannot run in a transaction, sql-migrate's sections,
+-- and the refusal of a script that mixes both kinds.
 local helpers = require("spec.helpers")
 
 local value = helpers.value
@@ -126,6 +126,30 @@ describe("other tools' no-transaction markers #e2e", function()
     assert.matches("V2__posts_userid%.sql runs without a transaction", up.stderr)
     assert.is_true(value(db.uri, "SELECT indisvalid FROM pg_index " ..
       "WHERE indexrelid = 'idx_posts_userid'::regclass"))
+  end)
+
+  -- sql-migrate's sections and option as its parser reads them (rubenv/sql-migrate,
+  -- sqlparse/sqlparse.go): `-- +migrate Up [notransaction]`, `-- +migrate Down`.
+  it("runs sql-migrate's Up section only, and honours notransaction", function()
+    helpers.write_files(db.dir, {
+      ["migrations/1_posts.sql"] = "-- +migrate Up\nCREATE TABLE posts (id int, userid int);\n\n" ..
+        "-- +migrate Down\nDROP TABLE posts;\n",
+      ["migrations/2_posts_userid.sql"] = "-- +migrate Up notransaction\n" ..
+        "CREATE INDEX CONCURRENTLY idx_posts_userid ON posts (userid);\n\n" ..
+        "-- +migrate Down notransaction\nDROP INDEX CONCURRENTLY idx_posts_userid;\n",
+    })
+    local up = ms({ "up", "-y" })
+    assert.are.equal(0, up.code, up.stderr)
+    assert.matches("applied 2 migrations", up.stdout)
+    assert.is_true(value(db.uri, "SELECT indisvalid FROM pg_index " ..
+      "WHERE indexrelid = 'idx_posts_userid'::regclass"))
+    assert.are.equal(1, value(db.uri, "SELECT count(*) FROM moonshift_events " ..
+      "WHERE action = 'start'"))
+    assert.are.equal(0, ms({ "check" }).code)
+    local down = ms({ "down", "-y" })
+    assert.are.equal(0, down.code, down.stderr)
+    assert.is_nil(value(db.uri, "SELECT to_regclass('idx_posts_userid')::text"))
+    assert.are.equal("posts", value(db.uri, "SELECT to_regclass('posts')::text"))
   end)
 
   it("asks for dbmate's own marker where dbmate needs one", function()
