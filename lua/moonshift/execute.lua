@@ -287,6 +287,8 @@ function execute.run(s, list, direction, opts)
   for _, rep in ipairs(direction == "up" and not opts.to and s.status.repeatables or {}) do
     local gone = run:output_gone(rep)
     if gone then return run:failed(rep, gone) end
+    local why = execute.why_no_transaction(rep, "up")
+    if why then s.ui:info(why) end
     local res, rerr = run.runner:run(rep, "up")
     if not res then return run:failed(rep, rerr) end
     s.ui:step(#run.done + 1, #run.done + 1, rep.id, "ok", res.duration_ms)

@@ -120,10 +120,12 @@ describe("other tools' no-transaction markers #e2e", function()
       ["migrations/V1__posts.sql"] = "CREATE TABLE posts (id int, userid int);\n",
       ["migrations/V2__posts_userid.sql"] = "CREATE INDEX CONCURRENTLY idx_posts_userid " ..
         "ON posts (userid);\n",
+      ["migrations/R__analyze.sql"] = "VACUUM (ANALYZE) posts;\n",
     })
     local up = ms({ "up", "-y" })
     assert.are.equal(0, up.code, up.stderr)
     assert.matches("V2__posts_userid%.sql runs without a transaction", up.stderr)
+    assert.matches("R__analyze%.sql runs without a transaction: it holds only VACUUM", up.stderr)
     assert.is_true(value(db.uri, "SELECT indisvalid FROM pg_index " ..
       "WHERE indexrelid = 'idx_posts_userid'::regclass"))
   end)
