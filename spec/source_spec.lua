@@ -291,6 +291,20 @@ describe("moonshift.source", function()
       assert.equal(1, #func.statements)
     end)
 
+    it("reads the names sql-migrate new writes, only with sql-migrate's sections", function()
+      local set = assert(load({
+        ["20240101120000-create.sql"] = "-- +migrate Up\ncreate table t (id int);\n" ..
+          "-- +migrate Down\ndrop table t;\n",
+        ["20240102120000-more.sql"] = "-- +migrate Up\nselect 1;\n",
+      }))
+      assert.equal("sql-migrate", set.format)
+      assert.same({ "20240101120000-create", "20240102120000-more" }, helpers.ids(set.migrations))
+      assert.equal("drop table t;\n", set.migrations[1].down_sql)
+      assert(fs.remove_tree(dir))
+      local msg = refused({ ["1-a.sql"] = "select 1;\n" })
+      assert.matches("1-a.sql matches no migration layout", msg, 1, true)
+    end)
+
     it("reads the section lines only as sql-migrate spells them", function()
       local set = assert(load({ ["1_a.sql"] = "--  +migrate up\nselect 1;\n" }))
       assert.equal("native", set.format)

@@ -76,6 +76,12 @@ function layouts.classify(name)
   if fn then return { kind = "repeatable", layout = "flyway", name = fn, id = "R__" .. fn } end
   local v, n = name:match("^(%d+)_([^.].*)%.sql$")
   if v then return { kind = "up", lone = true, version = v, name = n, id = v .. "_" .. n } end
+  -- sql-migrate's own `new` names files 20240101120000-name.sql; such a file must then
+  -- have its sections (layouts.facts)
+  v, n = name:match("^(%d+)%-([^.].*)%.sql$")
+  if v then
+    return { kind = "up", lone = true, dash = true, version = v, name = n, id = v .. "-" .. n }
+  end
   return nil
 end
 
@@ -238,6 +244,10 @@ function layouts.facts(e, text)
   local up, down = text, nil
   if e.lone then
     f.layout = lone_layout(text)
+    if e.dash and f.layout ~= "sql-migrate" then
+      return nil, fmt("%s matches no migration layout (a name like 0003-add_email.sql is " ..
+        "sql-migrate's, and then its file has a `-- +migrate Up` line)", e.path)
+    end
     if f.layout ~= "native" then
       local sec, problem = sections(e, f.layout, text)
       if not sec then return nil, problem end

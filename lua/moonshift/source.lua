@@ -4,7 +4,8 @@
 -- * Layouts: native/golang-migrate/sqlx (`0003_x.up.sql`, `0003_x.down.sql`, a lone
 --   `0003_x.sql` is up-only), dbmate (a lone `.sql` with `-- migrate:up` / `-- migrate:down`
 --   sections), goose (a lone `.sql` with `-- +goose Up` / `-- +goose Down` sections),
---   sql-migrate (a lone `.sql` with `-- +migrate Up` / `-- +migrate Down` sections), Flyway
+--   sql-migrate (a lone `.sql` with `-- +migrate Up` / `-- +migrate Down` sections, also
+--   named `20240101120000-x.sql`), Flyway
 --   (`V3__x.sql`, `U3__x.sql` undo, `R__x.sql` repeatable, `V3__x.sql.conf`), diesel (a
 --   directory `<version>_<name>/` with `up.sql`, `down.sql`, `metadata.toml`). One layout
 --   per directory.

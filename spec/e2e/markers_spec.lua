@@ -136,7 +136,8 @@ describe("other tools' no-transaction markers #e2e", function()
     helpers.write_files(db.dir, {
       ["migrations/1_posts.sql"] = "-- +migrate Up\nCREATE TABLE posts (id int, userid int);\n\n" ..
         "-- +migrate Down\nDROP TABLE posts;\n",
-      ["migrations/2_posts_userid.sql"] = "-- +migrate Up notransaction\n" ..
+      -- named as `sql-migrate new` names files
+      ["migrations/20240101120000-posts_userid.sql"] = "-- +migrate Up notransaction\n" ..
         "CREATE INDEX CONCURRENTLY idx_posts_userid ON posts (userid);\n\n" ..
         "-- +migrate Down notransaction\nDROP INDEX CONCURRENTLY idx_posts_userid;\n",
     })
@@ -146,7 +147,7 @@ describe("other tools' no-transaction markers #e2e", function()
     assert.is_true(value(db.uri, "SELECT indisvalid FROM pg_index " ..
       "WHERE indexrelid = 'idx_posts_userid'::regclass"))
     assert.are.equal(1, value(db.uri, "SELECT count(*) FROM moonshift_events " ..
-      "WHERE action = 'start'"))
+      "WHERE action = 'start' AND version = '20240101120000'"))
     assert.are.equal(0, ms({ "check" }).code)
     local down = ms({ "down", "-y" })
     assert.are.equal(0, down.code, down.stderr)
