@@ -1,6 +1,7 @@
 -- The migration layouts moonshift reads: what a file name is, how a lone file splits into
--- up and down sections (dbmate, goose, sql-migrate), and which directives take a migration out of a
--- transaction. Pure functions of names and texts; source.lua walks the directory.
+-- up and down sections (dbmate, goose, sql-migrate), and what takes a migration out of a
+-- transaction (directives, and in some layouts its statements). Pure functions of names and
+-- texts; source.lua walks the directory.
 local hash = require("moonshift.hash")
 local sql = require("moonshift.sql")
 local statement = require("moonshift.statement")

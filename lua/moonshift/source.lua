@@ -402,7 +402,8 @@ end
 -- needs (source.check): whether the up file is a lone file, its facts without the
 -- checksum (the record has it) and the facts of a down file of its own. Its `flags`: r a
 -- repeatable, t transactional, d a transactional down (what the files say, before a
--- companion has its say).
+-- companion has its say), a and b: the up and the down script run without a transaction
+-- for their statements alone.
 local function record_of(m)
   local u = unread[m]
   local e, down = u.e, u.down
@@ -510,8 +511,10 @@ end
 --   (sorted by name), by_key (version key -> migration), warnings (array of strings) }; each
 --   migration { version, key, name, id, format, up_path, up_sql, checksum, statements,
 --   transaction, down_path, down_sql, down_statements, down_transaction, companion_path,
---   verify_path }; a repeatable has `repeatable = true` and its id as version; `fingerprint`
---   (for source.unchanged)
+--   verify_path, no_transaction_auto and down_no_transaction_auto (true when the script
+--   runs without a transaction for its statements alone, no directive saying so) }; a
+--   repeatable has `repeatable = true` and its id as version; `fingerprint` (for
+--   source.unchanged)
 -- @return nil, err: kind "usage", a message naming the file(s) (and line), `file` when one
 --   file is at fault, `files` when several, `problems` ({ message, files } each)
 --   (both from :finish())
