@@ -221,7 +221,8 @@ local function only_no_transaction(text, low)
       break
     end
   end
-  if not any then return false end
+  -- the first statement's head words decide most scripts without splitting them
+  if not any or not statement.no_transaction(text) then return false end
   local stmts = sql.split(text)
   if not stmts or not stmts[1] then return false end
   for _, stmt in ipairs(stmts) do
