@@ -422,6 +422,11 @@ describe("moonshift.source", function()
       assert(fs.remove_tree(dir))
       set = assert(load({ ["V1__a.sql"] = "create index concurrently a on t (x);" }))
       assert.is_false(set.migrations[1].transaction)
+      assert(fs.remove_tree(dir))
+      local msg = refused({ ["1_a.up.sql"] = "create index concurrently a on t (x);\n" ..
+        "alter table t add column y int;\n" })
+      assert.matches("1_a.up.sql:1: CREATE INDEX CONCURRENTLY cannot run inside a transaction " ..
+        "block, and this migration mixes it with statements that can (line 2)", msg, 1, true)
     end)
 
     it("asks for the layout's own marker where its tool needs one", function()
