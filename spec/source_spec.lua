@@ -267,6 +267,59 @@ describe("moonshift.source", function()
     end)
   end)
 
+  describe("sql-migrate layout", function()
+    it("splits Up and Down sections and reads notransaction on either line", function()
+      local set = assert(load({
+        ["1_create.sql"] = "-- +migrate Up\ncreate table t (id int);\n\n" ..
+          "-- +migrate Down\ndrop table t;\n",
+        ["2_idx.sql"] = "-- +migrate Up notransaction\ncreate index concurrently i on t (id);\n" ..
+          "-- +migrate Down\ndrop index i;\n",
+        ["3_func.sql"] = "-- +migrate Up\n-- +migrate StatementBegin\n" ..
+          "create function f() returns int language plpgsql as $$ begin return 1; end $$;\n" ..
+          "-- +migrate StatementEnd\n-- +migrate Down notransaction\ndrop function f();\n",
+      }))
+      assert.equal("sql-migrate", set.format)
+      local create, idx, func = table.unpack(set.migrations)
+      assert.equal("create table t (id int);\n\n", create.up_sql)
+      assert.equal("drop table t;\n", create.down_sql)
+      assert.is_true(create.transaction and create.down_transaction)
+      assert.is_false(idx.transaction)
+      assert.is_false(idx.down_transaction)
+      assert.equal(2, idx.statements[1].line)
+      assert.is_true(func.transaction)
+      assert.is_false(func.down_transaction)
+      assert.equal(1, #func.statements)
+    end)
+
+    it("reads the names sql-migrate new writes, only with sql-migrate's sections", function()
+      local set = assert(load({
+        ["20240101120000-create.sql"] = "-- +migrate Up\ncreate table t (id int);\n" ..
+          "-- +migrate Down\ndrop table t;\n",
+        ["20240102120000-more.sql"] = "-- +migrate Up\nselect 1;\n",
+      }))
+      assert.equal("sql-migrate", set.format)
+      assert.same({ "20240101120000-create", "20240102120000-more" }, helpers.ids(set.migrations))
+      assert.equal("drop table t;\n", set.migrations[1].down_sql)
+      assert(fs.remove_tree(dir))
+      local msg = refused({ ["1-a.sql"] = "select 1;\n" })
+      assert.matches("1-a.sql matches no migration layout", msg, 1, true)
+    end)
+
+    it("reads the section lines only as sql-migrate spells them", function()
+      local set = assert(load({ ["1_a.sql"] = "--  +migrate up\nselect 1;\n" }))
+      assert.equal("native", set.format)
+    end)
+
+    it("asks for notransaction where sql-migrate needs it", function()
+      local msg = refused({ ["1_a.sql"] = "-- +migrate Up\ncreate index concurrently i on t (x);\n" ..
+        "-- +migrate Down\ndrop index concurrently i;\n" })
+      assert.matches("1_a.sql:2: CREATE INDEX CONCURRENTLY cannot run inside a transaction " ..
+        "block; add `notransaction` to its `-- +migrate Up` line", msg, 1, true)
+      assert.matches("1_a.sql:4: DROP INDEX CONCURRENTLY cannot run inside a transaction " ..
+        "block; add `notransaction` to its `-- +migrate Down` line", msg, 1, true)
+    end)
+  end)
+
   describe("diesel layout", function()
     it("reads one directory per migration", function()
       local set = assert(load({
@@ -328,6 +381,58 @@ describe("moonshift.source", function()
       assert.is_true(d.transaction)
       assert.is_true(e.transaction)
       assert.is_false(e.down_transaction)
+    end)
+
+    it("reads morph's marker only where morph does: first in a .up.sql or .down.sql", function()
+      local set = assert(load({
+        ["1_a.up.sql"] = "-- morph:nontransactional\nselect 1;",
+        ["2_b.up.sql"] = "select 1;\n-- morph:nontransactional\n",
+        ["3_c.up.sql"] = "select 1;",
+        ["3_c.down.sql"] = "-- morph:nontransactional\nselect 2;",
+      }))
+      local a, b, c = table.unpack(set.migrations)
+      assert.is_false(a.transaction)
+      assert.is_nil(a.no_transaction_auto)
+      assert.is_true(a.down_transaction == nil) -- no down script
+      assert.is_true(b.transaction)
+      assert.is_true(c.transaction)
+      assert.is_false(c.down_transaction)
+      assert(fs.remove_tree(dir))
+      set = assert(load({ ["4_d.sql"] = "-- morph:nontransactional\nselect 1;" }))
+      assert.is_true(set.migrations[1].transaction) -- a lone file is not morph's
+    end)
+
+    it("runs a native or Flyway script of only no-transaction statements without one",
+      function()
+      local set = assert(load({
+        ["1_a.up.sql"] = "create index concurrently a on t (x);\nvacuum t;",
+        ["1_a.down.sql"] = "drop index a;",
+        ["2_b.up.sql"] = "select 1;",
+        ["2_b.down.sql"] = "drop index concurrently b;",
+        ["3_c.sql"] = "reindex table concurrently t;",
+      }))
+      local a, b, c = table.unpack(set.migrations)
+      assert.is_false(a.transaction)
+      assert.is_true(a.no_transaction_auto)
+      assert.is_true(a.down_transaction) -- its down decides for itself
+      assert.is_true(b.transaction)
+      assert.is_false(b.down_transaction)
+      assert.is_true(b.down_no_transaction_auto)
+      assert.is_false(c.transaction)
+      assert(fs.remove_tree(dir))
+      set = assert(load({ ["V1__a.sql"] = "create index concurrently a on t (x);" }))
+      assert.is_false(set.migrations[1].transaction)
+      assert(fs.remove_tree(dir))
+      local msg = refused({ ["1_a.up.sql"] = "create index concurrently a on t (x);\n" ..
+        "alter table t add column y int;\n" })
+      assert.matches("1_a.up.sql:1: CREATE INDEX CONCURRENTLY cannot run inside a transaction " ..
+        "block, and this migration mixes it with statements that can (line 2)", msg, 1, true)
+    end)
+
+    it("asks for the layout's own marker where its tool needs one", function()
+      local msg = refused({ ["1_a.sql"] = "-- +goose Up\ncreate index concurrently a on t (x);\n" })
+      assert.matches("1_a.sql:2: CREATE INDEX CONCURRENTLY cannot run inside a transaction " ..
+        "block; add `-- +goose NO TRANSACTION` to the file", msg, 1, true)
     end)
   end)
 
@@ -787,7 +892,9 @@ describe("moonshift.source", function()
       for _, case in ipairs(cases) do
         local msg = refused({ ["0003_x.up.sql"] = "select 1;\n" .. case[1] .. "\n" })
         assert.equal(dir .. "/0003_x.up.sql:2: " .. case[2] .. " cannot run inside a " ..
-          "transaction; add `-- moonshift:no-transaction` to this migration", msg)
+          "transaction block, and this migration mixes it with statements that can (line 1); " ..
+          "move it to a migration of its own (which then runs without a transaction), or add " ..
+          "`-- moonshift:no-transaction` to the file to run them all without a transaction", msg)
         assert(fs.remove_tree(dir))
       end
     end)
@@ -801,8 +908,8 @@ describe("moonshift.source", function()
     end)
 
     it("checks the down script too", function()
-      local msg = refused({ ["1_a.up.sql"] = "select 1;", ["1_a.down.sql"] = "vacuum;" })
-      assert.matches("1_a.down.sql:1: VACUUM cannot run inside a transaction", msg, 1, true)
+      local msg = refused({ ["1_a.up.sql"] = "select 1;", ["1_a.down.sql"] = "select 1;\nvacuum;" })
+      assert.matches("1_a.down.sql:2: VACUUM cannot run inside a transaction", msg, 1, true)
     end)
 
     it("allows them in a non-transactional migration, and lookalikes anywhere", function()

@@ -25,16 +25,17 @@ local cache = {}
 -- MOONSHIFT_TEST_RACY_SECONDS=-1 to run the e2e suite with the caches answering.
 cache.RACY_SECONDS = tonumber(os.getenv("MOONSHIFT_TEST_RACY_SECONDS") or "") or 2
 
-local FILES_HEADER = "moonshift checksum cache 2\n"
+local FILES_HEADER = "moonshift checksum cache 3\n"
 
 -- A script's facts, in the order they are written.
-local FLAGS = { "has_down", "up_tx_off", "down_tx_off", "directive", "goose", "down_directive" }
+local FLAGS = { "has_down", "up_tx_off", "down_tx_off", "directive", "goose", "down_directive",
+  "morph", "only_no_tx" }
 
 --- The fields of a set record, in the order they are written; the set cache's header
 -- carries this list, so changing it makes every older cache a miss.
 cache.RECORD_FIELDS = { "version", "key", "name", "id", "format", "up_path", "checksum",
   "flags", "down_path", "companion_path", "verify_path", "source" }
-local SET_HEADER = "moonshift set cache 2 " .. table.concat(cache.RECORD_FIELDS, ",")
+local SET_HEADER = "moonshift set cache 3 " .. table.concat(cache.RECORD_FIELDS, ",")
 
 local function stat_key(st)
   return fmt("%d:%d.%d:%d.%d:%d:%d", st.size, st.mtime, st.mtime_nsec, st.ctime or 0,
@@ -55,12 +56,13 @@ end
 -- @return table | nil
 function cache.decode_facts(s)
   local layout, checksum, flags, up_offset, down_offset =
-    s:match("^(%a+) (%x+) ([01]+) (%d+) (%d+)$")
+    s:match("^([%a-]+) (%x+) ([01]+) (%d+) (%d+)$")
   if not layout or #flags ~= #FLAGS then return nil end
-  local a, b, c, d, e, g = flags:byte(1, 6) -- FLAGS, in order
+  local a, b, c, d, e, g, h, i = flags:byte(1, 8) -- FLAGS, in order
   return { layout = layout, checksum = checksum, up_offset = tonumber(up_offset),
     down_offset = tonumber(down_offset), has_down = a == 49, up_tx_off = b == 49,
-    down_tx_off = c == 49, directive = d == 49, goose = e == 49, down_directive = g == 49 }
+    down_tx_off = c == 49, directive = d == 49, goose = e == 49, down_directive = g == 49,
+    morph = h == 49, only_no_tx = i == 49 }
 end
 
 -- The text of a cache file that starts with header; nil when it is missing, foreign or not
@@ -150,7 +152,7 @@ end
 function Sets:lookup()
   local data = self.path and read_private(self.path, SET_HEADER .. "\t")
   if not data then return nil end
-  local key, format, nwarn, pos = data:match("^(%x+)\t(%a+)\t(%d+)\n()", #SET_HEADER + 2)
+  local key, format, nwarn, pos = data:match("^(%x+)\t([%a-]+)\t(%d+)\n()", #SET_HEADER + 2)
   if not key then return nil end
   local warnings = {}
   for _ = 1, tonumber(nwarn) do

@@ -13,6 +13,7 @@ local paths = require("moonshift.paths")
 local backup = require("moonshift.backup")
 local sqlstate = require("moonshift.sqlstate")
 local ui_mod = require("moonshift.ui")
+local statement = require("moonshift.statement")
 
 local fmt = string.format
 
@@ -215,6 +216,8 @@ function Run:step(i, m)
   end
   local gone = self:output_gone(m)
   if gone then return self:failed(m, gone) end
+  local why = execute.why_no_transaction(m, direction)
+  if why then s.ui:info(why) end
   self.last_blocker = nil
   r.on_tick = self:ticker(i, m)
   local res, err = r:run(m, direction)
@@ -284,6 +287,8 @@ function execute.run(s, list, direction, opts)
   for _, rep in ipairs(direction == "up" and not opts.to and s.status.repeatables or {}) do
     local gone = run:output_gone(rep)
     if gone then return run:failed(rep, gone) end
+    local why = execute.why_no_transaction(rep, "up")
+    if why then s.ui:info(why) end
     local res, rerr = run.runner:run(rep, "up")
     if not res then return run:failed(rep, rerr) end
     s.ui:step(#run.done + 1, #run.done + 1, rep.id, "ok", res.duration_ms)
@@ -303,6 +308,31 @@ function execute.run(s, list, direction, opts)
     elapsed_ms = res.duration_ms,
     current = s.status.current and s.status.current.version or nil })
   return res
+end
+
+--- The line that says why a migration runs outside a transaction when no directive says
+-- so (every statement of it is one PostgreSQL refuses inside a transaction block), or nil.
+-- @param direction string: "up" or "down"
+-- @return string | nil
+function execute.why_no_transaction(m, direction)
+  local up = direction == "up"
+  if not (up and m.no_transaction_auto or not up and m.down_no_transaction_auto) then
+    return nil
+  end
+  if (up and m.transaction or not up and m.down_transaction) ~= false then return nil end
+  local names, seen = {}, {}
+  for _, stmt in ipairs(up and m.statements or m.down_statements) do
+    local name = statement.no_transaction(stmt.text)
+    if name and not seen[name] then
+      seen[name] = true
+      names[#names + 1] = name
+    end
+  end
+  local last = table.remove(names)
+  local list = #names > 0 and table.concat(names, ", ") .. " and " .. last or last
+  return fmt("%s runs without a transaction: it holds only %s, which PostgreSQL cannot run " ..
+    "inside one; it stays marked dirty until it ends",
+    paths.display(up and m.up_path or m.down_path), list)
 end
 
 --- Prints the plan and the SQL of each migration (--dry-run).

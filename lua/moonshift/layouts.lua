@@ -1,11 +1,40 @@
 -- The migration layouts moonshift reads: what a file name is, how a lone file splits into
--- up and down sections (dbmate, goose), and which directives take a migration out of a
--- transaction. Pure functions of names and texts; source.lua walks the directory.
+-- up and down sections (dbmate, goose, sql-migrate), and what takes a migration out of a
+-- transaction (directives, and in some layouts its statements). Pure functions of names and
+-- texts; source.lua walks the directory.
 local hash = require("moonshift.hash")
+local sql = require("moonshift.sql")
+local statement = require("moonshift.statement")
 
 local fmt = string.format
 
 local layouts = {}
+
+-- The layouts in which a script whose every statement cannot run inside a transaction block
+-- runs without one, as its own tool runs it: golang-migrate never opens a transaction (its
+-- layout is moonshift's native one, NNN_name.up.sql / .down.sql, and a lone NNN_name.sql
+-- reads the same way), and Flyway detects such statements (PostgreSQLParser
+-- detectCanExecuteInTransaction) and runs the script outside one. dbmate, goose, diesel and
+-- sql-migrate wrap each migration unless their own marker says not to, so there the marker
+-- is required, as it is by those tools.
+local AUTO = { native = true, flyway = true }
+
+-- Each layout's own way to take a migration out of a transaction, for messages.
+local NO_TX_HINT = {
+  native = { up = "`-- moonshift:no-transaction` to the file",
+    down = "`-- moonshift:no-transaction` to the file" },
+  flyway = { up = "`executeInTransaction=false` to its .sql.conf file (or " ..
+    "`-- moonshift:no-transaction` to the script)",
+    down = "`-- moonshift:no-transaction` to the undo script" },
+  dbmate = { up = "`transaction:false` to its `-- migrate:up` line",
+    down = "`transaction:false` to its `-- migrate:down` line" },
+  goose = { up = "`-- +goose NO TRANSACTION` to the file",
+    down = "`-- +goose NO TRANSACTION` to the file" },
+  diesel = { up = "`run_in_transaction = false` to its metadata.toml",
+    down = "`run_in_transaction = false` to its metadata.toml" },
+  ["sql-migrate"] = { up = "`notransaction` to its `-- +migrate Up` line",
+    down = "`notransaction` to its `-- +migrate Down` line" },
+}
 
 --- Files a diesel migration directory may hold, and what each is.
 layouts.DIESEL_FILES = {
@@ -48,6 +77,12 @@ function layouts.classify(name)
   if fn then return { kind = "repeatable", layout = "flyway", name = fn, id = "R__" .. fn } end
   local v, n = name:match("^(%d+)_([^.].*)%.sql$")
   if v then return { kind = "up", lone = true, version = v, name = n, id = v .. "_" .. n } end
+  -- sql-migrate's own `new` names files 20240101120000-name.sql; such a file must then
+  -- have its sections (layouts.facts)
+  v, n = name:match("^(%d+)%-([^.].*)%.sql$")
+  if v then
+    return { kind = "up", lone = true, dash = true, version = v, name = n, id = v .. "-" .. n }
+  end
   return nil
 end
 
@@ -80,7 +115,17 @@ local function goose_marker(line)
   return nil
 end
 
--- Which section layout a lone file uses, from its text: "dbmate", "goose" or "native".
+-- sql-migrate's section lines, as its parser reads them (github.com/rubenv/sql-migrate,
+-- sqlparse/sqlparse.go): `-- +migrate Up` or `Down` at the start of a line, exactly so
+-- spelled, then options separated by blanks (`notransaction`).
+local function sql_migrate_marker(line)
+  local which, rest = line:match("^%-%- %+migrate (%a+)(.*)$")
+  if which == "Up" or which == "Down" then return which:lower(), rest end
+  return nil
+end
+
+-- Which section layout a lone file uses, from its text: "dbmate", "goose", "sql-migrate"
+-- or "native".
 local function lone_layout(text)
   local low = "\n" .. text:lower()
   if low:find("\n[ \t]*%-%-[ \t]*migrate:up") then return "dbmate" end
@@ -88,15 +133,31 @@ local function lone_layout(text)
       low:find("\n[ \t]*%-%-[ \t]*%+goose[ \t]+up[ \t]*$") then
     return "goose"
   end
+  if ("\n" .. text):find("\n%-%- %+migrate Up%f[%s%z]") then return "sql-migrate" end
   return "native"
 end
 
--- Splits a dbmate or goose file into its up and down sections: { up, up_offset, up_options,
--- down, down_offset, down_options }; nil and the problem when the sections are not one up
--- followed by one down.
+local MARKERS = { dbmate = dbmate_marker, goose = goose_marker,
+  ["sql-migrate"] = sql_migrate_marker }
+local LABELS = { dbmate = "-- migrate:", goose = "-- +goose ", ["sql-migrate"] = "-- +migrate " }
+
+-- True when a section line's options hold this layout's no-transaction option.
+local function tx_off(layout, options)
+  if layout == "dbmate" then return options:find("transaction:%s*false") ~= nil end
+  if layout == "sql-migrate" then
+    for word in options:gmatch("%S+") do
+      if word == "notransaction" then return true end
+    end
+  end
+  return false
+end
+
+-- Splits a dbmate, goose or sql-migrate file into its up and down sections: { up,
+-- up_offset, up_options, down, down_offset, down_options }; nil and the problem when the
+-- sections are not one up followed by one down.
 local function sections(e, layout, text)
-  local marks = marker_lines(text, layout == "dbmate" and dbmate_marker or goose_marker)
-  local label = layout == "dbmate" and "-- migrate:" or "-- +goose "
+  local marks = marker_lines(text, MARKERS[layout])
+  local label = LABELS[layout]
   local up, down
   for _, m in ipairs(marks) do
     if (m.value == "up" and up) or (m.value == "down" and down) then
@@ -142,6 +203,34 @@ local function has_directive(low)
   end
 end
 
+-- morph (Mattermost's tool, github.com/mattermost/morph, drivers/postgres/postgres.go)
+-- leaves out the transaction when the file's text begins with this, byte for byte.
+local MORPH = "-- morph:nontransactional"
+
+-- Words one of which every statement statement.no_transaction knows holds: a script with
+-- none of them is not split to find out.
+local NO_TX_WORDS = { "concurrently", "vacuum", "database", "tablespace", "system", "reindex" }
+
+-- True when text has at least one statement and every one of them cannot run inside a
+-- transaction block (CREATE INDEX CONCURRENTLY, VACUUM, ...).
+local function only_no_transaction(text, low)
+  local any = false
+  for _, w in ipairs(NO_TX_WORDS) do
+    if low:find(w, 1, true) then
+      any = true
+      break
+    end
+  end
+  -- the first statement's head words decide most scripts without splitting them
+  if not any or not statement.no_transaction(text) then return false end
+  local stmts = sql.split(text)
+  if not stmts or not stmts[1] then return false end
+  for _, stmt in ipairs(stmts) do
+    if stmt.kind ~= "sql" or not statement.no_transaction(stmt.text) then return false end
+  end
+  return true
+end
+
 -- True when lowercased text has goose's `-- +goose NO TRANSACTION` line.
 local function has_goose_directive(low)
   return low:find("^[ \t]*%-%-[ \t]*%+goose[ \t]+no[ \t]+transaction") ~= nil or
@@ -157,27 +246,37 @@ function layouts.facts(e, text)
   local up, down = text, nil
   if e.lone then
     f.layout = lone_layout(text)
+    if e.dash and f.layout ~= "sql-migrate" then
+      return nil, fmt("%s matches no migration layout (a name like 0003-add_email.sql is " ..
+        "sql-migrate's, and then its file has a `-- +migrate Up` line)", e.path)
+    end
     if f.layout ~= "native" then
       local sec, problem = sections(e, f.layout, text)
       if not sec then return nil, problem end
       up, down, f.up_offset, f.down_offset = sec.up, sec.down, sec.up_offset, sec.down_offset
       f.has_down = down ~= nil
-      if f.layout == "dbmate" then
-        f.up_tx_off = sec.up_options:find("transaction:%s*false") ~= nil
-        f.down_tx_off = (sec.down_options or ""):find("transaction:%s*false") ~= nil
-      end
+      f.up_tx_off = tx_off(f.layout, sec.up_options)
+      f.down_tx_off = tx_off(f.layout, sec.down_options or "")
     end
   end
   local low = up:lower()
   f.checksum = hash.sha256(up)
   f.directive = has_directive(low)
+  -- morph reads only NNN_name.up.sql / .down.sql (models/parse.go)
+  f.morph = f.layout == "native" and not e.lone and up:sub(1, #MORPH) == MORPH
+  f.only_no_tx = AUTO[f.layout] and only_no_transaction(up, low) or false
   -- goose writes it anywhere in the file, also above `-- +goose Up`
   f.goose = has_goose_directive(f.layout == "goose" and text:lower() or low)
   f.down_directive = down ~= nil and has_directive(down:lower())
   return f, up, down
 end
 
---- Whether a migration runs in a transaction, from every directive its layout knows.
+--- Whether a migration runs in a transaction, from every directive its layout knows, and
+-- in the layouts whose own tool runs it so (see AUTO), from its statements.
+-- @return boolean, and why not when it is not for a reason that is the up script's own
+--   (its down script decides for itself then, as morph and golang-migrate have it):
+--   "morph" (the file starts with morph's marker) or "statements" (every one of them cannot
+--   run inside a transaction block)
 function layouts.transactional(e)
   local f = e.facts
   if f.directive or f.up_tx_off or f.goose or e.no_transaction then return false end
@@ -185,7 +284,29 @@ function layouts.transactional(e)
       "%f[%w]executeintransaction%s*=%s*false") then
     return false
   end
+  if f.morph then return false, "morph" end
+  if f.only_no_tx and AUTO[f.layout] then return false, "statements" end
   return true
+end
+
+--- What takes a down script of its own (a .down.sql, a Flyway undo script) out of a
+-- transaction by its own text: a directive (first value), or (second value; see AUTO) only
+-- statements that cannot run in one.
+-- @return boolean marked, boolean only_no_transaction
+function layouts.down_no_transaction(f)
+  return f.directive or f.morph or false, (f.only_no_tx and AUTO[f.layout]) or false
+end
+
+--- Whether a script of only statements that cannot run inside a transaction block runs
+-- without one in this layout (see AUTO).
+function layouts.auto(layout)
+  return AUTO[layout] == true
+end
+
+--- How to take a migration of this layout out of a transaction, for messages: its own
+-- tool's marker where it has one (a file that keeps it still works with that tool).
+function layouts.no_transaction_hint(layout, direction)
+  return NO_TX_HINT[layout] and NO_TX_HINT[layout][direction or "up"] or NO_TX_HINT.native.up
 end
 
 return layouts

@@ -3,7 +3,9 @@
 -- Policy, in one place (moonshift(1) repeats it):
 -- * Layouts: native/golang-migrate/sqlx (`0003_x.up.sql`, `0003_x.down.sql`, a lone
 --   `0003_x.sql` is up-only), dbmate (a lone `.sql` with `-- migrate:up` / `-- migrate:down`
---   sections), goose (a lone `.sql` with `-- +goose Up` / `-- +goose Down` sections), Flyway
+--   sections), goose (a lone `.sql` with `-- +goose Up` / `-- +goose Down` sections),
+--   sql-migrate (a lone `.sql` with `-- +migrate Up` / `-- +migrate Down` sections, also
+--   named `20240101120000-x.sql`), Flyway
 --   (`V3__x.sql`, `U3__x.sql` undo, `R__x.sql` repeatable, `V3__x.sql.conf`), diesel (a
 --   directory `<version>_<name>/` with `up.sql`, `down.sql`, `metadata.toml`). One layout
 --   per directory.
@@ -41,7 +43,7 @@ source.DEFAULT_IGNORE = { "README*", "*.md", "*.txt" }
 source.MAX_FILE_SIZE = 256 * 1024 * 1024
 
 local FORMATS = { auto = true, native = true, flyway = true, dbmate = true, diesel = true,
-  goose = true }
+  goose = true, ["sql-migrate"] = true }
 
 
 local line_of = statement.line_of
@@ -134,8 +136,9 @@ function Loader:load_script(e)
 end
 
 -- Splits a script into statements and checks them; nil (and problems) when it is refused.
-function Loader:statements(path, text, offset, transaction)
-  local stmts, problems = statement.script(path, text, offset, transaction)
+function Loader:statements(path, text, offset, transaction, layout, direction)
+  local stmts, problems = statement.script(path, text, offset, transaction, {
+    hint = layouts.no_transaction_hint(layout, direction), alone = layouts.auto(layout) })
   for _, p in ipairs(problems) do self:problem(p, path) end
   return stmts
 end
@@ -270,7 +273,7 @@ local function split(loader, m)
   local e, down = u.e, u.down
   if not loader:texts(e) or (down and not loader:texts(down)) then return false end
   local f = e.facts
-  local stmts = loader:statements(e.path, e.up_sql, f.up_offset, m.transaction)
+  local stmts = loader:statements(e.path, e.up_sql, f.up_offset, m.transaction, f.layout, "up")
   rawset(m, "up_sql", e.up_sql)
   rawset(m, "statements", stmts)
   if stmts and #stmts == 0 then
@@ -280,7 +283,8 @@ local function split(loader, m)
   local down_stmts
   if m.down_path then
     local down_sql = down and down.up_sql or e.down_sql
-    down_stmts = loader:statements(m.down_path, down_sql, f.down_offset, m.down_transaction)
+    down_stmts = loader:statements(m.down_path, down_sql, f.down_offset, m.down_transaction,
+      f.layout, "down")
     rawset(m, "down_sql", down_sql)
     rawset(m, "down_statements", down_stmts)
   end
@@ -313,18 +317,25 @@ end
 function Loader:build(e)
   local f = e.facts
   local down = e.down -- a down script in a file of its own
-  local down_directive
+  local down_marked, down_auto = false, false
   if down then
-    down_directive = down.facts.directive
+    down_marked, down_auto = layouts.down_no_transaction(down.facts)
   elseif f.has_down then
-    down_directive = f.down_directive
+    down_marked = f.down_directive
   end
-  e.tx = layouts.transactional(e)
-  e.down_tx = e.tx and not down_directive and not f.down_tx_off
+  local why
+  e.tx, why = layouts.transactional(e)
+  e.auto = why == "statements" or nil
+  -- moonshift's directives that take the up script out of a transaction take its down out
+  -- too; morph's marker and the statements of the up script decide only for the up script
+  local marked = (not e.tx and not why) or down_marked or f.down_tx_off
+  e.down_tx = not (marked or down_auto)
+  e.down_auto = (down_auto and not marked) or nil
   local m = setmetatable({
     version = e.version, key = e.key, name = e.name, id = e.id, format = e.layout,
     up_path = e.path, up_sql = e.up_sql, checksum = f.checksum, transaction = e.tx,
     companion_path = e.companion_path, verify_path = e.verify_path,
+    no_transaction_auto = e.auto, down_no_transaction_auto = e.down_auto,
   }, Migration)
   unread[m] = { e = e, down = down, ctx = self.ctx }
   if e.kind == "repeatable" then
@@ -392,13 +403,15 @@ end
 -- needs (source.check): whether the up file is a lone file, its facts without the
 -- checksum (the record has it) and the facts of a down file of its own. Its `flags`: r a
 -- repeatable, t transactional, d a transactional down (what the files say, before a
--- companion has its say).
+-- companion has its say), a and b: the up and the down script run without a transaction
+-- for their statements alone.
 local function record_of(m)
   local u = unread[m]
   local e, down = u.e, u.down
   return { version = m.version, key = m.key, name = m.name, id = m.id, format = m.format,
     up_path = m.up_path, checksum = m.checksum,
-    flags = (m.repeatable and "r" or "") .. (e.tx and "t" or "") .. (e.down_tx and "d" or ""),
+    flags = (m.repeatable and "r" or "") .. (e.tx and "t" or "") .. (e.down_tx and "d" or "") ..
+      (e.auto and "a" or "") .. (e.down_auto and "b" or ""),
     down_path = m.down_path, companion_path = m.companion_path, verify_path = m.verify_path,
     source = (e.lone and "1" or "0") .. ";" .. cache.encode_facts(e.facts):gsub(" %x+ ", " ", 1)
       .. (down and ";" .. cache.encode_facts(down.facts) or "") }
@@ -406,7 +419,7 @@ end
 
 -- The entries a record's `source` describes, for source.check; nil when it is damaged.
 local function entries_of(m, src)
-  local lone, layout, up, down = (src or ""):match("^([01]);(%a+)( [^;]+);?(.*)$")
+  local lone, layout, up, down = (src or ""):match("^([01]);([%a-]+)( [^;]+);?(.*)$")
   if not lone then return nil end
   local f = cache.decode_facts(layout .. " " .. m.checksum .. up)
   local df = down ~= "" and cache.decode_facts(down)
@@ -433,6 +446,8 @@ function Loader:cached_set()
     unread[m] = { src = src, ctx = ctx }
     m.transaction = find(flags, "t", 1, true) ~= nil
     if m.down_path then m.down_transaction = find(flags, "d", 1, true) ~= nil end
+    m.no_transaction_auto = find(flags, "a", 1, true) ~= nil or nil
+    m.down_no_transaction_auto = find(flags, "b", 1, true) ~= nil or nil
     if find(flags, "r", 1, true) then
       m.repeatable = true
       repeatables[#repeatables + 1] = m
@@ -483,10 +498,11 @@ end
 -- caller may do other work (read the history) meanwhile. source.load does both at once.
 -- @param dir string: the migrations directory (a symlink to one is followed)
 -- @param opts table|nil: `format` ("auto" (default), "native", "flyway", "dbmate",
---   "diesel", "goose"), `ignore` (array of glob patterns matched against names; default
---   source.DEFAULT_IGNORE; names starting with "." are always ignored), `max_file_size`
---   (bytes, default source.MAX_FILE_SIZE), `load_companion` (function(path) -> table | nil, err:
---   loads a `.lua` companion, whose `transaction = false` applies before validation),
+--   "diesel", "goose", "sql-migrate"), `ignore` (array of glob patterns matched against
+--   names; default source.DEFAULT_IGNORE; names starting with "." are always ignored),
+--   `max_file_size` (bytes, default source.MAX_FILE_SIZE), `load_companion`
+--   (function(path) -> table | nil, err: loads a `.lua` companion, whose
+--   `transaction = false` applies before validation),
 --   `lazy` (statements are split and checked by source.check(m), or on first use), `cache` (path of
 --   a checksum cache file, `<name>.cache`: files whose stat matches are not read until
 --   source.check or first use; with `lazy`, a whole set
@@ -496,8 +512,10 @@ end
 --   (sorted by name), by_key (version key -> migration), warnings (array of strings) }; each
 --   migration { version, key, name, id, format, up_path, up_sql, checksum, statements,
 --   transaction, down_path, down_sql, down_statements, down_transaction, companion_path,
---   verify_path }; a repeatable has `repeatable = true` and its id as version; `fingerprint`
---   (for source.unchanged)
+--   verify_path, no_transaction_auto and down_no_transaction_auto (true when the script
+--   runs without a transaction for its statements alone, no directive saying so) }; a
+--   repeatable has `repeatable = true` and its id as version; `fingerprint` (for
+--   source.unchanged)
 -- @return nil, err: kind "usage", a message naming the file(s) (and line), `file` when one
 --   file is at fault, `files` when several, `problems` ({ message, files } each)
 --   (both from :finish())
@@ -506,8 +524,8 @@ function source.load_begin(dir, opts)
   opts = opts or {}
   local format = opts.format or "auto"
   if not FORMATS[format] then
-    error(fmt("source.load: unknown format %q (auto, native, flyway, dbmate, diesel, goose)",
-      tostring(format)), 2)
+    error(fmt("source.load: unknown format %q (auto, native, flyway, dbmate, diesel, goose, " ..
+      "sql-migrate)", tostring(format)), 2)
   end
   local ignore = {}
   for i, glob in ipairs(opts.ignore or source.DEFAULT_IGNORE) do

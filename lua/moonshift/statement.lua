@@ -116,6 +116,42 @@ function statement.line_of(text, pos)
 end
 local line_of = statement.line_of
 
+-- Where the first word of a statement is in its file (stmt.line is already there).
+local function first_line(stmt, pos)
+  return line_of(stmt.text, pos or 1) + stmt.line - 1
+end
+
+-- The problems of statements that cannot run inside a transaction block, in a script that
+-- is to run in one: how to take it out of one (`hint`: the layout's own marker), and when
+-- it mixes them with statements that can, that it does.
+local function no_transaction_problems(path, stmts, hint, alone)
+  local found, other = {}, nil
+  for _, stmt in ipairs(stmts) do
+    if stmt.kind == "sql" then
+      local name, pos = statement.no_transaction(stmt.text)
+      if name then
+        found[#found + 1] = { name = name, line = first_line(stmt, pos) }
+      elseif not other then
+        local _, at = sql.head(stmt.text, 1)
+        other = first_line(stmt, at)
+      end
+    end
+  end
+  local problems = {}
+  for _, f in ipairs(found) do
+    if other then
+      problems[#problems + 1] = fmt("%s:%d: %s cannot run inside a transaction block, and " ..
+        "this migration mixes it with statements that can (line %d); move it to a migration " ..
+        "of its own%s, or add %s to run them all without a transaction", path, f.line, f.name,
+        other, alone and " (which then runs without a transaction)" or "", hint)
+    else
+      problems[#problems + 1] = fmt("%s:%d: %s cannot run inside a transaction block; add %s",
+        path, f.line, f.name, hint)
+    end
+  end
+  return problems
+end
+
 --- A migration script split into the statements psql would send, checked: no psql
 -- meta-command, and in a transactional one no transaction control and nothing that cannot
 -- run inside a transaction block.
@@ -123,8 +159,12 @@ local line_of = statement.line_of
 -- @param text string: the script
 -- @param offset integer: lines before the script in its file (a dbmate or goose section)
 -- @param transactional boolean
+-- @param opts table|nil: `hint`, how to take this script out of a transaction in its layout
+--   (default: add `-- moonshift:no-transaction` to the file); `alone`, true when a script
+--   of only statements that cannot run in a transaction runs without one in its layout
 -- @return statements | nil, and the problems found ("file:line: message" each, maybe none)
-function statement.script(path, text, offset, transactional)
+function statement.script(path, text, offset, transactional, opts)
+  opts = opts or {}
   local stmts, err = sql.split(text)
   if not stmts then
     return nil, { fmt("%s:%d: %s", path, (tonumber(err.line) or 1) + offset,
@@ -138,17 +178,18 @@ function statement.script(path, text, offset, transactional)
       problems[#problems + 1] = fmt("%s:%d: psql meta-command %s cannot run on the server",
         path, stmt.line, meta_name(stmt))
     elseif transactional then
-      local name, pos = statement.no_transaction(stmt.text)
-      if name then
-        problems[#problems + 1] = fmt("%s:%d: %s cannot run inside a transaction; add %s to " ..
-          "this migration", path, line_of(stmt.text, pos) + stmt.line - 1, name, DIRECTIVE)
-      end
-      name, pos = statement.transaction_control(stmt.text)
+      local name, pos = statement.transaction_control(stmt.text)
       if name then
         problems[#problems + 1] = fmt("%s:%d: %s: moonshift runs each migration in its own " ..
           "transaction and records it in the same one; remove this statement (or add %s to " ..
           "this migration)", path, line_of(stmt.text, pos) + stmt.line - 1, name, DIRECTIVE)
       end
+    end
+  end
+  if transactional then
+    for _, p in ipairs(no_transaction_problems(path, stmts, opts.hint or
+        DIRECTIVE .. " to the file", opts.alone)) do
+      problems[#problems + 1] = p
     end
   end
   if problems[1] then return nil, problems end

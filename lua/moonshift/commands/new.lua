@@ -54,6 +54,8 @@ local function files_for(format, v, name)
     return { { fmt("%s_%s.sql", v, name), "-- migrate:up\n\n\n-- migrate:down\n\n" } }
   elseif format == "goose" then
     return { { fmt("%s_%s.sql", v, name), "-- +goose Up\n\n\n-- +goose Down\n\n" } }
+  elseif format == "sql-migrate" then
+    return { { fmt("%s_%s.sql", v, name), "-- +migrate Up\n\n\n-- +migrate Down\n\n" } }
   end
   return { { fmt("%s_%s.up.sql", v, name), fmt("-- %s: %s\n\n", v, name) },
     { fmt("%s_%s.down.sql", v, name), down_text(v, name) } }
