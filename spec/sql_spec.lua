@@ -163,7 +163,7 @@ describe("moonshift.sql", function()
         "COPY t (a, b) FROM stdin; -- data\n1\tx;\n2\t\\N\n\\.\nSELECT 1;\n"))
       assert.same({
         { text = "COPY t (a, b) FROM stdin;", kind = "copy", copy_data = "1\tx;\n2\t\\N\n",
-          line = 1, column = 1, end_line = 4 },
+          line = 1, column = 1, end_line = 4, data_line = 2 },
         { text = "SELECT 1;", kind = "sql", line = 5, column = 1, end_line = 5 },
       }, stmts)
     end)

@@ -12,6 +12,7 @@ local json = require("moonshift.json")
 local paths = require("moonshift.paths")
 local backup = require("moonshift.backup")
 local sqlstate = require("moonshift.sqlstate")
+local sql = require("moonshift.sql")
 local ui_mod = require("moonshift.ui")
 
 local fmt = string.format
@@ -263,10 +264,17 @@ function execute.print_dry_run(s, list, direction)
     s.ui:result(fmt("-- [%d/%d] %s %s (%s, %d statements%s)", i, #list,
       direction == "up" and "apply" or "revert", m.id, paths.display(path), #stmts,
       m.transaction == false and ", no transaction" or ""))
-    for _, stmt in ipairs(stmts) do
+    local function show(stmt)
       local text = stmt.text:gsub("%s+$", "")
       if stmt.kind == "sql" and text:sub(-1) ~= ";" then text = text .. ";" end
       s.ui:result(text)
+    end
+    if stmts.stream then
+      local st <close>, msg = sql.stream(stmts.stream)
+      if not st then s.ui:result("-- cannot read " .. tostring(msg)) end
+      for stmt in st and st.next or function() end, st do show(stmt) end
+    else
+      for _, stmt in ipairs(stmts) do show(stmt) end
     end
   end
   return { dry_run = true, planned = #list }

@@ -177,6 +177,22 @@ function layouts.facts(e, text)
   return f, up, down
 end
 
+--- The facts of a large file, read a chunk of whole lines at a time (layouts.facts reads
+-- them from the whole text), without the checksum: the caller hashes the file as it is.
+-- @param chunks function: an iterator of strings, each ending at a newline but the last
+-- @return facts | nil when the file has dbmate or goose sections (those need the whole text)
+function layouts.scan_facts(e, chunks)
+  local f = { layout = e.layout or "native", checksum = "", up_offset = 0, down_offset = 0,
+    directive = false, goose = false, down_directive = false }
+  for chunk in chunks do
+    local low = chunk:lower()
+    if e.lone and lone_layout(low) ~= "native" then return nil end
+    f.directive = f.directive or has_directive(low)
+    f.goose = f.goose or has_goose_directive(low)
+  end
+  return f
+end
+
 --- Whether a migration runs in a transaction, from every directive its layout knows.
 function layouts.transactional(e)
   local f = e.facts
