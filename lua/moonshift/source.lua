@@ -86,9 +86,9 @@ end
 -- The normalized text of a script (BOM stripped, CRLF as LF), or nil and a problem.
 function Loader:read(path, st)
   if st.size > self.max_size then
-    self:problem(fmt("%s is %d bytes, over the limit of %d bytes for a migration file read " ..
-      "whole (a larger one is streamed unless it has CRLF line endings or dbmate/goose " ..
-      "sections)", path, st.size, self.max_size), path)
+    self:problem(fmt("%s is %d bytes, over the limit of %d bytes for one migration file%s",
+      path, st.size, self.max_size, st.size > self.stream_size and " read whole (it is not " ..
+      "streamed: it has CRLF line endings, or dbmate or goose sections)" or ""), path)
     return nil
   end
   local raw, msg = fs.read(path)
