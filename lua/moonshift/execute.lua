@@ -183,7 +183,7 @@ function Run:step(i, m)
   end
   local stmts = direction == "up" and m.statements or m.down_statements
   local file = paths.display(direction == "up" and m.up_path or m.down_path)
-  for k = 1, #stmts do
+  for k = 1, stmts.stream and 0 or #stmts do -- a streamed script's are not kept
     if res.timings[k] then
       s.ui:event("statement", { id = m.id, file = file, line = stmts[k].line,
         elapsed_ms = res.timings[k] })
