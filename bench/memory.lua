@@ -1,5 +1,6 @@
 -- Benchmark: peak resident memory of `moonshift up` on one large migration (issue 14, item 12).
--- moonshift --run-lua bench/memory.lua BIN [SIZES_MB=20,200,1000] [OUT_DIR]
+-- moonshift --run-lua bench/memory.lua BIN [SIZES_MB=20,200,1000] [OUT_DIR] (or PART=memory
+-- sh bench/run.sh)
 -- For each size, two migrations are generated in a temporary directory (removed at the end):
 -- one COPY ... FROM stdin of that many megabytes of rows, one of the same rows as INSERTs;
 -- each is applied to a fresh database under /usr/bin/time -v and its "Maximum resident set
@@ -56,7 +57,8 @@ local function run(argv)
   return assert(proc.run(argv, { env = env, timeout = 3600000 }))
 end
 
-local rows = { "| file | rows | peak RSS (MB) | wall (s) |", "|---|---:|---:|---:|" }
+local rows = { "## Peak memory of `moonshift up` on one large migration (bench/memory.lua)", "",
+  "| file | rows | peak RSS (MB) | wall (s) |", "|---|---:|---:|---:|" }
 for _, mb in ipairs(sizes) do
   for _, kind in ipairs({ "copy", "insert" }) do
     local dir = fmt("%s/%s-%d", work, kind, mb)
