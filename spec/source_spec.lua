@@ -834,6 +834,18 @@ describe("moonshift.source", function()
         assert.equal(dir .. "/1_a.sql", m.statements.stream)
       end)
 
+    it("reads a streamed file's BOM as a whole file's: directive on its first line, checksum",
+      function()
+        local text = "\239\187\191-- moonshift:no-transaction\n" ..
+          string.rep("insert into t values (1);\n", 20)
+        local whole = assert(load({ ["1_a.sql"] = text }))
+        local set = assert(load({ ["1_a.sql"] = text }, { stream_size = 100 }))
+        assert.is_false(whole.migrations[1].transaction)
+        assert.is_false(set.migrations[1].transaction)
+        assert.equal(whole.migrations[1].checksum, set.migrations[1].checksum)
+        assert.equal(20, #set.migrations[1].statements)
+      end)
+
     it("refuses what the checks refuse in a streamed file, with its line", function()
       local msg = refused({ ["1_a.sql"] = string.rep("select 1;\n", 20) .. "commit;\n" },
         { stream_size = 100 })

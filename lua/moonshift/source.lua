@@ -145,7 +145,9 @@ function Loader:scan_script(e)
       return nil
     end
     local _, n = chunk:gsub("\n", "")
+    local first = offset == 0
     line, offset = line + n, offset + #chunk
+    if first and bom == 3 then return chunk:sub(4) end -- as Loader:read strips it
     return chunk
   end
   local function chunks()
