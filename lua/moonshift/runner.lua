@@ -12,6 +12,7 @@ local history = require("moonshift.history")
 local pipeline = require("moonshift.pipeline")
 local sqlerror = require("moonshift.sqlerror")
 local sqlstate = require("moonshift.sqlstate")
+local source = require("moonshift.source")
 
 local fmt = string.format
 
@@ -243,11 +244,14 @@ local STREAM_BATCH, STREAM_BYTES = 1000, 1024 * 1024
 --- Runs the statements of a streamed script (statement.stream_script) as they are read
 -- from the file: pipelined in batches (one by one with `one_by_one`), COPY data in pieces.
 -- Nothing of the file is kept but the batch in flight.
--- @return true | nil, the failed statement, err
+-- @return true | nil, the failed statement, err | nil, nil, message when nothing was sent
+-- (the file cannot be read, or is no longer the one checked)
 function Runner:run_stream(list, one_by_one)
   local s <close>, msg = sql.stream(list.stream)
-  if not s then
-    return nil, { line = 1, column = 1, text = "" }, { message = fmt("cannot read %s", msg) }
+  local st = s and fs.stat(list.stream)
+  if not s then return nil, nil, fmt("cannot read %s", msg) end
+  if not (st and source.identity(st) == list.identity) then
+    return nil, nil, fmt("%s changed after moonshift checked it", paths.display(list.stream))
   end
   local batch, bytes = {}, 0
   local function flush()
@@ -261,7 +265,7 @@ function Runner:run_stream(list, one_by_one)
   while true do
     local stmt, serr = s:next()
     if not stmt then
-      if serr then -- the file changed after it was checked
+      if serr then -- the file changed after it was checked, behind a forged stat
         return nil, { line = serr.line, column = serr.column, text = "" },
           { message = tostring(serr.message) }
       end
@@ -350,6 +354,10 @@ function Runner:_run_steps(m, direction, steps, path, statements)
       i = j + 1
     elseif steps[i].stream then
       local ok, failed, err = self:run_stream(steps[i].stream, false)
+      if not ok and not failed then
+        return nil, errors.new("refused", fmt("%s: %s; rolled back, nothing of it was " ..
+          "applied. Run the command again", m.id, err), { file = paths.display(path) })
+      end
       if not ok then
         return nil, self:_batch_error(m, path, { statement = true, item = failed }, err, run,
           direction), err
@@ -578,6 +586,12 @@ function Runner:_autocommit(m, direction, statements, path)
   if statements.stream then
     timings, failed, serr = self:run_stream(statements, true)
     if timings then timings = {} end
+    if not (timings or failed) then
+      h:event("fail", m, self.run_id, { statement = 0 })
+      return nil, errors.new("refused", fmt("%s: %s; none of its statements ran, but it is " ..
+        "not transactional, so it was marked dirty first: `moonshift force %s --not-applied`, " ..
+        "then run the command again", m.id, serr, m.version), { file = paths.display(path) })
+    end
   else
     timings, k, serr = self:run_items(statements, true)
   end

@@ -47,6 +47,14 @@ source.MAX_FILE_SIZE = 256 * 1024 * 1024
 --- Scripts larger than this, in bytes, are streamed (see above).
 source.STREAM_SIZE = 8 * 1024 * 1024
 
+--- What says a file is still the one that was read: its device, inode, size and change
+-- times, as one string (for a streamed script, which is read again when it runs).
+-- @param st table: fs.stat's
+function source.identity(st)
+  return fmt("%s:%s:%s:%s.%s:%s.%s", st.dev, st.ino, st.size, st.mtime, st.mtime_nsec or 0,
+    st.ctime, st.ctime_nsec or 0)
+end
+
 -- The facts of a file that must be read whole after all (see Loader:scan_script).
 local WHOLE = {}
 local BOM = "\239\187\191"
@@ -119,7 +127,12 @@ end
 -- a problem) when it is refused.
 function Loader:scan_script(e)
   local path = e.path
+  local st, serr = fs.stat(path)
   local file, msg = io.open(path, "rb")
+  if file and not st then
+    file:close()
+    file, msg = nil, serr
+  end
   if not file then
     self:problem(fmt("cannot read %s", msg), path)
     return nil
@@ -183,6 +196,7 @@ function Loader:scan_script(e)
     return nil
   end
   f.checksum = sum
+  e.identity = source.identity(st)
   return f
 end
 
@@ -228,13 +242,20 @@ function Loader:load_script(e)
 end
 
 -- Splits a script into statements and checks them; nil (and problems) when it is refused.
--- A streamed one (text nil) is checked as it streams past, its statements not kept.
-function Loader:statements(path, text, offset, transaction)
+-- A streamed one (text nil; identity, what source.identity said when it was hashed) is
+-- checked as it streams past, its statements not kept; it must not change meanwhile.
+function Loader:statements(path, text, offset, transaction, identity)
   local stmts, problems
   if text then
     stmts, problems = statement.script(path, text, offset, transaction)
   else
     stmts, problems = statement.stream_script(path, path, transaction)
+    local st = fs.stat(path)
+    if stmts and not (st and source.identity(st) == identity) then
+      stmts, problems = nil, { fmt("%s changed while moonshift was reading it; run the " ..
+        "command again", path) }
+    end
+    if stmts then stmts.identity = identity end
   end
   for _, p in ipairs(problems) do self:problem(p, path) end
   return stmts
@@ -383,7 +404,7 @@ local function split(loader, m)
   local e, down = u.e, u.down
   if not loader:texts(e) or (down and not loader:texts(down)) then return false end
   local f = e.facts
-  local stmts = loader:statements(e.path, e.up_sql, f.up_offset, m.transaction)
+  local stmts = loader:statements(e.path, e.up_sql, f.up_offset, m.transaction, e.identity)
   rawset(m, "up_sql", e.up_sql)
   rawset(m, "statements", stmts)
   if stmts and #stmts == 0 then
@@ -394,7 +415,8 @@ local function split(loader, m)
   if m.down_path then
     local down_sql
     if down then down_sql = down.up_sql else down_sql = e.down_sql end
-    down_stmts = loader:statements(m.down_path, down_sql, f.down_offset, m.down_transaction)
+    down_stmts = loader:statements(m.down_path, down_sql, f.down_offset, m.down_transaction,
+      down and down.identity)
     rawset(m, "down_sql", down_sql)
     rawset(m, "down_statements", down_stmts)
   end

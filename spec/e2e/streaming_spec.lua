@@ -168,6 +168,28 @@ describe("moonshift up with large migration files #e2e", function()
       assert.are.equal("dirty", value(db.uri, "SELECT state FROM moonshift_migrations"))
     end)
 
+  it("refuses a large file that changed after it was checked, before sending any of it",
+    function()
+      local dir = db.dir .. "/migrations"
+      local path = dir .. "/0001_copy.up.sql"
+      write_rows(path, "copy", 1, 200000, { create = true })
+      assert.is_true(size_mb(path) > 8)
+      -- the pre hook runs after the check and before the statements are read again
+      helpers.write_files(dir, { ["0001_copy.lua"] =
+        "return { pre = function(ctx) ctx.db:query('select pg_sleep(2)') end }\n" })
+      local a = helpers.spawn({ "up", "-y", "-d", db.uri }, db.dir)
+      helpers.wait_for_query(db.uri, "%pg_sleep%")
+      local f = assert(io.open(path, "a"))
+      f:write("DROP TABLE big;\n")
+      f:close()
+      local res = a:wait(60000)
+      assert.are.equal(9, res.code, res.stderr)
+      assert.is_truthy(res.stderr:find("0001_copy: migrations/0001_copy.up.sql changed after " ..
+        "moonshift checked it; rolled back, nothing of it was applied", 1, true), res.stderr)
+      assert.are.equal(nil, value(db.uri, "SELECT to_regclass('big')::text"))
+      assert.are.equal(0, tonumber(value(db.uri, "SELECT count(*) FROM moonshift_migrations")))
+    end)
+
   it("refuses transaction control deep in a large file before anything runs", function()
     local dir = db.dir .. "/migrations"
     helpers.write_files(dir, { ["0001_small.up.sql"] = "CREATE TABLE small (id int);\n" })
