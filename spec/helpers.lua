@@ -106,7 +106,8 @@ function helpers.env(extra)
   return env
 end
 
---- Runs moonshift with args, as a user would, and returns { code, stdout, stderr, signal }.
+--- Runs moonshift with args, as a user would, and returns { code, stdout, stderr, signal,
+-- max_rss_kb }.
 -- opts: cwd, env (added to helpers.env()), stdin, timeout (ms)
 function helpers.run(args, opts)
   opts = opts or {}
