@@ -4,10 +4,10 @@
 # names what to install and fails.
 set -eu
 BUILD="cmake make gcc pkg-config liblua5.4-dev libpq-dev libssl-dev lua-cjson-dev lua-argparse"
-# the tests: a server, PgBouncer, busted and luacheck, pg_dump/psql, script(1), man(1) and
-# a JSON Schema validator
+# the tests: a server, PgBouncer, busted and luacheck, pg_dump/psql, script(1), man(1),
+# a JSON Schema validator and GNU time (a child's true peak memory)
 TEST="$BUILD lua-busted lua-check postgresql-15 postgresql-client-15 pgbouncer openssl
-  bsdutils man-db python3-jsonschema"
+  bsdutils man-db python3-jsonschema time"
 case "${1:-build}" in
     build) PACKAGES=$BUILD; set -- ;;
     test) PACKAGES=$TEST; set -- ;;

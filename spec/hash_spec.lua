@@ -55,6 +55,13 @@ describe("moonshift.hash", function()
       assert.equal(hash.sha256("abc"), hash.sha256_file(path))
     end)
 
+    it("skips the first bytes asked for (a BOM)", function()
+      local path = dir .. "/bom"
+      write_file(path, "\239\187\191select 1;\n")
+      assert.equal(hash.sha256("select 1;\n"), hash.sha256_file(path, 3))
+      assert.equal(hash.sha256(""), hash.sha256_file(path, 100))
+    end)
+
     it("agrees with sha256sum on a 100 MB file using less than 20 MB of memory", function()
       local path = dir .. "/big"
       local f = assert(io.open(path, "wb"))

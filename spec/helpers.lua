@@ -142,8 +142,8 @@ local function json_schema_of(args)
   return nil
 end
 
---- Runs moonshift with args, as a user would, and returns { code, stdout, stderr, signal }.
--- Whatever it prints as JSON is validated against its schema in docs/json/.
+--- Runs moonshift with args, as a user would, and returns { code, stdout, stderr, signal,
+-- max_rss_kb }. Whatever it prints as JSON is validated against its schema in docs/json/.
 -- opts: cwd, env (added to helpers.env()), stdin, timeout (ms)
 function helpers.run(args, opts)
   opts = opts or {}

@@ -530,6 +530,28 @@ describe("moonshift.pg", function()
       assert.equal("COPY 1", conn:copy_in("copy items from stdin", "7\tseven\n"))
     end)
 
+    it("takes the data from a reader, piece by piece, until it returns nil", function()
+      local n = 0
+      local function reader()
+        if n == 300 then return nil end
+        n = n + 1
+        return string.format("%d\titem %d\n", n, n)
+      end
+      assert.equal("COPY 300", conn:copy_in("copy items (id, name) from stdin", reader))
+      assert.equal(300, conn:query("select count(*) as n from items")[1].n)
+      assert.equal("idle", conn:status())
+    end)
+
+    it("ends the COPY when the reader raises, then raises its error", function()
+      local ok, err = pcall(conn.copy_in, conn, "copy items from stdin", function()
+        error("disk gone", 0)
+      end)
+      assert.is_false(ok)
+      assert.equal("disk gone", err)
+      assert.equal("idle", conn:status())
+      assert.equal(0, conn:query("select count(*) as n from items")[1].n)
+    end)
+
     it("reports an error of the COPY statement itself", function()
       local tag, err = conn:copy_in("copy no_such_table from stdin", "1\n")
       assert.is_nil(tag)

@@ -32,6 +32,12 @@ describe("moonshift.proc", function()
       assert.is_true(math.type(r.pid) == "integer" and r.pid > 0)
     end)
 
+    it("reports the child's peak resident memory", function()
+      -- (Linux counts in it what the child inherited from us before exec, so no upper bound)
+      local r = assert(proc.run({ "sh", "-c", "exit 0" }))
+      assert.is_true(math.type(r.max_rss_kb) == "integer" and r.max_rss_kb > 0)
+    end)
+
     it("gives the child exactly the environment asked for", function()
       local r = assert(proc.run({ "env" }, { env = { A = "1" } }))
       assert.equal(0, r.code)

@@ -927,6 +927,53 @@ describe("moonshift.source", function()
         "migration file", msg)
     end)
 
+    it("streams a file over stream_size: same checksum, statements checked but not kept",
+      function()
+        local text = "create table t (x int);\n-- moonshift:no-transaction\n" ..
+          string.rep("insert into t values (1);\n", 20)
+        local whole = assert(load({ ["1_a.sql"] = text }))
+        local set = assert(load({ ["1_a.sql"] = text }, { stream_size = 100 }))
+        local m = set.migrations[1]
+        assert.equal(whole.migrations[1].checksum, m.checksum)
+        assert.is_false(m.transaction)
+        assert.equal(21, #m.statements)
+        assert.is_nil(m.statements[1])
+        assert.equal(dir .. "/1_a.sql", m.statements.stream)
+      end)
+
+    it("reads a streamed file's BOM as a whole file's: directive on its first line, checksum",
+      function()
+        local text = "\239\187\191-- moonshift:no-transaction\n" ..
+          string.rep("insert into t values (1);\n", 20)
+        local whole = assert(load({ ["1_a.sql"] = text }))
+        local set = assert(load({ ["1_a.sql"] = text }, { stream_size = 100 }))
+        assert.is_false(whole.migrations[1].transaction)
+        assert.is_false(set.migrations[1].transaction)
+        assert.equal(whole.migrations[1].checksum, set.migrations[1].checksum)
+        assert.equal(20, #set.migrations[1].statements)
+      end)
+
+    it("refuses what the checks refuse in a streamed file, with its line", function()
+      local msg = refused({ ["1_a.sql"] = string.rep("select 1;\n", 20) .. "commit;\n" },
+        { stream_size = 100 })
+      assert.matches("1_a.sql:21: COMMIT", msg, 1, true)
+      msg = refused({ ["1_a.sql"] = string.rep("select 1;\n", 20) .. "select '\255';\n" },
+        { stream_size = 100 })
+      assert.matches("1_a.sql: not valid UTF-8 at byte offset 208 (line 21, byte 0xFF)", msg, 1,
+        true)
+    end)
+
+    it("reads a large file with CRLF line endings whole, within max_file_size", function()
+      local text = string.rep("select 1;\r\n", 20)
+      local set = assert(load({ ["1_a.sql"] = text }, { stream_size = 100 }))
+      assert.equal(20, #set.migrations[1].statements)
+      assert.equal("select 1;", set.migrations[1].statements[1].text)
+      local msg = refused({ ["1_a.sql"] = text }, { stream_size = 100, max_file_size = 200 })
+      assert.equal(dir .. "/1_a.sql is 220 bytes, over the limit of 200 bytes for one " ..
+        "migration file read whole (it is not streamed: it has CRLF line endings, or dbmate " ..
+        "or goose sections)", msg)
+    end)
+
     it("raises on misuse", function()
       assert.has_error(function() source.load(nil) end)
       assert.has_error(function() source.load(dir, { format = "liquibase" }) end)

@@ -163,7 +163,7 @@ describe("moonshift.sql", function()
         "COPY t (a, b) FROM stdin; -- data\n1\tx;\n2\t\\N\n\\.\nSELECT 1;\n"))
       assert.same({
         { text = "COPY t (a, b) FROM stdin;", kind = "copy", copy_data = "1\tx;\n2\t\\N\n",
-          line = 1, column = 1, end_line = 4 },
+          line = 1, column = 1, end_line = 4, data_line = 2 },
         { text = "SELECT 1;", kind = "sql", line = 5, column = 1, end_line = 5 },
       }, stmts)
     end)
@@ -237,5 +237,60 @@ describe("moonshift.sql", function()
         assert.equal("line " .. case[3] .. ": " .. case[2], tostring(err))
       end)
     end
+  end)
+
+  describe("stream", function()
+    local fs = require("moonshift.fs")
+    local dir
+    before_each(function() dir = assert(fs.mkdtemp("/tmp/moonshift-sql-")) end)
+    after_each(function() fs.remove_tree(dir) end)
+
+    local function streamed(text)
+      local path = dir .. "/s.sql"
+      local f = assert(io.open(path, "wb"))
+      f:write(text)
+      f:close()
+      local s <close> = assert(sql.stream(path))
+      local list = {}
+      while true do
+        local stmt, err = s:next()
+        if not stmt then return list, err end
+        if stmt.kind == "copy" then
+          local pieces = {}
+          for piece in s.copy_data, s do pieces[#pieces + 1] = piece end
+          stmt.copy_data = table.concat(pieces)
+        end
+        list[#list + 1] = stmt
+      end
+    end
+
+    it("hands out the statements sql.split lists, one at a time", function()
+      for _, text in ipairs({
+        "", "-- only a comment\n", "SELECT 1;\n\n\nSELECT\n\n2;\nSELECT 3",
+        "\239\187\191COPY t FROM stdin;\n1\n2\n\\.\nSELECT 4;\n",
+        "COPY t FROM stdin;\n1\n\\echo hi\nselect 5;\n", "copy t from stdin",
+        "CREATE FUNCTION f() RETURNS int BEGIN ATOMIC; SELECT 1; END;\nSELECT 1;\\;SELECT 2;",
+      }) do
+        assert.same(assert(sql.split(text)), (streamed(text)))
+      end
+    end)
+
+    it("reads COPY data of several megabytes in pieces", function()
+      local rows = {}
+      for i = 1, 200000 do rows[i] = i .. "\trow " .. i .. "\n" end
+      local data = table.concat(rows)
+      local list = streamed("COPY t FROM stdin;\n" .. data .. "\\.\nSELECT 1;\n")
+      assert.equal(2, #list)
+      assert.equal(data, list[1].copy_data)
+      assert.equal(2, list[1].data_line)
+      assert.equal(200003, list[2].line)
+    end)
+
+    it("reports an error with its line", function()
+      local list, err = streamed("SELECT 1;\nSELECT 2;\nSELECT 'x\n")
+      assert.equal(2, #list)
+      assert.equal(3, err.line)
+      assert.equal("line 3: unterminated quoted string", tostring(err))
+    end)
   end)
 end)

@@ -47,9 +47,12 @@ static int hash_sha256(lua_State *L) {
     return 1;
 }
 
-/* hash.sha256_file(path) -> hex | nil, msg, code */
+/* hash.sha256_file(path [, skip]) -> hex | nil, msg, code: of the bytes after the first
+ * `skip` (a BOM, say) */
 static int hash_sha256_file(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
+    lua_Integer skip = luaL_optinteger(L, 2, 0);
+    luaL_argcheck(L, skip >= 0, 2, "not a byte count");
     /* The buffer is Lua's, so nothing below needs freeing if the state runs out of memory. */
     unsigned char *buf = lua_newuserdatauv(L, CHUNK, 0);
     unsigned char md[EVP_MAX_MD_SIZE];
@@ -74,7 +77,14 @@ static int hash_sha256_file(lua_State *L) {
         }
         if (got == 0)
             break;
-        if (!EVP_DigestUpdate(ctx, buf, (size_t)got))
+        unsigned char *from = buf;
+        if (skip > 0) {
+            lua_Integer k = skip < got ? skip : (lua_Integer)got;
+            skip -= k;
+            from += k;
+            got -= (ssize_t)k;
+        }
+        if (!EVP_DigestUpdate(ctx, from, (size_t)got))
             goto done;
     }
     ok = EVP_DigestFinal_ex(ctx, md, &n);

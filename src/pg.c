@@ -954,12 +954,43 @@ static int conn_exec(lua_State *L) {
     return run_sql(L, c, sql, -1, NULL, 0);
 }
 
-/* conn:copy_in(sql, data) -> command tag | nil, err */
+/* Sends what reader (a function at index `fn`) returns, piece by piece, until nil; false
+ * when the connection broke. A reader that raises ends the COPY with an error (the server
+ * rolls it back) and its error is raised once the server has answered. */
+static int copy_from_reader(lua_State *L, struct conn *c, int fn, int *raised) {
+    for (;;) {
+        lua_pushvalue(L, fn);
+        if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+            *raised = lua_gettop(L);
+            return PQputCopyEnd(c->pg, "moonshift could not read the COPY data") == 1 ? -1 : 0;
+        }
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            return 1;
+        }
+        size_t len;
+        const char *data = luaL_checklstring(L, -1, &len);
+        for (size_t off = 0; off < len; off += COPY_CHUNK) {
+            size_t chunk = len - off < COPY_CHUNK ? len - off : COPY_CHUNK;
+            if (PQputCopyData(c->pg, data + off, (int)chunk) != 1) {
+                lua_pop(L, 1);
+                return 0;
+            }
+        }
+        lua_pop(L, 1);
+    }
+}
+
+/* conn:copy_in(sql, data) -> command tag | nil, err; data is a string, or a function that
+ * returns the next piece (nil at the end), so large data never sit in memory at once */
 static int conn_copy_in(lua_State *L) {
     struct conn *c = check_conn(L);
     const char *sql = luaL_checkstring(L, 2);
-    size_t len;
-    const char *data = luaL_checklstring(L, 3, &len);
+    size_t len = 0;
+    const char *data = NULL;
+    int reader = lua_type(L, 3) == LUA_TFUNCTION;
+    if (!reader)
+        data = luaL_checklstring(L, 3, &len);
     struct result_box *box = push_result_box(L);
     /* Extended protocol: one statement only, so nothing can follow the COPY. */
     PGresult *r = PQexecParams(c->pg, sql, 0, NULL, NULL, NULL, NULL, 0);
@@ -975,14 +1006,26 @@ static int conn_copy_in(lua_State *L) {
     PQclear(r);
     /* Only a broken connection makes these fail; a server error about the data arrives
      * as the final result (the server drops the rest of what we send). */
-    int sent = 1;
+    int sent = 1, raised = 0;
+    if (reader) {
+        sent = copy_from_reader(L, c, 3, &raised); // [conn, sql, reader, box, error?]
+        if (sent < 0)
+            sent = 0;
+        else if (sent)
+            PQputCopyEnd(c->pg, NULL);
+    }
     for (size_t off = 0; sent && off < len; off += COPY_CHUNK) {
         size_t chunk = len - off < COPY_CHUNK ? len - off : COPY_CHUNK;
         sent = PQputCopyData(c->pg, data + off, (int)chunk) == 1;
     }
-    if (sent)
+    if (sent && !reader)
         PQputCopyEnd(c->pg, NULL);
     collect(c, box, PQgetResult(c->pg));
+    if (raised) {
+        result_release(box);
+        lua_settop(L, 5);
+        return lua_error(L);
+    }
     return push_outcome(L, c, box, 0);
 }
 

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -55,6 +56,7 @@ struct process {
     size_t in_len, in_off;
     struct buf out, err;
     int status, reaped, group;
+    long max_rss_kb; /* the child's peak resident memory (wait4), 0 if unknown */
 };
 
 /* What the child needs, prepared in the parent: after fork only async-signal-safe calls. */
@@ -511,10 +513,12 @@ static void try_reap(struct process *p, int flags) {
     if (p->reaped)
         return;
     pid_t r;
-    while ((r = waitpid(p->pid, &p->status, flags)) < 0 && errno == EINTR) {
+    struct rusage ru;
+    while ((r = wait4(p->pid, &p->status, flags, &ru)) < 0 && errno == EINTR) {
     }
     if (r == p->pid) {
         p->reaped = 1;
+        p->max_rss_kb = ru.ru_maxrss;
     } else if (r < 0) { /* ECHILD: someone else reaped it (SIGCHLD ignored); status unknown */
         p->reaped = 1;
         p->status = -1;
@@ -594,7 +598,7 @@ static struct process *new_process(lua_State *L) {
     return p;
 }
 
-/* Pushes { code, signal, stdout, stderr, timed_out, pid } and caches it in uservalue 2 of
+/* Pushes { code, signal, stdout, stderr, timed_out, pid, max_rss_kb } and caches it in uservalue 2 of
  * the process at idx; the output buffers are freed, the strings now hold the output. */
 static void push_outcome(lua_State *L, int idx, struct process *p, int timed_out) {
     lua_createtable(L, 0, 6);
@@ -613,6 +617,10 @@ static void push_outcome(lua_State *L, int idx, struct process *p, int timed_out
     lua_setfield(L, -2, "timed_out");
     lua_pushinteger(L, p->pid);
     lua_setfield(L, -2, "pid");
+    if (p->max_rss_kb > 0) {
+        lua_pushinteger(L, p->max_rss_kb);
+        lua_setfield(L, -2, "max_rss_kb");
+    }
     free(p->out.data);
     free(p->err.data);
     memset(&p->out, 0, sizeof p->out);

@@ -58,6 +58,12 @@ struct lexer {
     char idents[8]; /* psql's record of the first identifiers outside parentheses */
     int routine;    /* they read CREATE [OR REPLACE] FUNCTION|PROCEDURE */
     int is_copy, after_from, from_stdin;
+    /* Stepwise (split_stream_next): where lex() resumes, and who hears how far COPY data
+     * was scanned (so the pages behind can be dropped). */
+    size_t p;
+    int stepwise, done;
+    void (*progress)(void *ctx, size_t offset);
+    void *progress_ctx;
 };
 
 static int grow(void **p, size_t *cap, size_t need, size_t size) {
@@ -212,6 +218,7 @@ static size_t copy_data(struct lexer *lx, size_t copy_index, size_t p, int *rc) 
         newline_at(lx, p);
         d = p + 1;
     }
+    st->data_line = lx->line;
     st->data_start = d;
     st->data_len = n - d;
     size_t ls = d;
@@ -222,6 +229,8 @@ static size_t copy_data(struct lexer *lx, size_t copy_index, size_t p, int *rc) 
             return n;
         }
         size_t le = (size_t)(nl - s) + 1, ll = le - ls;
+        if (lx->progress && ((ls ^ le) >> 22))
+            lx->progress(lx->progress_ctx, ls); /* every 4 MB */
         st->end_line = lx->line;
         newline_at(lx, le - 1);
         if ((ll == 3 || (ll == 4 && s[ls + 2] == '\r')) && s[ls] == '\\' && s[ls + 1] == '.') {
@@ -475,10 +484,14 @@ static int lex(struct lexer *lx) {
     const unsigned char *s = lx->s;
     const size_t n = lx->n;
     struct split_result *r = lx->r;
-    size_t p = r->bom;
+    size_t p = lx->p;
     int rc;
 
     while (p < n) {
+        if (lx->stepwise && r->count > 0) {
+            lx->p = p;
+            return SPLIT_OK;
+        }
         unsigned c = s[p];
         unsigned k = CLASS[c];
         if (k & C_IDSTART) {
@@ -713,6 +726,8 @@ static int lex(struct lexer *lx) {
         }
     }
 
+    lx->p = n;
+    lx->done = 1;
     struct split_stmt *st = finish(lx, n, &rc);
     if (rc)
         return rc;
@@ -808,7 +823,7 @@ int split_sql(const char *text, size_t len, struct split_result *out) {
     lx.line = 1;
     if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0)
         out->bom = 3;
-    lx.bol = out->bom;
+    lx.bol = lx.p = out->bom;
     const char *nul = len ? memchr(text, '\0', len) : NULL;
     if (nul) {
         size_t at = (size_t)(nul - text);
@@ -837,4 +852,55 @@ void split_free(struct split_result *r) {
     r->stmts = NULL;
     r->drops = NULL;
     r->count = r->cap = r->ndrops = r->drops_cap = 0;
+}
+
+struct split_stream {
+    struct lexer lx;
+    struct split_result r;
+    size_t next; /* the statement of r handed out next */
+};
+
+struct split_stream *split_stream_new(const char *text, size_t len,
+                                      void (*progress)(void *ctx, size_t offset), void *ctx) {
+    struct split_stream *ss = calloc(1, sizeof *ss);
+    if (!ss)
+        return NULL;
+    ss->lx.s = (const unsigned char *)text;
+    ss->lx.n = len;
+    ss->lx.r = &ss->r;
+    ss->lx.line = 1;
+    ss->lx.stepwise = 1;
+    ss->lx.progress = progress;
+    ss->lx.progress_ctx = ctx;
+    if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0)
+        ss->r.bom = 3;
+    ss->lx.bol = ss->lx.p = ss->r.bom;
+    return ss;
+}
+
+const struct split_stmt *split_stream_next(struct split_stream *ss, int *rc) {
+    *rc = SPLIT_OK;
+    if (ss->next < ss->r.count)
+        return &ss->r.stmts[ss->next++];
+    /* Every statement handed out is used: forget them (no statement is pending between
+     * two, so no drop belongs to the next one yet). */
+    ss->r.count = ss->r.ndrops = ss->next = 0;
+    while (!ss->lx.done && ss->r.count == 0) {
+        if ((*rc = lex(&ss->lx)))
+            return NULL;
+    }
+    if (ss->next < ss->r.count)
+        return &ss->r.stmts[ss->next++];
+    return NULL;
+}
+
+const struct split_result *split_stream_result(const struct split_stream *ss) {
+    return &ss->r;
+}
+
+void split_stream_free(struct split_stream *ss) {
+    if (ss) {
+        split_free(&ss->r);
+        free(ss);
+    }
 }

@@ -43,6 +43,7 @@ struct split_stmt {
     size_t drop_first, drop_count; /* its newlines psql drops: result.drops[first ...] */
     size_t word_len;               /* META: the command word's length, backslash included */
     size_t data_start, data_len;   /* COPY: the inline data lines */
+    size_t data_line;              /* COPY: the line of data_start */
     size_t term_len;               /* COPY: the `\.` line after them (0 if the input ended) */
 };
 
@@ -73,6 +74,19 @@ size_t split_text(const char *text, const struct split_result *r, const struct s
                   char *out);
 
 void split_free(struct split_result *r);
+
+/* The same split, one statement at a time, so a large file never needs the whole list: the
+ * statements come out as split_sql() would list them (the NUL check excepted: the caller
+ * checks the input first). `progress`, if not NULL, hears every few megabytes how far the
+ * data of a COPY were scanned. A statement and its drops (split_stream_result) stay valid
+ * until the next call; on SPLIT_EINPUT split_stream_result()->error says where. */
+struct split_stream;
+struct split_stream *split_stream_new(const char *text, size_t len,
+                                      void (*progress)(void *ctx, size_t offset), void *ctx);
+/* The next statement; NULL at the end (*rc = SPLIT_OK) or on an error (*rc set). */
+const struct split_stmt *split_stream_next(struct split_stream *ss, int *rc);
+const struct split_result *split_stream_result(const struct split_stream *ss);
+void split_stream_free(struct split_stream *ss);
 
 /* The first words of one statement as the server's grammar sees them: comments (nested
  * block comments too) and whitespace dropped, unquoted words lowercased (ASCII), a string

@@ -2,13 +2,27 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "modules.h"
 #include "splitter.h"
+#include "support.h"
 
 #define RESULT_META "moonshift.sql.result"
 #define ERROR_META "moonshift.sql.error"
+#define STREAM_META "moonshift.sql.stream"
+
+/* A large script is read through a read-only mapping, and the pages behind what was used
+ * are given back every DROP_EVERY bytes: resident memory stays a few megabytes whatever the
+ * file's size (the kernel reads a dropped page again from its cache if it is touched). */
+#define DROP_EVERY (4 * 1024 * 1024)
+#define COPY_PIECE (1024 * 1024)
 
 /* The splitter's arrays live in a userdata while the Lua tables are built, so a memory
  * error raised by Lua frees them from __gc instead of leaking them. */
@@ -51,10 +65,11 @@ enum {
     K_META,
     V_SQL,
     V_COPY,
-    V_META
+    V_META,
+    K_DATA_LINE
 };
 static const char *const stack_strings[] = {"text",      "line", "column", "end_line", "kind",
-                                            "copy_data", "meta", "sql",    "copy",     "meta"};
+                                            "copy_data", "meta", "sql",    "copy",     "meta", "data_line"};
 
 static void set_integer(lua_State *L, int key, size_t v) {
     lua_pushvalue(L, key);
@@ -84,6 +99,7 @@ static void push_statement(lua_State *L, const char *text, const struct split_re
         lua_pushvalue(L, K_COPY_DATA);
         lua_pushlstring(L, text + st->data_start, st->data_len);
         lua_rawset(L, -3);
+        set_integer(L, K_DATA_LINE, st->data_line ? st->data_line : st->end_line + 1);
     } else if (st->kind == SPLIT_META) {
         lua_pushvalue(L, K_META);
         lua_pushlstring(L, text + st->start, st->word_len);
@@ -168,6 +184,154 @@ static int sql_head(lua_State *L) {
     return 2;
 }
 
+
+struct stream {
+    struct split_stream *ss;
+    const char *base; /* the mapping, or "" for an empty file */
+    size_t size;
+    size_t dropped;                      /* the sweep's last drop */
+    size_t copy_pos, copy_end;           /* COPY data not yet handed out */
+};
+
+static void drop_before(struct stream *st, size_t upto) {
+    if (st->size == 0 || upto < st->dropped + DROP_EVERY)
+        return;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t len = upto / page * page;
+    if (len > 0)
+        madvise((void *)st->base, len, MADV_DONTNEED);
+    st->dropped = upto;
+}
+
+static void on_progress(void *ctx, size_t offset) {
+    drop_before(ctx, offset);
+}
+
+static void stream_release(struct stream *st) {
+    split_stream_free(st->ss);
+    st->ss = NULL;
+    if (st->size > 0 && st->base)
+        munmap((void *)st->base, st->size);
+    st->base = NULL;
+    st->size = 0;
+}
+
+static struct stream *check_stream(lua_State *L) {
+    struct stream *st = luaL_checkudata(L, 1, STREAM_META);
+    if (!st->ss)
+        luaL_error(L, "attempt to use a closed SQL stream");
+    return st;
+}
+
+static int stream_gc(lua_State *L) {
+    stream_release(luaL_checkudata(L, 1, STREAM_META));
+    return 0;
+}
+
+static void push_error(lua_State *L, const struct split_error *e) {
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, e->message);
+    lua_setfield(L, -2, "message");
+    lua_pushinteger(L, (lua_Integer)e->line);
+    lua_setfield(L, -2, "line");
+    lua_pushinteger(L, (lua_Integer)e->column);
+    lua_setfield(L, -2, "column");
+    luaL_setmetatable(L, ERROR_META);
+}
+
+/* sql.stream(path) -> stream | nil, msg, code: the statements of a file one at a time,
+ * as sql.split lists them, without holding the file or the list. */
+static int sql_stream(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    struct stream *st = lua_newuserdatauv(L, sizeof *st, 0);
+    memset(st, 0, sizeof *st);
+    luaL_setmetatable(L, STREAM_META);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return support_error(L, errno, path);
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        int err = errno;
+        close(fd);
+        return support_error(L, err, path);
+    }
+    st->base = "";
+    if (sb.st_size > 0) {
+        void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) {
+            int err = errno;
+            close(fd);
+            st->base = NULL;
+            return support_error(L, err, path);
+        }
+        st->base = m;
+        st->size = (size_t)sb.st_size;
+        madvise(m, st->size, MADV_SEQUENTIAL);
+    }
+    close(fd);
+    st->ss = split_stream_new(st->base, st->size, on_progress, st);
+    if (!st->ss)
+        return luaL_error(L, "not enough memory to split %s", path);
+    return 1;
+}
+
+/* stream:next() -> statement (as in sql.split, with data_line for a COPY; its data come from
+ * stream:copy_data()) | nil at the end | nil, err {message, line, column} */
+static int stream_next(lua_State *L) {
+    struct stream *st = check_stream(L);
+    st->copy_pos = st->copy_end = 0;
+    int rc;
+    const struct split_stmt *s = split_stream_next(st->ss, &rc);
+    if (rc == SPLIT_ENOMEM)
+        return luaL_error(L, "not enough memory to split SQL");
+    if (rc == SPLIT_EINPUT) {
+        lua_pushnil(L);
+        push_error(L, &split_stream_result(st->ss)->error);
+        return 2;
+    }
+    if (!s)
+        return 0;
+    luaL_checkstack(L, (int)(sizeof stack_strings / sizeof *stack_strings) + 8, NULL);
+    lua_settop(L, 1);
+    lua_pushnil(L); // [stream, nil]: push_statement finds its strings from index 3 on
+    for (size_t i = 0; i < sizeof stack_strings / sizeof *stack_strings; i++)
+        lua_pushstring(L, stack_strings[i]);
+    /* A COPY's data are read with copy_data(), not kept on the statement. */
+    struct split_stmt head = *s;
+    if (head.kind == SPLIT_COPY)
+        head.data_len = 0;
+    push_statement(L, st->base, split_stream_result(st->ss), &head); // [.., stmt]
+    if (s->kind == SPLIT_COPY) {
+        lua_pushnil(L);
+        lua_setfield(L, -2, "copy_data");
+        st->copy_pos = s->data_start;
+        st->copy_end = s->data_start + s->data_len;
+    }
+    drop_before(st, s->start);
+    return 1;
+}
+
+/* stream:copy_data() -> the next piece of the current COPY's data | nil when all were read */
+static int stream_copy_data(lua_State *L) {
+    struct stream *st = check_stream(L);
+    if (st->copy_pos >= st->copy_end)
+        return 0;
+    if (st->copy_pos < st->dropped)
+        st->dropped = st->copy_pos; /* a new sweep over pages the scan dropped */
+    size_t n = st->copy_end - st->copy_pos;
+    if (n > COPY_PIECE)
+        n = COPY_PIECE;
+    lua_pushlstring(L, st->base + st->copy_pos, n);
+    st->copy_pos += n;
+    drop_before(st, st->copy_pos);
+    return 1;
+}
+
+static int stream_close(lua_State *L) {
+    stream_release(luaL_checkudata(L, 1, STREAM_META));
+    return 0;
+}
+
 static void create_meta(lua_State *L) {
     static const luaL_Reg result_meta[] = {{"__gc", result_gc}, {NULL, NULL}};
     static const luaL_Reg error_meta[] = {{"__tostring", error_tostring}, {NULL, NULL}};
@@ -177,10 +341,21 @@ static void create_meta(lua_State *L) {
     luaL_newmetatable(L, ERROR_META);
     luaL_setfuncs(L, error_meta, 0);
     lua_pop(L, 1);
+    static const luaL_Reg stream_methods[] = {
+        {"next", stream_next}, {"copy_data", stream_copy_data}, {"close", stream_close},
+        {NULL, NULL}};
+    static const luaL_Reg stream_meta[] = {
+        {"__gc", stream_gc}, {"__close", stream_gc}, {"__index", NULL}, {NULL, NULL}};
+    luaL_newmetatable(L, STREAM_META);
+    luaL_setfuncs(L, stream_meta, 0);
+    luaL_newlib(L, stream_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
 }
 
 int luaopen_moonshift_sql(lua_State *L) {
-    static const luaL_Reg funcs[] = {{"split", sql_split}, {"head", sql_head}, {NULL, NULL}};
+    static const luaL_Reg funcs[] = {{"split", sql_split}, {"head", sql_head}, {"stream", sql_stream},
+                                     {NULL, NULL}};
     create_meta(L);
     luaL_newlib(L, funcs);
     return 1;

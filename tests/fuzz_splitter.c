@@ -97,12 +97,46 @@ static void check_head(const char *text, size_t size) {
     CHECK(h.len == 0 || (buf[0] != ' ' && buf[h.len - 1] != ' '));
 }
 
+/* split_stream_next() hands out what split_sql() listed, and fails where it failed. */
+static void check_stream(const char *text, size_t size, const struct split_result *r, int rc) {
+    if (size && memchr(text, '\0', size))
+        return; /* the streaming caller checks for NUL bytes first */
+    struct split_stream *ss = split_stream_new(text, size, NULL, NULL);
+    CHECK(ss != NULL);
+    size_t i = 0;
+    int src;
+    const struct split_stmt *st;
+    while ((st = split_stream_next(ss, &src)) != NULL) {
+        CHECK(i < r->count);
+        const struct split_stmt *want = &r->stmts[i++];
+        CHECK(st->kind == want->kind && st->start == want->start && st->len == want->len);
+        CHECK(st->line == want->line && st->column == want->column);
+        CHECK(st->end_line == want->end_line && st->word_len == want->word_len);
+        CHECK(st->data_start == want->data_start && st->data_len == want->data_len);
+        CHECK(st->term_len == want->term_len && st->data_line == want->data_line);
+        CHECK(st->drop_count == want->drop_count);
+        const struct split_result *sr = split_stream_result(ss);
+        for (size_t k = 0; k < st->drop_count; k++)
+            CHECK(sr->drops[st->drop_first + k] == r->drops[want->drop_first + k]);
+    }
+    /* On an error split_sql() also keeps a COPY whose data failed (and a meta-command on its
+     * line); the stream does not hand those out. */
+    CHECK(src == rc && (i == r->count || (rc == SPLIT_EINPUT && i + 2 >= r->count)));
+    if (rc == SPLIT_EINPUT) {
+        const struct split_error *e = &split_stream_result(ss)->error;
+        CHECK(e->offset == r->error.offset && e->line == r->error.line);
+        CHECK(e->column == r->error.column && strcmp(e->message, r->error.message) == 0);
+    }
+    split_stream_free(ss);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *text = (const char *)data;
     check_head(text, size);
     struct split_result r;
     int rc = split_sql(text, size, &r);
     CHECK(rc == SPLIT_OK || rc == SPLIT_EINPUT);
+    check_stream(text, size, &r, rc);
     if (rc == SPLIT_EINPUT) {
         CHECK(r.error.message != NULL);
         CHECK(r.error.offset < size);

@@ -12,6 +12,7 @@ local json = require("moonshift.json")
 local paths = require("moonshift.paths")
 local backup = require("moonshift.backup")
 local sqlstate = require("moonshift.sqlstate")
+local sql = require("moonshift.sql")
 local ui_mod = require("moonshift.ui")
 local statement = require("moonshift.statement")
 
@@ -227,7 +228,7 @@ function Run:step(i, m)
   end
   local stmts = direction == "up" and m.statements or m.down_statements
   local file = paths.display(direction == "up" and m.up_path or m.down_path)
-  for k = 1, #stmts do
+  for k = 1, stmts.stream and 0 or #stmts do -- a streamed script's are not kept
     if res.timings[k] then
       s.ui:event("statement", { id = m.id, file = file, line = stmts[k].line,
         elapsed_ms = res.timings[k] })
@@ -344,10 +345,17 @@ function execute.print_dry_run(s, list, direction)
     s.ui:result(fmt("-- [%d/%d] %s %s (%s, %d statements%s)", i, #list,
       direction == "up" and "apply" or "revert", m.id, paths.display(path), #stmts,
       m.transaction == false and ", no transaction" or ""))
-    for _, stmt in ipairs(stmts) do
+    local function show(stmt)
       local text = stmt.text:gsub("%s+$", "")
       if stmt.kind == "sql" and text:sub(-1) ~= ";" then text = text .. ";" end
       s.ui:result(text)
+    end
+    if stmts.stream then
+      local st <close>, msg = sql.stream(stmts.stream)
+      if not st then s.ui:result("-- cannot read " .. tostring(msg)) end
+      for stmt in st and st.next or function() end, st do show(stmt) end
+    else
+      for _, stmt in ipairs(stmts) do show(stmt) end
     end
   end
   return { dry_run = true, planned = #list }

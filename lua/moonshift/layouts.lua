@@ -271,6 +271,28 @@ function layouts.facts(e, text)
   return f, up, down
 end
 
+--- The facts of a large file, read a chunk of whole lines at a time (layouts.facts reads
+-- them from the whole text), without the checksum: the caller hashes the file as it is.
+-- @param chunks function: an iterator of strings, each ending at a newline but the last
+-- @return facts | nil when the file has dbmate or goose sections (those need the whole text)
+function layouts.scan_facts(e, chunks)
+  local f = { layout = e.layout or "native", checksum = "", up_offset = 0, down_offset = 0,
+    directive = false, goose = false, down_directive = false, morph = false, only_no_tx = false }
+  local first = true
+  for chunk in chunks do
+    local low = chunk:lower()
+    if first then -- morph's marker opens the file (a large file is never judged by its
+      -- statements: one that mixes them is refused statement by statement)
+      f.morph = f.layout == "native" and not e.lone and chunk:sub(1, #MORPH) == MORPH
+      first = false
+    end
+    if e.lone and lone_layout(low) ~= "native" then return nil end
+    f.directive = f.directive or has_directive(low)
+    f.goose = f.goose or has_goose_directive(low)
+  end
+  return f
+end
+
 --- Whether a migration runs in a transaction, from every directive its layout knows, and
 -- in the layouts whose own tool runs it so (see AUTO), from its statements.
 -- @return boolean, and why not when it is not for a reason that is the up script's own

@@ -12,6 +12,7 @@ local history = require("moonshift.history")
 local pipeline = require("moonshift.pipeline")
 local sqlerror = require("moonshift.sqlerror")
 local sqlstate = require("moonshift.sqlstate")
+local source = require("moonshift.source")
 
 local fmt = string.format
 
@@ -192,7 +193,11 @@ function Runner:_steps(m, direction, statements, begun, mark)
   hook(direction == "up" and "pre" or "down_pre",
     direction == "up" and companion.pre or companion.down_pre, cpath)
   steps[#steps + 1] = { sql_marker = true }
-  items(statements, true)
+  if statements.stream then
+    steps[#steps + 1] = { stream = statements }
+  else
+    items(statements, true)
+  end
   hook(direction == "up" and "post" or "down_post",
     direction == "up" and companion.post or companion.down_post, cpath)
   if direction == "up" then
@@ -247,6 +252,58 @@ function Runner:_hook_step(m, direction, step)
     return nil, err
   end
   return true
+end
+
+-- Statements of a streamed script go in pipelines of at most this many, or bytes.
+local STREAM_BATCH, STREAM_BYTES = 1000, 1024 * 1024
+
+--- Runs the statements of a streamed script (statement.stream_script) as they are read
+-- from the file: pipelined in batches (one by one with `one_by_one`), COPY data in pieces.
+-- Nothing of the file is kept but the batch in flight.
+-- @return true | nil, the failed statement, err | nil, nil, message when nothing was sent
+-- (the file cannot be read, or is no longer the one checked)
+function Runner:run_stream(list, one_by_one)
+  local s <close>, msg = sql.stream(list.stream)
+  local st = s and fs.stat(list.stream)
+  if not s then return nil, nil, fmt("cannot read %s", msg) end
+  if not (st and source.identity(st) == list.identity) then
+    return nil, nil, fmt("%s changed after moonshift checked it", paths.display(list.stream))
+  end
+  local batch, bytes = {}, 0
+  local function flush()
+    if batch[1] == nil then return true end
+    local timings, k, err = self:run_items(batch, one_by_one)
+    if not timings then return nil, batch[k], err end
+    batch, bytes = {}, 0
+    return true
+  end
+  local function copy_data() return s:copy_data() end
+  while true do
+    local stmt, serr = s:next()
+    if not stmt then
+      if serr then -- the file changed after it was checked, behind a forged stat
+        return nil, { line = serr.line, column = serr.column, text = "" },
+          { message = tostring(serr.message) }
+      end
+      break
+    end
+    local ok, failed, err = true, nil, nil
+    if stmt.kind == "copy" then
+      ok, failed, err = flush()
+      if not ok then return nil, failed, err end
+      stmt.copy_data = copy_data
+      batch[1] = stmt
+      ok, failed, err = flush()
+    else
+      batch[#batch + 1] = stmt
+      bytes = bytes + #stmt.text
+      if one_by_one or #batch >= STREAM_BATCH or bytes >= STREAM_BYTES then
+        ok, failed, err = flush()
+      end
+    end
+    if not ok then return nil, failed, err end
+  end
+  return flush()
 end
 
 -- The first statement whose command tag says it ended the migration's transaction.
@@ -311,6 +368,17 @@ function Runner:_run_steps(m, direction, steps, path, statements)
       end
       for _, st in pairs(at_step) do run.synced = math.max(run.synced, st.statement or 0) end
       i = j + 1
+    elseif steps[i].stream then
+      local ok, failed, err = self:run_stream(steps[i].stream, false)
+      if not ok and not failed then
+        return nil, errors.new("refused", fmt("%s: %s; rolled back, nothing of it was " ..
+          "applied. Run the command again", m.id, err), { file = paths.display(path) })
+      end
+      if not ok then
+        return nil, self:_batch_error(m, path, { statement = true, item = failed }, err, run,
+          direction), err
+      end
+      i = i + 1
     else
       -- a batch that ended the transaction went through: everything in it committed at sync
       if self.conn:status() ~= "intrans" and ended_at(run) then
@@ -532,14 +600,27 @@ function Runner:_autocommit(m, direction, statements, path)
   end
   ok, err = run_hooks(true)
   if not ok then return nil, err end
-  local timings, k, serr = self:run_items(statements, true)
+  local timings, k, serr, failed
+  if statements.stream then
+    timings, failed, serr = self:run_stream(statements, true)
+    if timings then timings = {} end
+    if not (timings or failed) then
+      h:event("fail", m, self.run_id, { statement = 0 })
+      return nil, errors.new("refused", fmt("%s: %s; none of its statements ran, but it is " ..
+        "not transactional, so it was marked dirty first: `moonshift force %s --not-applied`, " ..
+        "then run the command again", m.id, serr, m.version), { file = paths.display(path) })
+    end
+  else
+    timings, k, serr = self:run_items(statements, true)
+  end
   if timings then
     ok, err = run_hooks(false)
     if not ok then return nil, err end
   end
   if not timings then
     h:event("fail", m, self.run_id, { sqlstate = serr.sqlstate, statement = k })
-    return nil, sqlerror.statement(m, path, statements[k], serr, fmt("it is not transactional, " ..
+    return nil, sqlerror.statement(m, path, failed or statements[k], serr, fmt("it is " ..
+      "not transactional, " ..
       "so statements before this one stayed applied and %s is marked dirty. Fix the cause, " ..
       "undo or finish its work by hand, then `moonshift force %s` (done) or `moonshift force " ..
       "%s --not-applied` (to run it again)", m.id, m.version, m.version)), serr

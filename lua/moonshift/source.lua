@@ -19,6 +19,10 @@
 -- * Text must be UTF-8 without NUL bytes. A BOM is stripped and CRLF read as LF before
 --   anything else, and the checksum is SHA-256 of that text, so a Windows checkout is not
 --   drift. Files over MAX_FILE_SIZE are refused rather than read.
+-- * Scripts over STREAM_SIZE are streamed: checked, hashed and later run statement by
+--   statement, COPY data in pieces, without holding their text, so memory stays flat
+--   whatever their size. Those with CRLF line endings or dbmate/goose sections are read
+--   whole (and must then fit MAX_FILE_SIZE).
 -- * An empty or comment-only up script is allowed: it is recorded as applied, nothing is
 --   sent (the set carries a warning).
 local fs = require("moonshift.fs")
@@ -39,8 +43,24 @@ local source = {}
 --- Names ignored unless `opts.ignore` says otherwise.
 source.DEFAULT_IGNORE = { "README*", "*.md", "*.txt" }
 
---- Largest script read, in bytes; larger files are refused before reading (no streaming).
+--- Largest script read whole, in bytes (one that cannot be streamed); larger ones are
+-- refused before reading.
 source.MAX_FILE_SIZE = 256 * 1024 * 1024
+
+--- Scripts larger than this, in bytes, are streamed (see above).
+source.STREAM_SIZE = 8 * 1024 * 1024
+
+--- What says a file is still the one that was read: its device, inode, size and change
+-- times, as one string (for a streamed script, which is read again when it runs).
+-- @param st table: fs.stat's
+function source.identity(st)
+  return fmt("%s:%s:%s:%s.%s:%s.%s", st.dev, st.ino, st.size, st.mtime, st.mtime_nsec or 0,
+    st.ctime, st.ctime_nsec or 0)
+end
+
+-- The facts of a file that must be read whole after all (see Loader:scan_script).
+local WHOLE = {}
+local BOM = "\239\187\191"
 
 local FORMATS = { auto = true, native = true, flyway = true, dbmate = true, diesel = true,
   goose = true, ["sql-migrate"] = true }
@@ -77,8 +97,9 @@ end
 -- The normalized text of a script (BOM stripped, CRLF as LF), or nil and a problem.
 function Loader:read(path, st)
   if st.size > self.max_size then
-    self:problem(fmt("%s is %d bytes, over the limit of %d bytes for one migration file",
-      path, st.size, self.max_size), path)
+    self:problem(fmt("%s is %d bytes, over the limit of %d bytes for one migration file%s",
+      path, st.size, self.max_size, st.size > self.stream_size and " read whole (it is not " ..
+      "streamed: it has CRLF line endings, or dbmate or goose sections)" or ""), path)
     return nil
   end
   local raw, msg = fs.read(path)
@@ -103,6 +124,85 @@ function Loader:read(path, st)
   return raw
 end
 
+-- The facts of a script over STREAM_SIZE, read a megabyte of whole lines at a time and
+-- checked as Loader:read checks a text, hashed as it is on disk (minus a BOM); WHOLE when
+-- it must be read whole after all (CRLF line endings, dbmate or goose sections); nil (and
+-- a problem) when it is refused.
+function Loader:scan_script(e)
+  local path = e.path
+  local st, serr = fs.stat(path)
+  local file, msg = io.open(path, "rb")
+  if file and not st then
+    file:close()
+    file, msg = nil, serr
+  end
+  if not file then
+    self:problem(fmt("cannot read %s", msg), path)
+    return nil
+  end
+  local bom, line, offset, carry = 0, 1, 0, ""
+  local stop -- "crlf", or the problem found
+  local function check(chunk)
+    if offset == 0 and chunk:sub(1, 3) == BOM then bom = 3 end
+    local nul = chunk:find("\0", 1, true)
+    if nul then
+      stop = fmt("%s: NUL byte at byte offset %d (line %d); migrations must be UTF-8 text",
+        path, offset + nul - 1, line + line_of(chunk, nul) - 1)
+      return nil
+    end
+    local ok, bad = utf8.len(chunk)
+    if not ok then
+      stop = fmt("%s: not valid UTF-8 at byte offset %d (line %d, byte 0x%02X); save the " ..
+        "file as UTF-8", path, offset + bad - 1, line + line_of(chunk, bad) - 1, chunk:byte(bad))
+      return nil
+    end
+    if chunk:find("\r", 1, true) then
+      stop = "crlf"
+      return nil
+    end
+    local _, n = chunk:gsub("\n", "")
+    local first = offset == 0
+    line, offset = line + n, offset + #chunk
+    if first and bom == 3 then return chunk:sub(4) end -- as Loader:read strips it
+    return chunk
+  end
+  local function chunks()
+    while not stop do
+      local block = file:read(1024 * 1024)
+      if not block then
+        if carry == "" then return nil end
+        local last = carry
+        carry = ""
+        return check(last)
+      end
+      local back = block:reverse():find("\n", 1, true)
+      if back then
+        local cut = #block - back + 1
+        local chunk = carry .. block:sub(1, cut)
+        carry = block:sub(cut + 1)
+        return check(chunk)
+      end
+      carry = carry .. block -- a line longer than a block
+    end
+    return nil
+  end
+  local f = layouts.scan_facts(e, chunks)
+  file:close()
+  if stop and stop ~= "crlf" then
+    self:problem(stop, path)
+    return nil
+  end
+  if stop or not f then return WHOLE end
+  local sum, herr = hash.sha256_file(path, bom)
+  if not sum then
+    self:problem(fmt("cannot read %s", herr), path)
+    return nil
+  end
+  f.checksum = sum
+  e.identity = source.identity(st)
+  return f
+end
+
 -- Checks that a file that is part of a migration is not reached twice; true when it is not.
 function Loader:claim(path, st)
   local id = st.dev .. ":" .. st.ino
@@ -123,6 +223,15 @@ function Loader:load_script(e)
   if not self:claim(e.path, e.st) then return nil end
   local known = self.files:lookup(e.path, e.st)
   if known then return known end
+  if e.st.size > self.stream_size then
+    local f = self:scan_script(e)
+    if not f then return nil end
+    if f ~= WHOLE then
+      e.stream = true
+      self.files:store(e.path, e.st, f)
+      return f
+    end
+  end
   local text = self:read(e.path, e.st)
   if not text then return nil end
   local f, up, down = layouts.facts(e, text)
@@ -136,9 +245,22 @@ function Loader:load_script(e)
 end
 
 -- Splits a script into statements and checks them; nil (and problems) when it is refused.
-function Loader:statements(path, text, offset, transaction, layout, direction)
-  local stmts, problems = statement.script(path, text, offset, transaction, {
-    hint = layouts.no_transaction_hint(layout, direction), alone = layouts.auto(layout) })
+-- A streamed one (text nil; identity, what source.identity said when it was hashed) is
+-- checked as it streams past, its statements not kept; it must not change meanwhile.
+function Loader:statements(path, text, offset, transaction, layout, direction, identity)
+  local stmts, problems
+  if text then
+    stmts, problems = statement.script(path, text, offset, transaction, {
+      hint = layouts.no_transaction_hint(layout, direction), alone = layouts.auto(layout) })
+  else
+    stmts, problems = statement.stream_script(path, path, transaction)
+    local st = fs.stat(path)
+    if stmts and not (st and source.identity(st) == identity) then
+      stmts, problems = nil, { fmt("%s changed while moonshift was reading it; run the " ..
+        "command again", path) }
+    end
+    if stmts then stmts.identity = identity end
+  end
   for _, p in ipairs(problems) do self:problem(p, path) end
   return stmts
 end
@@ -242,11 +364,24 @@ end
 -- Reads the texts of an entry whose facts came from the cache; refuses it when the file no
 -- longer has those facts (it changed after it was listed).
 function Loader:texts(e)
-  if e.up_sql then return true end
+  if e.up_sql or e.stream then return true end
   local st, msg = fs.stat(e.path)
   if not st then
     self:problem(fmt("cannot read %s", msg), e.path)
     return false
+  end
+  if st.size > self.stream_size then
+    local f = self:scan_script(e)
+    if not f then return false end
+    if f ~= WHOLE then
+      if cache.encode_facts(f) ~= cache.encode_facts(e.facts) then
+        self:problem(fmt("%s changed while moonshift was reading it; run the command again",
+          e.path), e.path)
+        return false
+      end
+      e.stream = true
+      return true
+    end
   end
   local text = self:read(e.path, st)
   if not text then return false end
@@ -273,7 +408,8 @@ local function split(loader, m)
   local e, down = u.e, u.down
   if not loader:texts(e) or (down and not loader:texts(down)) then return false end
   local f = e.facts
-  local stmts = loader:statements(e.path, e.up_sql, f.up_offset, m.transaction, f.layout, "up")
+  local stmts = loader:statements(e.path, e.up_sql, f.up_offset, m.transaction, f.layout, "up",
+    e.identity)
   rawset(m, "up_sql", e.up_sql)
   rawset(m, "statements", stmts)
   if stmts and #stmts == 0 then
@@ -284,7 +420,7 @@ local function split(loader, m)
   if m.down_path then
     local down_sql = down and down.up_sql or e.down_sql
     down_stmts = loader:statements(m.down_path, down_sql, f.down_offset, m.down_transaction,
-      f.layout, "down")
+      f.layout, "down", down and down.identity)
     rawset(m, "down_sql", down_sql)
     rawset(m, "down_statements", down_stmts)
   end
@@ -480,7 +616,8 @@ function source.check(m)
   local u = unread[m]
   if not u then return true, {} end
   local ctx = u.ctx
-  local loader = setmetatable({ problems = {}, warnings = {}, max_size = ctx.max_size }, Loader)
+  local loader = setmetatable({ problems = {}, warnings = {}, max_size = ctx.max_size,
+    stream_size = ctx.stream_size }, Loader)
   if not u.e then
     u.e, u.down = entries_of(m, u.src)
     if not u.e then
@@ -535,12 +672,13 @@ function source.load_begin(dir, opts)
   local self = setmetatable({
     dir = dir, base = dir:match("^(.-)/*$"), format = format, ignore = ignore,
     max_size = opts.max_file_size or source.MAX_FILE_SIZE, problems = {}, warnings = {},
+    stream_size = opts.stream_size or source.STREAM_SIZE,
     load_companion = opts.load_companion, lazy = opts.lazy, started = fs.now(),
     entries = {}, inodes = {}, ups = {}, repeatables = {},
   }, Loader)
   if self.base == "" then self.base = "/" end
   -- what source.check needs of this load, shared by every migration
-  self.ctx = { dir = dir, max_size = self.max_size }
+  self.ctx = { dir = dir, max_size = self.max_size, stream_size = self.stream_size }
 
   local st, _, code = fs.stat(dir)
   if not st then

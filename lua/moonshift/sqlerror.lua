@@ -80,6 +80,10 @@ function sqlerror.statement(m, path, stmt, err, state_text)
   local source = path == m.up_path and m.up_sql or m.down_sql
   path = paths.display(path)
   local line, col = sqlerror.locate(stmt, err.position, source)
+  -- a bad data line of a COPY: the server counts the data's lines from 1
+  local data_line = stmt.kind == "copy" and stmt.data_line and
+    tostring(err.where or ""):match("^COPY [^\n]-, line (%d+)")
+  if data_line then line, col = stmt.data_line + tonumber(data_line) - 1, 1 end
   -- a password in the statement (ALTER ROLE ... PASSWORD, a subscription's CONNECTION) is
   -- masked in it and in what the server said about it, which may quote it
   local text, secrets = db.redact_sql(stmt.text)

@@ -174,17 +174,7 @@ function statement.script(path, text, offset, transactional, opts)
   for _, stmt in ipairs(stmts) do
     stmt.line = stmt.line + offset
     if stmt.end_line then stmt.end_line = stmt.end_line + offset end
-    if stmt.kind == "meta" then
-      problems[#problems + 1] = fmt("%s:%d: psql meta-command %s cannot run on the server",
-        path, stmt.line, meta_name(stmt))
-    elseif transactional then
-      local name, pos = statement.transaction_control(stmt.text)
-      if name then
-        problems[#problems + 1] = fmt("%s:%d: %s: moonshift runs each migration in its own " ..
-          "transaction and records it in the same one; remove this statement (or add %s to " ..
-          "this migration)", path, line_of(stmt.text, pos) + stmt.line - 1, name, DIRECTIVE)
-      end
-    end
+    statement.check(path, stmt, transactional, problems)
   end
   if transactional then
     for _, p in ipairs(no_transaction_problems(path, stmts, opts.hint or
@@ -194,6 +184,60 @@ function statement.script(path, text, offset, transactional, opts)
   end
   if problems[1] then return nil, problems end
   return stmts, problems
+end
+
+--- Adds to `problems` what keeps one statement of a script from running (see
+-- statement.script).
+-- @param each_no_transaction boolean: also refuse, one by one, statements that cannot run
+--   in a transaction block (a streamed file; a whole one is judged as a whole instead)
+function statement.check(path, stmt, transactional, problems, each_no_transaction)
+  if stmt.kind == "meta" then
+    problems[#problems + 1] = fmt("%s:%d: psql meta-command %s cannot run on the server",
+      path, stmt.line, meta_name(stmt))
+  elseif transactional then
+    local name, pos
+    if each_no_transaction then
+      name, pos = statement.no_transaction(stmt.text)
+      if name then
+        problems[#problems + 1] = fmt("%s:%d: %s cannot run inside a transaction; add %s to " ..
+          "this migration", path, line_of(stmt.text, pos) + stmt.line - 1, name, DIRECTIVE)
+      end
+    end
+    name, pos = statement.transaction_control(stmt.text)
+    if name then
+      problems[#problems + 1] = fmt("%s:%d: %s: moonshift runs each migration in its own " ..
+        "transaction and records it in the same one; remove this statement (or add %s to " ..
+        "this migration)", path, line_of(stmt.text, pos) + stmt.line - 1, name, DIRECTIVE)
+    end
+  end
+end
+
+-- The length of a streamed statement list: its count.
+local STREAMED = { __len = function(list) return list.count end }
+
+--- The statements of a large script file, checked as statement.script checks them while
+-- they stream past, but not kept: a list with no entries, `stream` (the path, to read them
+-- again with sql.stream when they run) and `count` (also its length).
+-- @param file string: the path to read; path: the file as messages name it
+-- @return list | nil, problems (at most 20)
+function statement.stream_script(file, path, transactional)
+  local s <close>, msg = sql.stream(file)
+  if not s then return nil, { fmt("cannot read %s", msg) } end
+  local problems, count = {}, 0
+  while #problems < 20 do
+    local stmt, err = s:next()
+    if not stmt then
+      if err then
+        problems[#problems + 1] = fmt("%s:%d: %s", path, tonumber(err.line) or 1,
+          err.message or tostring(err))
+      end
+      break
+    end
+    count = count + 1
+    statement.check(path, stmt, transactional, problems, true)
+  end
+  if problems[1] then return nil, problems end
+  return setmetatable({ stream = file, count = count }, STREAMED), problems
 end
 
 --- Command tags after which the migration's own transaction is over (PQcmdStatus).
