@@ -13,8 +13,8 @@ local cli = {}
 
 -- The commands, in the order `moonshift --help` lists them; each is a module in
 -- lua/moonshift/commands/ declaring its arguments (arguments, options) and its run and print.
-local COMMANDS = { "status", "up", "down", "goto", "redo", "stamp", "accept", "force", "history",
-  "new", "check", "verify", "do", "script", "backup", "backups", "restore", "demo" }
+local COMMANDS = { "status", "up", "down", "goto", "redo", "stamp", "adopt", "accept", "force",
+  "history", "new", "check", "verify", "do", "script", "backup", "backups", "restore", "demo" }
 
 -- The options shared by commands, by group; a command lists the groups it uses (`uses`),
 -- and its --help shows only those (the others are still accepted, hidden, so a script can

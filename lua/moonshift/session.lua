@@ -13,6 +13,7 @@ local host = require("moonshift.host")
 local source = require("moonshift.source")
 local db = require("moonshift.db")
 local history = require("moonshift.history")
+local peers = require("moonshift.peers")
 local lock = require("moonshift.lock")
 local plan = require("moonshift.plan")
 local runner = require("moonshift.runner")
@@ -118,6 +119,7 @@ function Session:take_lock(brief)
     return nil, herr
   end
   self.run_id = new_run_id()
+  self.changing = true
   return rows
 end
 
@@ -144,7 +146,7 @@ end
 -- @return Session (close it, or use `<close>`) | nil, err
 function session.open(cfg, ui, opts)
   opts = opts or {}
-  local s = setmetatable({ cfg = cfg, ui = ui }, Session)
+  local s = setmetatable({ cfg = cfg, ui = ui, adopting = opts.adopt }, Session)
   local pending = db.connect_begin(cfg)
   if opts.change and cfg.lock == "advisory" then
     s.lock_pending = db.connect_begin(cfg)
@@ -214,6 +216,17 @@ function Session:refresh(brief, rows)
   if not rows then rows, err = self.history:load(brief) end
   if not rows then return nil, err end
   self.status = plan.status(self.set, rows)
+  -- no history of our own: another tool's table may say what is applied (a read only then,
+  -- so a tracked database pays nothing)
+  self.peers = nil
+  if #rows.list == 0 and not self.adopting then
+    local found, derr = peers.detect(self.conn, self.cfg)
+    if not found then return nil, derr end
+    if #found > 0 then
+      self.peers = found
+      if self.changing then return nil, peers.refusal(found, self.history.migrations) end
+    end
+  end
   local ok, perr = self:check(self.status.pending)
   if ok then ok, perr = self:check(self.status.repeatables) end
   if not ok then return nil, perr end

@@ -3,6 +3,7 @@ local session = require("moonshift.session")
 local db = require("moonshift.db")
 local json = require("moonshift.json")
 local report = require("moonshift.report")
+local peers = require("moonshift.peers")
 
 local status = { summary = "Show applied, pending, dirty and changed migrations.",
   uses = { "connection" } }
@@ -43,6 +44,17 @@ local function briefs(list, extra)
   return out
 end
 
+-- Other tools' history tables found when moonshift has none of its own.
+local function peer_list(s)
+  if not s.peers then return nil end
+  local out = json.array()
+  for i, f in ipairs(s.peers) do
+    out[i] = { tool = f.tool.name, table = f.qualified, applied = f.count,
+      newest = f.newest and f.newest.version or nil }
+  end
+  return out
+end
+
 --- The state of the database against the migrations; creates nothing.
 -- @param opts table|nil: `brief` (as the printed status needs)
 -- @return table (applied, pending, dirty, drift, missing, out_of_order, current, ...) | nil, err
@@ -70,8 +82,9 @@ function status.run(cfg, ui, opts)
       missing = briefs(st.missing, function(r)
         return { version = r.version, id = r.name, applied_at = r.applied_at }
       end),
-      repeatables = briefs(st.repeatables),
-      verdict = status.verdict(st, cfg) }
+      repeatables = briefs(st.repeatables), peers = peer_list(s),
+      peer_refusal = s.peers and peers.refusal(s.peers, s.history.migrations).message or nil,
+      verdict = s.peers and "refused" or status.verdict(st, cfg) }
   end)
 end
 
@@ -86,6 +99,7 @@ end
 
 function status.print(ui, st, opts)
   if opts.json then ui:result(json.encode(st)) else report.status(ui, st) end
+  if st.peer_refusal and not opts.json then ui:warn(st.peer_refusal) end
   return 0
 end
 
