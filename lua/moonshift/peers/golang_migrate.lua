@@ -39,7 +39,8 @@ end
 
 local function set(w, v, dirty)
   local ok, err = w.q(fmt("DELETE FROM %s", w.t))
-  if not ok or v == nil then return ok, err end
+  if not ok then return nil, err end
+  if v == nil then return true end
   local okv, n = pcall(numeric, v)
   if not okv then return nil, n end
   return w.q(fmt("INSERT INTO %s (version, dirty) VALUES ($1::bigint, $2)", w.t), n,
