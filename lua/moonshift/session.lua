@@ -224,13 +224,20 @@ function Session:refresh(brief, rows)
     if not found then return nil, derr end
     if #found > 0 then
       self.peers = found
-      if self.changing then return nil, peers.refusal(found, self.history.migrations) end
+      if self.changing then return nil, self:peer_refusal() end
     end
   end
   local ok, perr = self:check(self.status.pending)
   if ok then ok, perr = self:check(self.status.repeatables) end
   if not ok then return nil, perr end
   return true
+end
+
+--- The refusal to change a database whose history another tool keeps (found when ours is
+-- empty), or nil.
+-- @return error (kind refused) | nil
+function Session:peer_refusal()
+  return self.peers and peers.refusal(self.peers, self.history.migrations) or nil
 end
 
 function Session:close()

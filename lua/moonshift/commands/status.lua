@@ -3,7 +3,6 @@ local session = require("moonshift.session")
 local db = require("moonshift.db")
 local json = require("moonshift.json")
 local report = require("moonshift.report")
-local peers = require("moonshift.peers")
 
 local status = { summary = "Show applied, pending, dirty and changed migrations.",
   uses = { "connection" } }
@@ -83,7 +82,7 @@ function status.run(cfg, ui, opts)
         return { version = r.version, id = r.name, applied_at = r.applied_at }
       end),
       repeatables = briefs(st.repeatables), peers = peer_list(s),
-      peer_refusal = s.peers and peers.refusal(s.peers, s.history.migrations).message or nil,
+      peer_refusal = s.peers and s:peer_refusal().message or nil,
       verdict = s.peers and "refused" or status.verdict(st, cfg) }
   end)
 end
