@@ -205,7 +205,8 @@ end
 -- @param list array of found (peers.detect)
 -- @param own string: moonshift's tracking table, quoted
 -- @return error (kind refused)
-function peers.refusal(list, own)
+-- @param said boolean|nil: for status, which refuses nothing itself
+function peers.refusal(list, own, said)
   local parts, adopt = {}
   for _, f in ipairs(list) do
     parts[#parts + 1] = fmt("%s says %s", f.label, peers.summary(f))
@@ -221,7 +222,8 @@ function peers.refusal(list, own)
   end
   return errors.new("refused", fmt("this database was migrated by another tool: %s; " ..
     "moonshift's own history (%s) is empty, so it would run those migrations again. Record " ..
-    "them first with `%s`; nothing was changed", table.concat(parts, "; "), own, adopt),
+    "them first with `%s`%s", table.concat(parts, "; "), own, adopt,
+    said and "" or "; nothing was changed"),
     { peers = list })
 end
 

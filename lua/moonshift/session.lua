@@ -119,7 +119,6 @@ function Session:take_lock(brief)
     return nil, herr
   end
   self.run_id = new_run_id()
-  self.changing = true
   return rows
 end
 
@@ -171,6 +170,7 @@ function session.open(cfg, ui, opts)
   if opts.change then rows, herr = s:take_lock(opts.brief) end
   local ok, rerr = false, herr
   if rows then ok, rerr = s:refresh(opts.brief, rows) end
+  if ok and opts.change and s.peers then ok, rerr = false, s:peer_refusal() end
   if not ok then
     s:close()
     return nil, rerr
@@ -185,7 +185,10 @@ end
 function Session:begin_change(brief)
   local rows, err = self:take_lock(brief)
   if not rows then return nil, err end
-  return self:refresh(brief, rows)
+  local ok
+  ok, err = self:refresh(brief, rows)
+  if ok and self.peers then return nil, self:peer_refusal() end
+  return ok, err
 end
 
 --- Opens a session, runs fn(s) and closes it whatever happens.
@@ -222,10 +225,7 @@ function Session:refresh(brief, rows)
   if #rows.list == 0 and not self.adopting then
     local found, derr = peers.detect(self.conn, self.cfg)
     if not found then return nil, derr end
-    if #found > 0 then
-      self.peers = found
-      if self.changing then return nil, self:peer_refusal() end
-    end
+    if #found > 0 then self.peers = found end
   end
   local ok, perr = self:check(self.status.pending)
   if ok then ok, perr = self:check(self.status.repeatables) end
@@ -235,9 +235,10 @@ end
 
 --- The refusal to change a database whose history another tool keeps (found when ours is
 -- empty), or nil.
+-- @param said boolean|nil: the words only, for status
 -- @return error (kind refused) | nil
-function Session:peer_refusal()
-  return self.peers and peers.refusal(self.peers, self.history.migrations) or nil
+function Session:peer_refusal(said)
+  return self.peers and peers.refusal(self.peers, self.history.migrations, said) or nil
 end
 
 function Session:close()

@@ -82,7 +82,7 @@ function status.run(cfg, ui, opts)
         return { version = r.version, id = r.name, applied_at = r.applied_at }
       end),
       repeatables = briefs(st.repeatables), peers = peer_list(s),
-      peer_refusal = s.peers and s:peer_refusal().message or nil,
+      peer_refusal = s.peers and s:peer_refusal(true).message or nil,
       verdict = s.peers and "refused" or status.verdict(st, cfg) }
   end)
 end
