@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build deps test test-asan test-matrix test-soak fuzz demo bench install clean
+.PHONY: all build deps test test-asan test-matrix test-soak test-peers fuzz demo bench install clean
 
 all: build
 
@@ -27,6 +27,13 @@ SOAK_RUNS ?= 100
 test-soak: build
 	@MOONSHIFT_SOAK_RUNS=$(SOAK_RUNS) MOONSHIFT_BIN=$(BUILD)/moonshift MOONSHIFT_LUA_DIR= \
 		$(BUILD)/moonshift --run-lua spec/busted.lua --tags=soak --exclude-tags=none spec/soak
+
+# The real dbmate, sql-migrate, node-pg-migrate, postgrator, Sqitch and Alembic first, then
+# moonshift adopting what each applied (scripts/peers.sh installs them).
+test-peers: build
+	@scripts/peers.sh
+	@MOONSHIFT_BIN=$(BUILD)/moonshift MOONSHIFT_LUA_DIR= \
+		$(BUILD)/moonshift --run-lua spec/busted.lua --tags=peers --exclude-tags=none spec/peers
 
 test-matrix: build
 	@scripts/test-matrix.sh
