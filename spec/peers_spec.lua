@@ -33,6 +33,15 @@ describe("peers", function()
     assert.are.equal(flyway.crc("a\nb\n"), flyway.crc("\239\187\191a\r\nb"))
   end)
 
+  it("computes SHA-1 as Sqitch's script_hash does (values from sha1sum)", function()
+    local sha1 = require("moonshift.peers.sqitch").sha1
+    assert.are.equal("da39a3ee5e6b4b0d3255bfef95601890afd80709", sha1(""))
+    assert.are.equal("a9993e364706816aba3e25717850c26c9cd0d89d", sha1("abc"))
+    assert.are.equal("84983e441c3bd26ebaae4aa1f95129e5e54670f1",
+      sha1("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"))
+    assert.are.equal("34aa973cd4c4daa4f61eeb2bdbad27316534016f", sha1(string.rep("a", 1000000)))
+  end)
+
   it("lists the tools and the ones compat can keep in step", function()
     assert.are.equal("golang-migrate", peers.names()[1])
     assert.are.same({ "golang-migrate", "dbmate", "flyway", "diesel", "goose", "sql-migrate",

@@ -328,7 +328,8 @@ end
 -- joins its pipeline).
 -- @param spec table: col (the key column), cast (of $1 to the column's type), value(m)
 --   (the key the tool writes for m), insert (format with %s for the table; $1 the key, more
---   from extra(m)), extra(m) (further parameters), keep (keys never deleted), ddl(t)
+--   from extra(m)), extra(m) (further parameters), keep (keys never deleted), rebuild (state
+--   deletes every row but those kept first), ddl(t)
 -- @return table: ddl, applied, removed, state
 function peers.row_compat(spec)
   local cast = spec.cast or ""
@@ -355,8 +356,9 @@ function peers.row_compat(spec)
     for _, r in ipairs(list) do
       if r.m and not r.dirty then keys[#keys + 1] = tostring(spec.value(r.m)) end
     end
+    -- a log (goose's) is written anew: an old row may say a version is not applied
     local ok, err = w.q(fmt("DELETE FROM %s WHERE %s::text <> ALL ($1::text[])", w.t, spec.col),
-      pg_array(keys))
+      pg_array(spec.rebuild and spec.keep or keys))
     if not ok then return nil, err end
     for _, r in ipairs(list) do
       if r.m and not r.dirty then

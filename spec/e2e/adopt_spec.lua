@@ -49,6 +49,10 @@ end
 -- zlib.crc32 (an implementation independent of moonshift's), for Flyway's checksum column.
 local FLYWAY_CRC = { 1112353363, -969819510, -1392672457, -1941707929, -1107847708 }
 
+-- SHA-1 of each file (Sqitch's script_hash), from Python's hashlib.
+local SQITCH_SHA1 = { "20486c6b9e018071f469e2bc7221d4b4cb483411",
+  "f91935a570c424f47e9c851757c160922147358d", "8fcb48aac2db475b982659b32ec8f0f55cd16fc7" }
+
 local function each(n, f)
   for i = 1, n do f(i) end
 end
@@ -153,8 +157,8 @@ local TOOLS = {
       "('w', 'x', 'x@example.com')")
     each(n, function(i) query(uri, "INSERT INTO sqitch.changes (change_id, script_hash, " ..
       "change, project, committer_name, committer_email, planned_at, planner_name, " ..
-      "planner_email) VALUES (md5($1), md5($2), $1, 'w', 'x', 'x@example.com', now(), 'x', " ..
-      "'x@example.com')", NAMES[i], SQL[i]) end)
+      "planner_email) VALUES (md5($1), $2, $1, 'w', 'x', 'x@example.com', now(), 'x', " ..
+      "'x@example.com')", NAMES[i], SQITCH_SHA1[i]) end)
   end },
   alembic = { files = native, build = function(uri, n)
     query(uri, "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, " ..
@@ -278,9 +282,10 @@ describe("moonshift on a database another tool migrated #e2e", function()
     assert.is_nil(value(db.uri, "SELECT to_regclass('moonshift_migrations')::text"))
   end)
 
-  it("reports sqlx and postgrator checksums that do not match as drift", function()
-    for _, tool in ipairs({ "sqlx", "postgrator" }) do
+  it("reports sqlx, postgrator and Sqitch checksums that do not match as drift", function()
+    for _, tool in ipairs({ "sqlx", "postgrator", "sqitch" }) do
       query(db.uri, "DROP SCHEMA public CASCADE")
+      query(db.uri, "DROP SCHEMA IF EXISTS sqitch CASCADE")
       query(db.uri, "CREATE SCHEMA public")
       prepare(tool)
       helpers.write_files(db.dir, { ["migrations/1_a.up.sql"] = SQL[1] .. "-- edited\n" })

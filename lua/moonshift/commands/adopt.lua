@@ -133,7 +133,8 @@ function adopt.run(cfg, ui, opts)
         must(h:event("adopt", r.m, s.run_id, { from = t.name, table = found.qualified,
           entry = r.entry.name or r.entry.version, implied = r.implied or nil }))
       end
-      must(h:sync_compat_state(s.set))
+      -- the adopted tool's own table already says this (and may hold entries with no file)
+      if cfg.compat ~= t.name then must(h:sync_compat_state(s.set)) end
     end, list)
     if not ok then return nil, err end
     return out

@@ -25,7 +25,7 @@ function goose.read(conn, t)
 end
 
 goose.compat = peers.row_compat({
-  col = "version_id", cast = "::bigint", keep = { "0" },
+  col = "version_id", cast = "::bigint", keep = { "0" }, rebuild = true,
   value = function(m) return m.version end,
   insert = "INSERT INTO %s (version_id, is_applied) SELECT $1::bigint, true",
   ddl = function(t)
