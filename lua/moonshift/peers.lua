@@ -329,7 +329,8 @@ end
 -- @param spec table: col (the key column), cast (of $1 to the column's type), value(m)
 --   (the key the tool writes for m), insert (format with %s for the table; $1 the key, more
 --   from extra(m)), extra(m) (further parameters), keep (keys never deleted), rebuild (state
---   deletes every row but those kept first), ddl(t)
+--   deletes every row but those kept first), present (a condition, %s the table, true when
+--   the tool already counts $1 as applied), ddl(t)
 -- @return table: ddl, applied, removed, state
 function peers.row_compat(spec)
   local cast = spec.cast or ""
@@ -337,8 +338,9 @@ function peers.row_compat(spec)
   local function insert(w, m)
     local params = { spec.value(m) }
     for _, x in ipairs(spec.extra and { spec.extra(m) } or {}) do params[#params + 1] = x end
-    return w.q(fmt("%s WHERE NOT EXISTS (SELECT 1 FROM %s WHERE %s = $1%s)",
-      fmt(spec.insert, w.t), w.t, spec.col, cast), table.unpack(params))
+    local present = spec.present and fmt(spec.present, w.t) or
+      fmt("EXISTS (SELECT 1 FROM %s WHERE %s = $1%s)", w.t, spec.col, cast)
+    return w.q(fmt("%s WHERE NOT %s", fmt(spec.insert, w.t), present), table.unpack(params))
   end
   --- m is applied (a dirty migration is written once it is done, as the tools do).
   function c.applied(w, m, dirty)
@@ -358,7 +360,7 @@ function peers.row_compat(spec)
     end
     -- a log (goose's) is written anew: an old row may say a version is not applied
     local ok, err = w.q(fmt("DELETE FROM %s WHERE %s::text <> ALL ($1::text[])", w.t, spec.col),
-      pg_array(spec.rebuild and spec.keep or keys))
+      pg_array(spec.rebuild and (spec.keep or {}) or keys))
     if not ok then return nil, err end
     for _, r in ipairs(list) do
       if r.m and not r.dirty then

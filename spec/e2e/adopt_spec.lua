@@ -384,18 +384,22 @@ describe("compat = TOOL keeps the old tool's history in step #e2e", function()
       "20240101000003,20240101000004,20240101000005", after_down = "20240101000001," ..
       "20240101000002,20240101000003,20240101000004", last = "2024-01-01-000005" },
     goose = { files = native, rows = "SELECT string_agg(version_id::text, ',' ORDER BY id) " ..
-      "FROM goose_db_version", after_up = "0,1,2,3,4,5", after_down = "0,1,2,3,4" },
+      "FROM goose_db_version", after_up = "0,1,2,3,4,4,4,5", after_down = "0,1,2,3,4,4,4",
+      after_stamp = "0,1,2,3,4,5" },
     ["sql-migrate"] = { files = native, rows = "SELECT string_agg(id, ',' ORDER BY id) FROM " ..
-      "gorp_migrations", after_up = "1_a.up.sql,2_b.up.sql,3_c.up.sql,4_d.up.sql,5_e.up.sql",
-      after_down = "1_a.up.sql,2_b.up.sql,3_c.up.sql,4_d.up.sql" },
+      "gorp_migrations", after_up = "1_a.sql,2_b.sql,3_c.sql,4_d.up.sql,5_e.up.sql",
+      after_down = "1_a.sql,2_b.sql,3_c.sql,4_d.up.sql",
+      after_stamp = "1_a.up.sql,2_b.up.sql,3_c.up.sql,4_d.up.sql,5_e.up.sql" },
     ["node-pg-migrate"] = { files = native, rows = "SELECT string_agg(name, ',' ORDER BY id) " ..
-      "FROM pgmigrations", after_up = "1_a.up,2_b.up,3_c.up,4_d.up,5_e.up",
-      after_down = "1_a.up,2_b.up,3_c.up,4_d.up" },
+      "FROM pgmigrations", after_up = "1_a,2_b,3_c,4_d.up,5_e.up",
+      after_down = "1_a,2_b,3_c,4_d.up", after_stamp = "1_a.up,2_b.up,3_c.up,4_d.up,5_e.up" },
   }
 
   for _, tool in ipairs({ "dbmate", "flyway", "diesel", "goose", "sql-migrate",
     "node-pg-migrate" }) do
-    it(fmt("writes %s's table on adopt, up and down as %s would", tool, tool), function()
+    -- (the spec's files are moonshift's native ones; the rows the "tool" wrote name its own
+    -- files, so sql-migrate's and node-pg-migrate's names differ until a stamp rebuilds)
+    it(fmt("writes %s's table on up, down and stamp as %s would", tool, tool), function()
       local c = CASES[tool]
       local files = c.files()
       files["migrate.lua"] = fmt("return { compat = %q }\n", tool)
@@ -412,7 +416,7 @@ describe("compat = TOOL keeps the old tool's history in step #e2e", function()
       assert.are.equal(c.after_down, value(db.uri, c.rows))
       res = helpers.ms({ "stamp", c.last or "5", "-y" })
       assert.are.equal(0, res.code, res.stderr)
-      assert.are.equal(c.after_up, value(db.uri, c.rows))
+      assert.are.equal(c.after_stamp or c.after_up, value(db.uri, c.rows))
     end)
   end
 

@@ -35,7 +35,9 @@ function node_pg_migrate.find(e, set)
 end
 
 node_pg_migrate.compat = peers.row_compat({
-  col = "name", cast = "::varchar",
+  -- written anew on stamp/force: node-pg-migrate requires its rows (by run_on, id) in the
+  -- order of the files
+  col = "name", cast = "::varchar", rebuild = true,
   value = name_of,
   insert = "INSERT INTO %s (name, run_on) SELECT $1::varchar, pg_catalog.now()",
   ddl = function(t)
