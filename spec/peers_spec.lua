@@ -42,7 +42,7 @@ describe("peers", function()
     assert.are.equal("34aa973cd4c4daa4f61eeb2bdbad27316534016f", sha1(string.rep("a", 1000000)))
   end)
 
-  it("lists the tools and the ones compat can keep in step", function()
+  it("lists the tools and the ones compat can keep in step (config.lua's list too)", function()
     assert.are.equal("golang-migrate", peers.names()[1])
     assert.are.same({ "golang-migrate", "dbmate", "flyway", "diesel", "goose", "sql-migrate",
       "node-pg-migrate" }, peers.compat_names())
