@@ -4,6 +4,7 @@ local pg = require("moonshift.pg")
 local fs = require("moonshift.fs")
 local version = require("moonshift.version")
 local errors = require("moonshift.errors")
+local sqlstate = require("moonshift.sqlstate")
 
 local fmt = string.format
 
@@ -101,7 +102,12 @@ end
 -- @return found (filled) | nil, err (kind sql)
 function peers.read(conn, found)
   local entries, err = found.tool.read(conn, found.qualified, found)
-  if not entries then return nil, errors.wrap("sql", err, "cannot read " .. found.label) end
+  if not entries then
+    if type(err) == "table" and err.sqlstate == sqlstate.INSUFFICIENT_PRIVILEGE then
+      found.unreadable = tostring(err.message or err)
+    end
+    return nil, errors.wrap("sql", err, "cannot read " .. found.label)
+  end
   local newest, count = nil, 0
   for _, e in ipairs(entries) do
     e.key = e.key or (e.version and version.key(e.version))
@@ -123,8 +129,8 @@ end
 -- @param cfg table: root and env (for the peers' configuration files)
 -- @param opts table|nil: `from` (one tool's name), `from_table` ("[schema.]table"), `all`
 --   (also tables that hold nothing)
--- @return array of found { tool, schema, table, qualified, label, entries, newest, count }
---   | nil, err
+-- @return array of found { tool, schema, table, qualified, label, entries, newest, count },
+--   array of found that this role may not read (`unreadable`, the server's message) | nil, err
 function peers.detect(conn, cfg, opts)
   opts = opts or {}
   local rows, err = conn:query("SELECT pg_catalog.unnest(pg_catalog.current_schemas(false)) " ..
@@ -164,7 +170,7 @@ function peers.detect(conn, cfg, opts)
     for c in r.cols:gmatch("[^,]+") do cols[c] = true end
     present[r.schema .. "." .. r.name] = cols
   end
-  local out = {}
+  local out, unreadable = {}, {}
   for _, t in ipairs(list) do
     local p = places[t]
     for _, schema in ipairs(p.schema and { p.schema } or schemas) do
@@ -176,13 +182,18 @@ function peers.detect(conn, cfg, opts)
         local found = { tool = t, schema = schema, table = p.table, qualified = q,
           label = fmt("%s's table %s", t.name, q) }
         local ok, rerr = peers.read(conn, found)
-        if not ok then return nil, rerr end
-        if found.count > 0 or #found.entries > 0 or opts.all then out[#out + 1] = found end
+        if ok then
+          if found.count > 0 or #found.entries > 0 or opts.all then out[#out + 1] = found end
+        elseif found.unreadable then
+          unreadable[#unreadable + 1] = found
+        else
+          return nil, rerr
+        end
         break -- the first schema of the search_path that has it, as the tool would find it
       end
     end
   end
-  return out
+  return out, unreadable
 end
 
 --- What a found table says, in a few words: "3 applied, newest 3" or "at version 3".

@@ -226,6 +226,11 @@ function Session:refresh(brief, rows)
     local found, derr = peers.detect(self.conn, self.cfg)
     if not found then return nil, derr end
     if #found > 0 then self.peers = found end
+    for _, f in ipairs(derr) do
+      self.ui:warn(fmt("%s may hold what another tool applied, but cannot be read (%s); if " ..
+        "it does, record that with `moonshift adopt --from %s` before anything else", f.label,
+        f.unreadable, f.tool.name))
+    end
   end
   local ok, perr = self:check(self.status.pending)
   if ok then ok, perr = self:check(self.status.repeatables) end

@@ -372,6 +372,23 @@ describe("moonshift on a database another tool migrated #e2e", function()
     assert.matches('adopted 3 migrations from dbmate\'s "ops"."dbmate_versions"', res.stdout)
   end)
 
+  it("warns of another tool's table it may not read, and goes on", function()
+    helpers.write_files(db.dir, native())
+    query(db.uri, "CREATE TABLE goose_db_version (id serial PRIMARY KEY, version_id bigint " ..
+      "NOT NULL, is_applied boolean NOT NULL, tstamp timestamp DEFAULT now())")
+    query(db.uri, "CREATE ROLE peers_spec_reader LOGIN")
+    query(db.uri, "GRANT CREATE ON SCHEMA public TO peers_spec_reader")
+    query(db.uri, "REVOKE ALL ON goose_db_version FROM PUBLIC")
+    local uri = db.uri:gsub("user=postgres", "user=peers_spec_reader")
+    local res = helpers.run({ "status", "-d", uri }, { cwd = db.dir })
+    query(db.uri, "DROP OWNED BY peers_spec_reader")
+    query(db.uri, "DROP ROLE peers_spec_reader")
+    assert.are.equal(0, res.code, res.stderr)
+    assert.matches('goose\'s table "public"."goose_db_version" may hold what another tool ' ..
+      "applied, but cannot be read %(permission denied", res.stderr)
+    assert.matches("5 pending", res.stdout)
+  end)
+
   it("keeps refusing with compat = TOOL until the history is adopted", function()
     prepare("dbmate")
     helpers.write_files(db.dir, { ["migrate.lua"] = "return { compat = 'dbmate' }\n" })
