@@ -132,6 +132,11 @@ describe("moonshift after the real tool #e2e #peers", function()
     assert.is_nil(status:match("no"), status) -- every row says when it was applied
     assert.are.equal("Applied 0 migrations", (tool({ "sql-migrate", "up" },
       { cwd = db.dir }):match("Applied %d+ migrations")))
+    -- moonshift reads no down section in these files: force takes 5 back instead
+    local res = helpers.ms({ "force", "5", "--not-applied", "-y" })
+    assert.are.equal(0, res.code, res.stdout .. res.stderr)
+    status = tool({ "sql-migrate", "status" }, { cwd = db.dir })
+    assert.matches("5_e%.sql%s*|%s*no", status)
   end)
 
   it("node-pg-migrate", function()
@@ -150,6 +155,14 @@ describe("moonshift after the real tool #e2e #peers", function()
     local out = tool({ BIN .. "node-pg-migrate", "up", "-m", "migrations" },
       { cwd = db.dir, env = env })
     assert.matches("No migrations to run", out)
+    -- moonshift reads no down section in these files: force takes 5 back instead
+    local res = helpers.ms({ "force", "5", "--not-applied", "-y" })
+    assert.are.equal(0, res.code, res.stdout .. res.stderr)
+    assert.are.equal("1_a,2_b,3_c,4_d", helpers.value(db.uri, "SELECT string_agg(name, ',' " ..
+      "ORDER BY run_on, id) FROM pgmigrations"))
+    out = tool({ BIN .. "node-pg-migrate", "up", "-m", "migrations", "--dry-run" },
+      { cwd = db.dir, env = env })
+    assert.matches("5_e", out)
   end)
 
   it("postgrator", function()
