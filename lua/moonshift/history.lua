@@ -19,17 +19,19 @@ History.__index = History
 --- A history bound to a connection and the configured (quoted) names.
 -- @param conn a moonshift.pg connection
 -- @param schema string: unquoted schema name
--- @param cfg table: table, events_table, compat
+-- @param cfg table: table, events_table, compat (and root, env: where that tool's own
+--   configuration puts its table)
 function history.new(conn, schema, cfg)
   local q = function(name) return conn:escape_identifier(name) end
   local peer = cfg.compat and peers.get(cfg.compat)
-  return setmetatable({ peer = peer,
+  local compat_schema, compat_name
+  if peer then compat_schema, compat_name = peers.location(cfg, peer.name, schema) end
+  return setmetatable({ peer = peer, compat_schema = compat_schema, compat_name = compat_name,
     conn = conn, schema = schema, table_name = cfg.table, events_name = cfg.events_table,
     compat = cfg.compat, lock_wait_ms = cfg.lock_wait_ms,
     migrations = q(schema) .. "." .. q(cfg.table),
     events = q(schema) .. "." .. q(cfg.events_table),
-    compat_name = peer and peer.table,
-    compat_table = peer and (q(schema) .. "." .. q(peer.table)),
+    compat_table = peer and (q(compat_schema) .. "." .. q(compat_name)),
   }, History)
 end
 
@@ -150,7 +152,8 @@ function History:ensure()
   local exists, err = self:exists()
   if exists == nil then return nil, err end
   local events_exist = table_exists(self.conn, self.schema, self.events_name)
-  local compat_exists = not self.peer or table_exists(self.conn, self.schema, self.compat_name)
+  local compat_exists = not self.peer or
+    table_exists(self.conn, self.compat_schema, self.compat_name)
   if exists and events_exist and compat_exists then return true end
   local priv, perr = self:_query("SELECT pg_catalog.has_schema_privilege($1, 'CREATE') AS ok, " ..
     "current_user AS who", self.schema)

@@ -72,6 +72,15 @@ local function configured(cfg)
   return out
 end
 
+--- Where the tool's table is for compat: its own configuration's table and schema when
+-- the project has them, else its usual name (in `schema`, the tracking schema).
+-- @return schema, table
+function peers.location(cfg, name, schema)
+  local t = peers.get(name)
+  local c = configured(cfg)[name] or {}
+  return c.schema or t.schema or schema, c.table or t.table
+end
+
 -- The tables of the given names in the given schemas, with their columns.
 local TABLES_SQL = [[
   SELECT n.nspname AS schema, c.relname AS name,

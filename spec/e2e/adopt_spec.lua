@@ -370,6 +370,13 @@ describe("moonshift on a database another tool migrated #e2e", function()
     res = helpers.ms({ "adopt", "-y" })
     assert.are.equal(0, res.code, res.stderr)
     assert.matches('adopted 3 migrations from dbmate\'s "ops"."dbmate_versions"', res.stdout)
+    -- compat writes where dbmate reads
+    helpers.write_files(db.dir, { ["migrate.lua"] = "return { compat = 'dbmate' }\n" })
+    res = helpers.ms({ "up", "-y" })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.are.equal("1,2,3,4,5", value(db.uri, "SELECT string_agg(version, ',' ORDER BY " ..
+      "version) FROM ops.dbmate_versions"))
+    assert.is_nil(value(db.uri, "SELECT to_regclass('public.schema_migrations')::text"))
   end)
 
   it("warns of another tool's table it may not read, and goes on", function()
