@@ -315,10 +315,12 @@ function peers.match(found, set, conn)
   end
   -- a table that keeps only the newest (golang-migrate), or a baseline (Flyway), says that
   -- everything before it is applied
-  local upto = found.baseline or (t.newest_only and newest_m and { version = newest_m.version })
+  -- (golang-migrate's newest version says so even when its file is gone)
+  local limit = newest_m or (t.newest_only and found.newest)
+  local upto = found.baseline or (t.newest_only and limit)
   for _, m in ipairs(set.migrations) do
-    if not m.repeatable and not matched[m] and newest_m and
-        version.compare(m.version, newest_m.version) < 0 then
+    if not m.repeatable and not matched[m] and limit and
+        version.compare(m.version, limit.version) < 0 then
       if upto and version.compare(m.version, upto.version) <= 0 then
         matched[m] = upto
         res.record[#res.record + 1] = { m = m, entry = upto, implied = true }

@@ -322,6 +322,18 @@ describe("moonshift on a database another tool migrated #e2e", function()
       "SELECT version AS id FROM moonshift_migrations ORDER BY version")))
   end)
 
+  it("takes golang-migrate's version for every file before it, even when its own file is " ..
+    "gone (with --allow-missing)", function()
+    prepare("golang-migrate")
+    query(db.uri, "UPDATE schema_migrations SET version = 99")
+    local res = helpers.ms({ "adopt", "-y" })
+    assert.are.equal(9, res.code, res.stderr)
+    assert.matches("1 entry applied with no file here: 99", res.stderr)
+    res = helpers.ms({ "adopt", "-y", "--allow-missing" })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.matches("adopted 5 migrations", res.stdout)
+  end)
+
   it("refuses to guess between several tools and adopts the one --from names", function()
     prepare("dbmate")
     TOOLS["node-pg-migrate"].build(db.uri, 2)
