@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build deps deps-test test test-asan test-matrix test-soak fuzz demo bench install clean
+.PHONY: all build deps deps-test test test-asan test-matrix test-soak test-peers fuzz demo bench install clean
 
 all: build
 
@@ -31,6 +31,13 @@ SOAK_RUNS ?= 100
 test-soak: deps-test build
 	@MOONSHIFT_SOAK_RUNS=$(SOAK_RUNS) MOONSHIFT_BIN=$(BUILD)/moonshift MOONSHIFT_LUA_DIR= \
 		$(BUILD)/moonshift --run-lua spec/busted.lua --tags=soak --exclude-tags=none spec/soak
+
+# The real dbmate, sql-migrate, node-pg-migrate, postgrator, Sqitch and Alembic first, then
+# moonshift adopting what each applied (scripts/peers.sh installs them).
+test-peers: deps-test build
+	@scripts/peers.sh
+	@MOONSHIFT_BIN=$(BUILD)/moonshift MOONSHIFT_LUA_DIR= \
+		$(BUILD)/moonshift --run-lua spec/busted.lua --tags=peers --exclude-tags=none spec/peers
 
 test-matrix: deps-test build
 	@scripts/test-matrix.sh

@@ -67,6 +67,10 @@ describe("config", function()
     assert.matches("1 to 63 bytes", err.message)
     _, err = load("return { lock = 'row' }")
     assert.matches("lock must be", err.message)
+    _, err = load("return { compat = 'liquibase' }")
+    assert.matches('compat must be one of "golang%-migrate", "dbmate", "flyway", "diesel", ' ..
+      '"goose", "sql%-migrate", "node%-pg%-migrate", not "liquibase"', err.message)
+    assert.are.equal("flyway", assert(load("return { compat = 'flyway' }")).compat)
     _, err = load("return 42")
     assert.matches("must return a table", err.message)
     local cfg

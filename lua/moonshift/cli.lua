@@ -13,9 +13,9 @@ local cli = {}
 
 -- The commands, in the order `moonshift --help` lists them; each is a module in
 -- lua/moonshift/commands/ declaring its arguments (arguments, options) and its run and print.
-local COMMANDS = { "status", "current", "up", "down", "goto", "redo", "stamp", "accept", "force",
-  "history", "new", "check", "verify", "do", "script", "backup", "backups", "restore", "drop",
-  "reset", "demo" }
+local COMMANDS = { "status", "current", "up", "down", "goto", "redo", "stamp", "adopt", "accept",
+  "force", "history", "new", "check", "verify", "do", "script", "backup", "backups", "restore",
+  "drop", "reset", "demo" }
 
 -- Other tools' words for moonshift's commands: a usage error on one of them says which
 -- moonshift command to use.

@@ -25,6 +25,12 @@ local DEFAULTS = {
 }
 
 -- Every key migrate.lua may set, with the Lua types it accepts: a typo is an error.
+-- The tools whose history `compat` keeps in step (moonshift.peers has a writer for each).
+local COMPAT_LIST = '"golang-migrate", "dbmate", "flyway", "diesel", "goose", "sql-migrate", ' ..
+  '"node-pg-migrate"'
+local COMPAT = {}
+for name in COMPAT_LIST:gmatch('"([^"]+)"') do COMPAT[name] = true end
+
 local KEYS = {
   database = "string", migrations = "string", hooks = "string", format = "string",
   schema = "string", table = "string", events_table = "string", lock = "string",
@@ -95,8 +101,8 @@ local function check_keys(file, path)
       return nil, fmt("%s: %s must be a %s, not a %s", path, k, want:gsub("|", " or "), type(v))
     end
   end
-  if file.compat ~= nil and file.compat ~= "golang-migrate" then
-    return nil, fmt("%s: compat must be \"golang-migrate\"", path)
+  if file.compat ~= nil and not COMPAT[file.compat] then
+    return nil, fmt("%s: compat must be one of %s, not %q", path, COMPAT_LIST, file.compat)
   end
   return check_nested(file, path)
 end

@@ -420,6 +420,10 @@ function execute.change(cfg, ui, opts, how)
   -- what status does). Anything else, a refusal too (a dirty row may be a run in
   -- progress), is decided again under the lock.
   return session.with(cfg, ui, {}, function(s)
+    -- another tool's history and none of ours: every plan would run applied migrations
+    -- again (a dry run's too), and asking first would be asking for nothing
+    local refused = s:peer_refusal()
+    if refused then return nil, refused end
     local list, direction, question, anyway = how.plan(s)
     local ok, err, asked
     local changing = not opts.dry_run and not (list and #list == 0 and not anyway)

@@ -7,6 +7,7 @@ local cjson = require("cjson")
 local errors = require("moonshift.errors")
 local sqlstate = require("moonshift.sqlstate")
 local ui = require("moonshift.ui")
+local peers = require("moonshift.peers")
 
 local fmt = string.format
 
@@ -18,15 +19,19 @@ History.__index = History
 --- A history bound to a connection and the configured (quoted) names.
 -- @param conn a moonshift.pg connection
 -- @param schema string: unquoted schema name
--- @param cfg table: table, events_table, compat
+-- @param cfg table: table, events_table, compat (and root, env: where that tool's own
+--   configuration puts its table)
 function history.new(conn, schema, cfg)
   local q = function(name) return conn:escape_identifier(name) end
-  return setmetatable({
+  local peer = cfg.compat and peers.get(cfg.compat)
+  local compat_schema, compat_name
+  if peer then compat_schema, compat_name = peers.location(cfg, peer.name, schema) end
+  return setmetatable({ peer = peer, compat_schema = compat_schema, compat_name = compat_name,
     conn = conn, schema = schema, table_name = cfg.table, events_name = cfg.events_table,
     compat = cfg.compat, lock_wait_ms = cfg.lock_wait_ms,
     migrations = q(schema) .. "." .. q(cfg.table),
     events = q(schema) .. "." .. q(cfg.events_table),
-    compat_table = q(schema) .. "." .. q("schema_migrations"),
+    compat_table = peer and (q(compat_schema) .. "." .. q(compat_name)),
   }, History)
 end
 
@@ -147,7 +152,8 @@ function History:ensure()
   local exists, err = self:exists()
   if exists == nil then return nil, err end
   local events_exist = table_exists(self.conn, self.schema, self.events_name)
-  local compat_exists = not self.compat or table_exists(self.conn, self.schema, "schema_migrations")
+  local compat_exists = not self.peer or
+    table_exists(self.conn, self.compat_schema, self.compat_name)
   if exists and events_exist and compat_exists then return true end
   local priv, perr = self:_query("SELECT pg_catalog.has_schema_privilege($1, 'CREATE') AS ok, " ..
     "current_user AS who", self.schema)
@@ -189,10 +195,12 @@ function History:ensure()
       tool_version text,
       detail jsonb)]], self.events),
   }
-  if self.compat == "golang-migrate" then
-    -- golang-migrate's own table, so applications reading it keep working.
-    ddl[#ddl + 1] = fmt("CREATE TABLE IF NOT EXISTS %s (version bigint NOT NULL PRIMARY KEY, " ..
-      "dirty boolean NOT NULL)", self.compat_table)
+  if self.peer then
+    -- the other tool's own table, as it creates it, so it (and applications reading it)
+    -- sees what moonshift did
+    for _, stmt in ipairs(self.peer.compat.ddl(self.compat_table, self.compat_name)) do
+      ddl[#ddl + 1] = stmt
+    end
   end
   ddl[#ddl + 1] = "COMMIT"
   for _, stmt in ipairs(ddl) do
@@ -308,33 +316,49 @@ function History:event(action, m, run_id, detail)
     detail and cjson.encode(detail) or pg.null)
 end
 
---- Keeps golang-migrate's schema_migrations row in step (compat mode).
-function History:sync_compat(version, dirty)
-  if self.compat ~= "golang-migrate" then return true end
-  local ok, err = self:_query(fmt("DELETE FROM %s", self.compat_table))
-  if not ok then return nil, err end
-  if version == nil then return true end
-  if not tostring(version):match("^%d+$") then
-    return nil, errors.new("usage", "compat golang-migrate needs numeric versions, not " ..
-      tostring(version))
-  end
-  return self:_query(fmt("INSERT INTO %s (version, dirty) VALUES ($1::bigint, $2)",
-    self.compat_table), tostring(version), dirty and true or false)
+-- The compat tool's writer: its table and queries run like ours (in the caller's
+-- transaction, or collected for a pipeline).
+function History:_compat_writer()
+  return { t = self.compat_table, q = function(sql, ...) return self:_query(sql, ...) end }
 end
 
---- golang-migrate's row from our own (in the caller's transaction): the newest recorded
--- version, dirty when its row is, or no row when nothing is recorded; what `migrate
--- version` would say of the same state.
-function History:sync_compat_state()
-  if self.compat ~= "golang-migrate" then return true end
+local function guarded(fn)
+  local ok, res, err = pcall(fn)
+  if not ok then return nil, res end
+  return res, err
+end
+
+--- Keeps the compat tool's table in step: m applied (dirty while a non-transactional one
+-- runs).
+function History:compat_applied(m, dirty)
+  if not self.peer then return true end
+  return guarded(function() return self.peer.compat.applied(self:_compat_writer(), m, dirty) end)
+end
+
+--- Keeps the compat tool's table in step: m reverted, `previous` (a version) now current.
+function History:compat_removed(m, previous)
+  if not self.peer then return true end
+  return guarded(function()
+    return self.peer.compat.removed(self:_compat_writer(), m, previous)
+  end)
+end
+
+--- The compat tool's table from our own (in the caller's transaction): what the tool would
+-- say of the same state (golang-migrate: the newest recorded version, dirty when its row
+-- is; the others: a row per applied migration).
+-- @param set table|nil: the migrations, to find each row's file (versions only without it)
+function History:sync_compat_state(set)
+  if not self.peer then return true end
   local rows, err = self:_query(fmt("SELECT version, state FROM %s WHERE kind = 'versioned'",
     self.migrations))
   if not rows then return nil, err end
-  local newest
+  local list = {}
   for _, r in ipairs(rows) do
-    if not newest or versions.compare(r.version, newest.version) > 0 then newest = r end
+    local m = set and set.by_key and set.by_key[versions.key(r.version)]
+    list[#list + 1] = { version = r.version, dirty = r.state == "dirty", m = m }
   end
-  return self:sync_compat(newest and newest.version, newest and newest.state == "dirty")
+  table.sort(list, function(a, b) return versions.less(a.version, b.version) end)
+  return guarded(function() return self.peer.compat.state(self:_compat_writer(), list) end)
 end
 
 --- Records the file's checksum as what ran, for an applied migration (accept).

@@ -126,11 +126,11 @@ function Runner:_bookkeeping(m, direction, duration_ms, extra)
     if direction == "up" then
       must(h:record_once(m, duration_ms, self.run_id, m.repeatable and "repeatable" or nil))
       must(h:event(m.repeatable and "reapply" or "apply", m, self.run_id, extra))
-      if not m.repeatable then must(h:sync_compat(m.version, false)) end
+      if not m.repeatable then must(h:compat_applied(m, false)) end
     else
       must(h:remove_once(m.version))
       must(h:event("revert", m, self.run_id, extra))
-      must(h:sync_compat(self.previous_version, false))
+      must(h:compat_removed(m, self.previous_version))
     end
   end)
 end
@@ -585,7 +585,7 @@ function Runner:_autocommit(m, direction, statements, path)
   if ok then ok, err = h:record(m, "dirty", nil, self.run_id) end
   if ok then ok, err = h:event(direction == "up" and "start" or "start_revert", m, self.run_id,
     { transaction = false }) end
-  if ok then ok, err = h:sync_compat(m.version, true) end
+  if ok then ok, err = h:compat_applied(m, true) end
   if ok then ok, err = self:_exec("COMMIT") else self.conn:exec("ROLLBACK") end
   if not ok then return nil, err end
   ok, err = self:_exec("RESET ALL; " .. db.SESSION_SETUP)
@@ -631,12 +631,12 @@ function Runner:_autocommit(m, direction, statements, path)
     if ok then ok, err = h:record(m, "applied", duration, self.run_id) end
     if ok then ok, err = h:event("apply", m, self.run_id, { duration_ms = duration,
       transaction = false }) end
-    if ok then ok, err = h:sync_compat(m.version, false) end
+    if ok then ok, err = h:compat_applied(m, false) end
   else
     if ok then ok, err = h:remove(m.version) end
     if ok then ok, err = h:event("revert", m, self.run_id, { duration_ms = duration,
       transaction = false }) end
-    if ok then ok, err = h:sync_compat(self.previous_version, false) end
+    if ok then ok, err = h:compat_removed(m, self.previous_version) end
   end
   if ok then ok, err = self:_exec("COMMIT") else self.conn:exec("ROLLBACK") end
   if not ok then

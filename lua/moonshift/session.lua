@@ -13,6 +13,7 @@ local host = require("moonshift.host")
 local source = require("moonshift.source")
 local db = require("moonshift.db")
 local history = require("moonshift.history")
+local peers = require("moonshift.peers")
 local lock = require("moonshift.lock")
 local plan = require("moonshift.plan")
 local runner = require("moonshift.runner")
@@ -144,7 +145,8 @@ end
 -- @return Session (close it, or use `<close>`) | nil, err
 function session.open(cfg, ui, opts)
   opts = opts or {}
-  local s = setmetatable({ cfg = cfg, ui = ui, run_id = new_run_id() }, Session)
+  local s = setmetatable({ cfg = cfg, ui = ui, run_id = new_run_id(),
+    adopting = opts.adopt }, Session)
   ui.run_id = s.run_id -- on every event, from the first
   local pending = db.connect_begin(cfg)
   if opts.change and cfg.lock == "advisory" then
@@ -170,6 +172,7 @@ function session.open(cfg, ui, opts)
   if opts.change then rows, herr = s:take_lock(opts.brief) end
   local ok, rerr = false, herr
   if rows then ok, rerr = s:refresh(opts.brief, rows) end
+  if ok and opts.change and s.peers then ok, rerr = false, s:peer_refusal() end
   if not ok then
     s:close()
     return nil, rerr
@@ -184,7 +187,10 @@ end
 function Session:begin_change(brief)
   local rows, err = self:take_lock(brief)
   if not rows then return nil, err end
-  return self:refresh(brief, rows)
+  local ok
+  ok, err = self:refresh(brief, rows)
+  if ok and self.peers then return nil, self:peer_refusal() end
+  return ok, err
 end
 
 --- Opens a session, runs fn(s) and closes it whatever happens.
@@ -215,10 +221,31 @@ function Session:refresh(brief, rows)
   if not rows then rows, err = self.history:load(brief) end
   if not rows then return nil, err end
   self.status = plan.status(self.set, rows)
+  -- no history of our own: another tool's table may say what is applied (a read only then,
+  -- so a tracked database pays nothing)
+  self.peers = nil
+  if #rows.list == 0 and not self.adopting then
+    local found, derr = peers.detect(self.conn, self.cfg)
+    if not found then return nil, derr end
+    if #found > 0 then self.peers = found end
+    for _, f in ipairs(derr) do
+      self.ui:warn(fmt("%s may hold what another tool applied, but cannot be read (%s); if " ..
+        "it does, record that with `moonshift adopt --from %s` before anything else", f.label,
+        f.unreadable, f.tool.name))
+    end
+  end
   local ok, perr = self:check(self.status.pending)
   if ok then ok, perr = self:check(self.status.repeatables) end
   if not ok then return nil, perr end
   return true
+end
+
+--- The refusal to change a database whose history another tool keeps (found when ours is
+-- empty), or nil.
+-- @param said boolean|nil: the words only, for status
+-- @return error (kind refused) | nil
+function Session:peer_refusal(said)
+  return self.peers and peers.refusal(self.peers, self.history.migrations, said) or nil
 end
 
 function Session:close()

@@ -4,6 +4,7 @@ local sqlstate = {
   LOCK_NOT_AVAILABLE = "55P03", -- lock_timeout
   DEADLOCK_DETECTED = "40P01",
   UNDEFINED_OBJECT = "42704", -- also what the transaction guard raises (runner.lua)
+  INSUFFICIENT_PRIVILEGE = "42501", -- another tool's history table we may not read (peers)
 }
 
 --- Whether a SQLSTATE says the session is gone: the server is ending it (57P01 terminated

@@ -64,6 +64,7 @@ function accept.run(cfg, ui, opts)
         must(h:event("accept", d.migration, s.run_id, { old_checksum = d.row.checksum,
           new_checksum = d.migration.checksum }))
       end
+      must(h:sync_compat_state(s.set)) -- Flyway keeps checksums too
     end, ms)
     if not ok then return nil, err end
     return { accepted = ids, target = s.label }

@@ -37,7 +37,7 @@ function force.run(cfg, ui, opts)
         must(h:record(m, "applied", nil, s.run_id))
       end
       must(h:event("force", m, s.run_id, { applied = not opts.not_applied }))
-      must(h:sync_compat_state())
+      must(h:sync_compat_state(s.set))
     end, { m })
     if not ok then return nil, err end
     return { forced = m.id, applied = not opts.not_applied, target = s.label }

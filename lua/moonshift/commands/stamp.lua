@@ -78,7 +78,7 @@ function stamp.run(cfg, ui, opts)
         must(h:event("unstamp", r.m, s.run_id))
         changed[#changed + 1] = r.m.id
       end
-      must(h:sync_compat_state())
+      must(h:sync_compat_state(s.set))
     end, record)
     if not ok then return nil, err end
     return { stamped = to.id, changed = changed, target = s.label }

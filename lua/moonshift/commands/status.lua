@@ -43,6 +43,17 @@ local function briefs(list, extra)
   return out
 end
 
+-- Other tools' history tables found when moonshift has none of its own.
+local function peer_list(s)
+  if not s.peers then return nil end
+  local out = json.array()
+  for i, f in ipairs(s.peers) do
+    out[i] = { tool = f.tool.name, table = f.qualified, applied = f.count,
+      newest = f.newest and f.newest.version or nil }
+  end
+  return out
+end
+
 --- The state of the database against the migrations; creates nothing.
 -- @param opts table|nil: `brief` (as the printed status needs)
 -- @return table (applied, pending, dirty, drift, missing, out_of_order, current, ...) | nil, err
@@ -71,8 +82,9 @@ function status.run(cfg, ui, opts)
       missing = briefs(st.missing, function(r)
         return { version = r.version, id = r.name, applied_at = r.applied_at }
       end),
-      repeatables = briefs(st.repeatables),
-      verdict = status.verdict(st, cfg) }
+      repeatables = briefs(st.repeatables), peers = peer_list(s),
+      peer_refusal = s.peers and s:peer_refusal(true).message or nil,
+      verdict = s.peers and "refused" or status.verdict(st, cfg) }
   end)
 end
 
@@ -94,6 +106,7 @@ function status.print(ui, st, opts)
     ui:result(json.encode(doc))
   else
     report.status(ui, st)
+    if st.peer_refusal then ui:warn(st.peer_refusal) end
   end
   return 0
 end
