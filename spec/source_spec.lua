@@ -963,6 +963,17 @@ describe("moonshift.source", function()
         true)
     end)
 
+    it("streams a line longer than a read block, and refuses a NUL in one at once", function()
+      local text = "select '" .. string.rep("y", 3 * 1024 * 1024) .. "';\nselect 2;\n"
+      local whole = assert(load({ ["1_a.sql"] = text }))
+      local set = assert(load({ ["1_a.sql"] = text }, { stream_size = 100 }))
+      assert.equal(whole.migrations[1].checksum, set.migrations[1].checksum)
+      assert.equal(2, #set.migrations[1].statements)
+      local msg = refused({ ["1_a.sql"] = "select '" .. string.rep("y", 2 * 1024 * 1024) ..
+        "\0';\n" }, { stream_size = 100 })
+      assert.matches("1_a.sql: NUL byte at byte offset 2097160 (line 1)", msg, 1, true)
+    end)
+
     it("reads a large file with CRLF line endings whole, within max_file_size", function()
       local text = string.rep("select 1;\r\n", 20)
       local set = assert(load({ ["1_a.sql"] = text }, { stream_size = 100 }))

@@ -166,23 +166,38 @@ function Loader:scan_script(e)
     if first and bom == 3 then return chunk:sub(4) end -- as Loader:read strips it
     return chunk
   end
+  local long = {} -- the blocks of a line longer than one block, joined once it ends
   local function chunks()
     while not stop do
       local block = file:read(1024 * 1024)
       if not block then
-        if carry == "" then return nil end
-        local last = carry
+        long[#long + 1] = carry
         carry = ""
+        local last = table.concat(long)
+        long = {}
+        if last == "" then return nil end
         return check(last)
       end
       local back = block:reverse():find("\n", 1, true)
       if back then
         local cut = #block - back + 1
-        local chunk = carry .. block:sub(1, cut)
-        carry = block:sub(cut + 1)
+        long[#long + 1] = carry
+        long[#long + 1] = block:sub(1, cut)
+        local chunk = table.concat(long)
+        long, carry = {}, block:sub(cut + 1)
         return check(chunk)
       end
-      carry = carry .. block -- a line longer than a block
+      -- a line longer than a block: a NUL in it is refused now, not after the whole file
+      local nul = block:find("\0", 1, true)
+      if nul then
+        local before = #table.concat(long) + #carry
+        stop = fmt("%s: NUL byte at byte offset %d (line %d); migrations must be UTF-8 text",
+          path, offset + before + nul - 1, line)
+        return nil
+      end
+      long[#long + 1] = carry
+      long[#long + 1] = block
+      carry = ""
     end
     return nil
   end
