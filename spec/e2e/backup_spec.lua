@@ -146,6 +146,15 @@ describe("--backup-first under a role's idle_session_timeout #e2e", function()
   } })
 
   it("a slow pg_dump does not get moonshift's idle sessions reaped: up applies, exit 0", function()
+    if tonumber(value(db.uri, "SHOW server_version_num")) >= 160000 then
+      -- the version matrix's newer server comes without pg_dump, and Debian's 15 cannot
+      -- dump it: what is asserted then is that moonshift says so before anything changes
+      local res = helpers.run({ "up", "-y", "--backup-first", "-d", db.uri }, { cwd = db.dir })
+      assert.are.equal(10, res.code, res.stderr)
+      assert.matches("is older than the server", res.stderr)
+      assert.is_nil(value(db.uri, "SELECT to_regclass('a')::text"))
+      return
+    end
     local role = "reaped_" .. proc.getpid()
     helpers.query(db.uri, "CREATE ROLE " .. role .. " LOGIN SUPERUSER")
     local uri = db.uri
