@@ -71,6 +71,18 @@ enum {
 static const char *const stack_strings[] = {"text",      "line", "column", "end_line", "kind",
                                             "copy_data", "meta", "sql",    "copy",     "meta", "data_line"};
 
+/* Pushes a split error: { message, line, column } with its __tostring. */
+static void push_error(lua_State *L, const struct split_error *e) {
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, e->message);
+    lua_setfield(L, -2, "message");
+    lua_pushinteger(L, (lua_Integer)e->line);
+    lua_setfield(L, -2, "line");
+    lua_pushinteger(L, (lua_Integer)e->column);
+    lua_setfield(L, -2, "column");
+    luaL_setmetatable(L, ERROR_META);
+}
+
 static void set_integer(lua_State *L, int key, size_t v) {
     lua_pushvalue(L, key);
     lua_pushinteger(L, (lua_Integer)v);
@@ -135,16 +147,8 @@ static int sql_split(lua_State *L) {
     if (rc == SPLIT_ENOMEM)
         return luaL_error(L, "not enough memory to split %I bytes of SQL", (lua_Integer)len);
     if (rc == SPLIT_EINPUT) {
-        const struct split_error *e = &res->r.error;
         lua_pushnil(L);
-        lua_createtable(L, 0, 3);
-        lua_pushstring(L, e->message);
-        lua_setfield(L, -2, "message");
-        lua_pushinteger(L, (lua_Integer)e->line);
-        lua_setfield(L, -2, "line");
-        lua_pushinteger(L, (lua_Integer)e->column);
-        lua_setfield(L, -2, "column");
-        luaL_setmetatable(L, ERROR_META);
+        push_error(L, &res->r.error);
         release(res);
         return 2;
     }
@@ -226,17 +230,6 @@ static struct stream *check_stream(lua_State *L) {
 static int stream_gc(lua_State *L) {
     stream_release(luaL_checkudata(L, 1, STREAM_META));
     return 0;
-}
-
-static void push_error(lua_State *L, const struct split_error *e) {
-    lua_createtable(L, 0, 3);
-    lua_pushstring(L, e->message);
-    lua_setfield(L, -2, "message");
-    lua_pushinteger(L, (lua_Integer)e->line);
-    lua_setfield(L, -2, "line");
-    lua_pushinteger(L, (lua_Integer)e->column);
-    lua_setfield(L, -2, "column");
-    luaL_setmetatable(L, ERROR_META);
 }
 
 /* sql.stream(path) -> stream | nil, msg, code: the statements of a file one at a time,

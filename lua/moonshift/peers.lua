@@ -395,4 +395,14 @@ function peers.row_compat(spec)
   return c
 end
 
+--- The versions of a table whose applied rows are just a version column (dbmate, diesel,
+-- Rails): { { version } }.
+function peers.versions(conn, t)
+  local rows, err = conn:query(fmt("SELECT version::text AS version FROM %s", t))
+  if not rows then return nil, err end
+  local out = {}
+  for _, r in ipairs(rows) do out[#out + 1] = { version = r.version } end
+  return out
+end
+
 return peers

@@ -23,13 +23,7 @@ function dbmate.configured(_, env)
   return { schema = schema, table = name }
 end
 
-function dbmate.read(conn, t)
-  local rows, err = conn:query(fmt("SELECT version::text AS version FROM %s", t))
-  if not rows then return nil, err end
-  local out = {}
-  for _, r in ipairs(rows) do out[#out + 1] = { version = r.version } end
-  return out
-end
+dbmate.read = peers.versions
 
 dbmate.compat = peers.row_compat({
   col = "version", cast = "::varchar",

@@ -22,13 +22,7 @@ function diesel.key_of(m)
   return version.key(diesel_version(m))
 end
 
-function diesel.read(conn, t)
-  local rows, err = conn:query(fmt("SELECT version::text AS version FROM %s", t))
-  if not rows then return nil, err end
-  local out = {}
-  for _, r in ipairs(rows) do out[#out + 1] = { version = r.version } end
-  return out
-end
+diesel.read = peers.versions
 
 diesel.compat = peers.row_compat({
   col = "version", cast = "::varchar",
