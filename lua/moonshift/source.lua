@@ -30,6 +30,7 @@ local hash = require("moonshift.hash")
 local host = require("moonshift.host")
 local statement = require("moonshift.statement")
 local layouts = require("moonshift.layouts")
+local scripttext = require("moonshift.scripttext")
 local cache = require("moonshift.cache")
 local scan = require("moonshift.scan")
 local version = require("moonshift.version")
@@ -50,23 +51,14 @@ source.MAX_FILE_SIZE = 256 * 1024 * 1024
 --- Scripts larger than this, in bytes, are streamed (see above).
 source.STREAM_SIZE = 8 * 1024 * 1024
 
---- What says a file is still the one that was read: its device, inode, size and change
--- times, as one string (for a streamed script, which is read again when it runs).
--- @param st table: fs.stat's
-function source.identity(st)
-  return fmt("%s:%s:%s:%s.%s:%s.%s", st.dev, st.ino, st.size, st.mtime, st.mtime_nsec or 0,
-    st.ctime, st.ctime_nsec or 0)
-end
+--- What says a file is still the one that was read (see scripttext.identity).
+source.identity = scripttext.identity
 
 -- The facts of a file that must be read whole after all (see Loader:scan_script).
-local WHOLE = {}
-local BOM = "\239\187\191"
+local WHOLE = scripttext.WHOLE
 
 local FORMATS = { auto = true, native = true, flyway = true, dbmate = true, diesel = true,
   goose = true, ["sql-migrate"] = true }
-
-
-local line_of = statement.line_of
 
 -- Migrations whose scripts are not split yet, and what that needs (weak: a migration nobody
 -- holds takes its entry with it). Their statements are read on first use.
@@ -94,127 +86,18 @@ function Loader:warn(message)
   self.warnings[#self.warnings + 1] = message
 end
 
--- The normalized text of a script (BOM stripped, CRLF as LF), or nil and a problem.
+-- The normalized text of a script (see scripttext.read), or nil and a problem.
 function Loader:read(path, st)
-  if st.size > self.max_size then
-    self:problem(fmt("%s is %d bytes, over the limit of %d bytes for one migration file%s",
-      path, st.size, self.max_size, st.size > self.stream_size and " read whole (it is not " ..
-      "streamed: it has CRLF line endings, or dbmate or goose sections)" or ""), path)
-    return nil
-  end
-  local raw, msg = fs.read(path)
-  if not raw then
-    self:problem(fmt("cannot read %s", msg), path)
-    return nil
-  end
-  local nul = raw:find("\0", 1, true)
-  if nul then
-    self:problem(fmt("%s: NUL byte at byte offset %d (line %d); migrations must be UTF-8 " ..
-      "text", path, nul - 1, line_of(raw, nul)), path)
-    return nil
-  end
-  local ok, bad = utf8.len(raw)
-  if not ok then
-    self:problem(fmt("%s: not valid UTF-8 at byte offset %d (line %d, byte 0x%02X); save " ..
-      "the file as UTF-8", path, bad - 1, line_of(raw, bad), raw:byte(bad)), path)
-    return nil
-  end
-  if raw:sub(1, 3) == "\239\187\191" then raw = raw:sub(4) end
-  if raw:find("\r", 1, true) then raw = raw:gsub("\r\n", "\n") end
-  return raw
+  local text, problem = scripttext.read(path, st, self)
+  if not text then self:problem(problem, path) end
+  return text
 end
 
--- The facts of a script over STREAM_SIZE, read a megabyte of whole lines at a time and
--- checked as Loader:read checks a text, hashed as it is on disk (minus a BOM); WHOLE when
--- it must be read whole after all (CRLF line endings, dbmate or goose sections); nil (and
--- a problem) when it is refused.
+-- The facts of a script over stream_size (see scripttext.scan), WHOLE, or nil and a
+-- problem.
 function Loader:scan_script(e)
-  local path = e.path
-  local st, serr = fs.stat(path)
-  local file, msg = io.open(path, "rb")
-  if file and not st then
-    file:close()
-    file, msg = nil, serr
-  end
-  if not file then
-    self:problem(fmt("cannot read %s", msg), path)
-    return nil
-  end
-  local bom, line, offset, carry = 0, 1, 0, ""
-  local stop -- "crlf", or the problem found
-  local function check(chunk)
-    if offset == 0 and chunk:sub(1, 3) == BOM then bom = 3 end
-    local nul = chunk:find("\0", 1, true)
-    if nul then
-      stop = fmt("%s: NUL byte at byte offset %d (line %d); migrations must be UTF-8 text",
-        path, offset + nul - 1, line + line_of(chunk, nul) - 1)
-      return nil
-    end
-    local ok, bad = utf8.len(chunk)
-    if not ok then
-      stop = fmt("%s: not valid UTF-8 at byte offset %d (line %d, byte 0x%02X); save the " ..
-        "file as UTF-8", path, offset + bad - 1, line + line_of(chunk, bad) - 1, chunk:byte(bad))
-      return nil
-    end
-    if chunk:find("\r", 1, true) then
-      stop = "crlf"
-      return nil
-    end
-    local _, n = chunk:gsub("\n", "")
-    local first = offset == 0
-    line, offset = line + n, offset + #chunk
-    if first and bom == 3 then return chunk:sub(4) end -- as Loader:read strips it
-    return chunk
-  end
-  local long = {} -- the blocks of a line longer than one block, joined once it ends
-  local function chunks()
-    while not stop do
-      local block = file:read(1024 * 1024)
-      if not block then
-        long[#long + 1] = carry
-        carry = ""
-        local last = table.concat(long)
-        long = {}
-        if last == "" then return nil end
-        return check(last)
-      end
-      local back = block:reverse():find("\n", 1, true)
-      if back then
-        local cut = #block - back + 1
-        long[#long + 1] = carry
-        long[#long + 1] = block:sub(1, cut)
-        local chunk = table.concat(long)
-        long, carry = {}, block:sub(cut + 1)
-        return check(chunk)
-      end
-      -- a line longer than a block: a NUL in it is refused now, not after the whole file
-      local nul = block:find("\0", 1, true)
-      if nul then
-        local before = #table.concat(long) + #carry
-        stop = fmt("%s: NUL byte at byte offset %d (line %d); migrations must be UTF-8 text",
-          path, offset + before + nul - 1, line)
-        return nil
-      end
-      long[#long + 1] = carry
-      long[#long + 1] = block
-      carry = ""
-    end
-    return nil
-  end
-  local f = layouts.scan_facts(e, chunks)
-  file:close()
-  if stop and stop ~= "crlf" then
-    self:problem(stop, path)
-    return nil
-  end
-  if stop or not f then return WHOLE end
-  local sum, herr = hash.sha256_file(path, bom)
-  if not sum then
-    self:problem(fmt("cannot read %s", herr), path)
-    return nil
-  end
-  f.checksum = sum
-  e.identity = source.identity(st)
+  local f, problem = scripttext.scan(e)
+  if not f then self:problem(problem, e.path) end
   return f
 end
 
